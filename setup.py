@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+
+def readme():
+    with open('README.md', encoding='utf-8') as f:
+        return f.read()
+
+
+def version():
+    ns = {}
+    with open('mmlckd/version.py', encoding='utf-8') as f:
+        exec(f.read(), ns)
+    return ns['__version__']
+
+
+setup(
+    name='mmlckd',
+    version=version(),
+    description='LONDON: Lipschitz-continuity-guided knowledge distillation '
+    'for OpenMMLab (MMDetection 3.x / MMSegmentation 1.x)',
+    long_description=readme(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(exclude=('tests', 'benchmarks', 'configs', 'tools')),
+    python_requires='>=3.8',
+    install_requires=[
+        'mmengine==0.10.7', 'mmcv>=2.0.0,<2.2.0', 'mmdet==3.3.0',
+        'mmsegmentation==1.2.2'
+    ],
+    license='Apache License 2.0',
+    zip_safe=False)

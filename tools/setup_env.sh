@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# One-command environment setup for mmlckd (idempotent).
+#
+#   bash tools/setup_env.sh          # prints the python to use on its last line
+#
+# What it does, in order (each step is skipped when already satisfied):
+#   1. picks a Python environment: the active virtualenv/conda env if any, else
+#      $MMLCKD_VENV (default: <repo>/.venv), created on first run. If the base
+#      python already has torch (e.g. a CUDA build on a GPU box) the new venv
+#      sees it through --system-site-packages, so that torch is kept.
+#   2. torch: kept when importable. Otherwise, on a machine without an NVIDIA GPU,
+#      the CPU build torch==2.13.0 (a local wheel from pip's find-links if present,
+#      else download.pytorch.org/whl/cpu) -- never the multi-GB CUDA build.
+#   3. mmcv 2.1.0 with ops, built from source once (MMCV_WITH_OPS=1,
+#      --no-build-isolation, setuptools<70) into a wheel cache keyed by the
+#      python and torch versions (~/.cache/mmlckd/wheels), then installed from it.
+#   4. mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, pytest and mmlckd (-e).
+#
+# First run on a 2-core CPU machine: ~15-20 min (the mmcv build dominates).
+# Later runs: a few seconds.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${MMLCKD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmlckd}"
+log() { echo "[mmlckd setup] $*" >&2; }
+
+# ---------------------------------------------------------------- 1. python
+if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+  PY="$VIRTUAL_ENV/bin/python"
+elif [[ -n "${CONDA_PREFIX:-}" && -x "${CONDA_PREFIX}/bin/python" ]]; then
+  PY="$CONDA_PREFIX/bin/python"
+else
+  VENV="${MMLCKD_VENV:-$REPO/.venv}"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    BASE_PY="${PYTHON:-python3}"
+    if "$BASE_PY" -c "import torch" >/dev/null 2>&1; then
+      log "creating $VENV (sees the base python's torch)"
+      "$BASE_PY" -m venv --system-site-packages "$VENV"
+    else
+      log "creating $VENV"
+      "$BASE_PY" -m venv "$VENV"
+    fi
+  fi
+  PY="$VENV/bin/python"
+fi
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+# Fast path: everything importable at the pinned versions -> done in ~2 s.
+if "$PY" - <<'PYEOF' >/dev/null 2>&1
+import importlib.metadata as md, sys
+want = {"mmengine": "0.10.7", "mmcv": "2.1.0", "mmdet": "3.3.0",
+        "mmsegmentation": "1.2.2"}
+for k, v in want.items():
+    assert md.version(k) == v, k
+import torch, pytest, mmcv.ops, mmlckd  # noqa: F401
+from mmcv.ops import nms  # noqa: F401  (ops compiled)
+PYEOF
+then
+  # make sure the editable install points at *this* checkout
+  if "$PY" -c "import mmlckd,os,sys; sys.exit(0 if os.path.realpath(os.path.dirname(mmlckd.__file__))==os.path.realpath('$REPO/mmlckd') else 1)" 2>/dev/null; then
+    log "environment ready ($PY)"
+    echo "$PY"
+    exit 0
+  fi
+fi
+
+# ---------------------------------------------------------------- 2. torch
+if "$PY" -c "import torch" >/dev/null 2>&1; then
+  log "keeping installed torch $("$PY" -c 'import torch;print(torch.__version__)')"
+else
+  TORCH_VER=2.13.0
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    log "NVIDIA GPU found: installing torch==$TORCH_VER from PyPI (CUDA build)"
+    "${PIP[@]}" install "torch==$TORCH_VER"
+  else
+    # Look for a local CPU wheel in pip's find-links first.
+    LINKS="${PIP_FIND_LINKS:-} $("${PIP[@]}" config get global.find-links 2>/dev/null || true)"
+    WHEEL=""
+    for d in $LINKS; do
+      d="${d#file://}"
+      if [[ -d "$d" ]]; then
+        w=$(ls "$d"/torch-"$TORCH_VER"+cpu-*.whl 2>/dev/null | head -n1 || true)
+        [[ -n "$w" ]] && WHEEL="$w" && break
+      fi
+    done
+    if [[ -n "$WHEEL" ]]; then
+      log "no GPU: installing the local CPU wheel $WHEEL"
+      "${PIP[@]}" install "$WHEEL"
+    else
+      log "no GPU: installing torch==$TORCH_VER CPU build from download.pytorch.org"
+      "${PIP[@]}" install "torch==$TORCH_VER" --index-url https://download.pytorch.org/whl/cpu \
+        --extra-index-url https://pypi.org/simple
+    fi
+  fi
+fi
+
+# ------------------------------------------------ 3. build deps + mmcv (ops)
+# numpy<2 and opencv<4.12: mmcv 2.1 / mmdet 3.3 / mmseg 1.2 predate numpy 2.
+"${PIP[@]}" install -q "setuptools<70" wheel ninja "numpy<2" "opencv-python<4.12"
+"${PIP[@]}" install -q "mmengine==0.10.7"
+
+if ! "$PY" -c "import importlib.metadata as m,sys; sys.exit(m.version('mmcv')!='2.1.0')" 2>/dev/null \
+   || ! "$PY" -c "from mmcv.ops import nms" >/dev/null 2>&1; then
+  TAG=$("$PY" -c "import sys,torch;print(f'py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}')")
+  WHEELDIR="$CACHE/wheels/$TAG"
+  mkdir -p "$WHEELDIR"
+  if ! ls "$WHEELDIR"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    log "building mmcv 2.1.0 with ops from source (one time, ~13 min on 2 cores) -> $WHEELDIR"
+    start=$(date +%s)
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+      "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary mmcv "mmcv==2.1.0" -w "$WHEELDIR"
+    log "mmcv build took $(( $(date +%s) - start )) s"
+  fi
+  "${PIP[@]}" install -q "$(ls "$WHEELDIR"/mmcv-2.1.0-*.whl | head -n1)"
+fi
+
+# ------------------------------------------------------------- 4. the rest
+"${PIP[@]}" install -q "mmdet==3.3.0" "mmsegmentation==1.2.2" pytest matplotlib \
+  ftfy regex tensorboard
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO"
+log "environment ready ($PY)"
+echo "$PY"
