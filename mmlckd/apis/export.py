@@ -1,0 +1,62 @@
+"""Student-only export: a checkpoint stock mmdet/mmseg tools load with the
+plain student config."""
+import os
+import os.path as osp
+from typing import Optional
+
+import torch
+
+from mmlckd.compat import safe_torch_load
+
+__all__ = ['save_student', 'export_student']
+
+
+def _atomic_save(obj, path: str) -> None:
+    """Write to a temp file then rename: never leaves a half-written file
+    in place of a user's checkpoint."""
+    d = osp.dirname(osp.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = path + '.tmp'
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_student(distiller, path: str, meta: Optional[dict] = None) -> str:
+    """Save ``distiller.student_state_dict()`` as an mmengine checkpoint."""
+    state = {k: v.detach().cpu() for k, v in
+             distiller.student_state_dict().items()}
+    _atomic_save(dict(state_dict=state, meta=dict(meta or {},
+                                                  mmlckd_export=True)), path)
+    return path
+
+
+def export_student(checkpoint: str, out: str) -> str:
+    """Extract the student from a distillation checkpoint.
+
+    Args:
+        checkpoint: a checkpoint written while training a
+            ``LipschitzDistiller`` (keys ``student.*``).
+        out: output path (must differ from ``checkpoint``).
+
+    Raises:
+        FileNotFoundError / ValueError with the reason and the fix.
+    """
+    if osp.abspath(checkpoint) == osp.abspath(out):
+        raise ValueError('the output path must differ from the input '
+                         'checkpoint (refusing to overwrite it)')
+    ckpt = safe_torch_load(checkpoint)
+    state = ckpt.get('state_dict', ckpt)
+    student = {k[len('student.'):]: v for k, v in state.items()
+               if k.startswith('student.')}
+    if not student:
+        raise ValueError(
+            f'{checkpoint!r} has no "student.*" keys: it is not a '
+            'LipschitzDistiller checkpoint (a plain model checkpoint can be '
+            'used directly).')
+    meta = dict(ckpt.get('meta', {}) or {})
+    meta = {k: v for k, v in meta.items() if k in ('epoch', 'iter',
+                                                   'dataset_meta', 'seed')}
+    meta['mmlckd_export'] = True
+    meta['source_checkpoint'] = osp.abspath(checkpoint)
+    _atomic_save(dict(state_dict=student, meta=meta), out)
+    return out

@@ -1,0 +1,70 @@
+import json
+import os.path as osp
+from typing import Optional, Sequence
+
+from mmengine.dist import master_only
+from mmengine.hooks import Hook
+
+from mmlckd.registry import HOOKS
+from .utils import get_distiller
+
+
+@HOOKS.register_module()
+class LipschitzMonitorHook(Hook):
+    """Tracks teacher and student per-block Lipschitz estimates.
+
+    The distiller already returns ``sigma_t.<group>.<i>`` and
+    ``sigma_s.<group>.<i>`` with its losses, so mmengine's logger and every
+    visualizer backend (TensorBoard, W&B, local ``scalars.json``) get them
+    at the ``LoggerHook`` interval. This hook adds:
+
+    * the student/teacher ratio per block (``sigma_ratio.<group>.<i>``) to
+      the message hub, hence to the logs and the backends;
+    * an exact, unsmoothed history of every ``interval`` iterations written
+      as JSON lines to ``<work_dir>/<out_file>`` (iteration, epoch, sigmas,
+      distillation losses), e.g. for plotting.
+
+    Args:
+        interval (int): record every ``interval`` iterations. Default 1.
+        out_file (str, optional): file name in the work dir; None disables.
+        keys (Sequence[str]): prefixes of the output keys to record.
+    """
+    priority = 'LOW'
+
+    def __init__(self,
+                 interval: int = 1,
+                 out_file: Optional[str] = 'lipschitz.jsonl',
+                 keys: Sequence[str] = ('sigma_', 'loss', 'distill_weight')):
+        self.interval = interval
+        self.out_file = out_file
+        self.keys = tuple(keys)
+        self._path = None
+
+    def before_train(self, runner) -> None:
+        get_distiller(runner, type(self).__name__)
+        if self.out_file:
+            self._path = osp.join(runner.work_dir, self.out_file)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        if not outputs or not self.every_n_train_iters(runner, self.interval):
+            return
+        record = {'iter': runner.iter + 1, 'epoch': runner.epoch}
+        for k, v in outputs.items():
+            if k.startswith(self.keys):
+                record[k] = float(v.item() if hasattr(v, 'item') else v)
+        for k in list(record):
+            if k.startswith('sigma_s.'):
+                t = record.get('sigma_t.' + k[len('sigma_s.'):])
+                if t:
+                    ratio = record[k] / t
+                    record['sigma_ratio.' + k[len('sigma_s.'):]] = ratio
+                    runner.message_hub.update_scalar(
+                        'train/sigma_ratio.' + k[len('sigma_s.'):], ratio)
+        self._write(record)
+
+    @master_only
+    def _write(self, record: dict) -> None:
+        if self._path:
+            with open(self._path, 'a', encoding='utf-8') as f:
+                f.write(json.dumps(record) + '\n')

@@ -1,0 +1,3 @@
+from .lipschitz_distiller import FeaturePair, LipschitzDistiller
+
+__all__ = ['LipschitzDistiller', 'FeaturePair']

@@ -1,0 +1,218 @@
+"""Forward-hook recorders: capture tensors flowing through named submodules.
+
+A :class:`FeatureRecorder` installs one PyTorch forward (or forward-pre) hook
+per recorded module of *one* model. Hooks are inert unless the recorder is
+active (``with recorder:``), hold no references outside the recording window,
+and are removed by :meth:`FeatureRecorder.remove`. Nothing is monkey-patched.
+
+A :class:`RecordSpec` says what to take from a module:
+
+* ``source='output'`` (default) or ``'input'`` (the first positional input,
+  e.g. the input of a block's final ReLU, i.e. its pre-activation output;
+  inputs of in-place modules are cloned before the module overwrites them);
+* ``index``: an element of a tuple/list output (e.g. one FPN level);
+* ``call``: modules called several times per forward (a shared ReLU, a head
+  conv applied per pyramid level) -- ``'last'`` (default), ``'first'``,
+  ``'all'`` (a list of every call) or an integer call index.
+
+With ``stop_when_done=True`` (used for the teacher), the recorder raises
+:class:`StopForward` as soon as every spec has seen its expected number of
+calls, so a forward pass runs only as deep as the recorded layers need. The
+expected counts are calibrated on the first complete forward.
+"""
+import difflib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['RecordSpec', 'FeatureRecorder', 'StopForward', 'get_module']
+
+
+class StopForward(Exception):
+    """Raised by a recorder hook to end a forward pass early."""
+
+
+def get_module(model: nn.Module, path: str, role: str = 'model') -> nn.Module:
+    """``model.get_submodule(path)`` with an error that lists close matches."""
+    if path == '':
+        return model
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        close = difflib.get_close_matches(path, names, n=6, cutoff=0.5)
+        prefix = path.rsplit('.', 1)[0] if '.' in path else ''
+        children = [n for n in names if prefix and n.startswith(prefix + '.')
+                    and n.count('.') == prefix.count('.') + 1][:12]
+        hint = ''
+        if close:
+            hint += f' Close matches: {close}.'
+        if children:
+            hint += f' Children of {prefix!r}: {children}.'
+        raise KeyError(
+            f'{role} has no submodule {path!r}.{hint} List all names with '
+            '`[n for n, _ in model.named_modules()]`.') from None
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """What to record from one submodule (see module docstring)."""
+    path: str
+    source: str = 'output'
+    index: Optional[int] = None
+    call: Union[str, int] = 'last'
+
+    def __post_init__(self):
+        if self.source not in ('output', 'input'):
+            raise ValueError(
+                f"RecordSpec.source must be 'output' or 'input', got "
+                f'{self.source!r} (module {self.path!r})')
+        if not (self.call in ('last', 'first', 'all')
+                or isinstance(self.call, int)):
+            raise ValueError(
+                "RecordSpec.call must be 'last', 'first', 'all' or an int, "
+                f'got {self.call!r} (module {self.path!r})')
+
+    @property
+    def key(self) -> str:
+        key = f'{self.path}:{self.source}'
+        if self.index is not None:
+            key += f'[{self.index}]'
+        return key
+
+
+def _select(value: Any, spec: RecordSpec) -> torch.Tensor:
+    if spec.index is not None:
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(
+                f'{spec.path!r} returned {type(value).__name__}, not a '
+                f'tuple/list, so index={spec.index} cannot be applied')
+        value = value[spec.index]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f'{spec.path!r} ({spec.source}) is a {type(value).__name__}, not '
+            'a tensor; record a submodule that returns a tensor or set '
+            '`index` to pick one element of a tuple output')
+    return value
+
+
+class FeatureRecorder:
+    """Records tensors of several submodules of one model via hooks.
+
+    Args:
+        model: the model whose submodules are hooked.
+        specs: what to record.
+        role: name used in error messages (``'student'``/``'teacher'``).
+        stop_when_done: raise :class:`StopForward` once all specs are
+            recorded (after a first calibrating forward).
+    """
+
+    def __init__(self,
+                 model: nn.Module,
+                 specs: Sequence[RecordSpec],
+                 role: str = 'model',
+                 stop_when_done: bool = False):
+        self.specs: List[RecordSpec] = list(dict.fromkeys(specs))
+        self.role = role
+        self.stop_when_done = stop_when_done
+        self._active = False
+        self._records: Dict[str, List[torch.Tensor]] = {}
+        self._calls: Dict[str, int] = {}
+        self._expected: Optional[Dict[str, int]] = None
+        self._handles = []
+        by_module: Dict[str, List[RecordSpec]] = {}
+        for spec in self.specs:
+            by_module.setdefault(spec.path, []).append(spec)
+        for path, specs_ in by_module.items():
+            module = get_module(model, path, role)
+            inplace = bool(getattr(module, 'inplace', False))
+            out_specs = [s for s in specs_ if s.source == 'output']
+            in_specs = [s for s in specs_ if s.source == 'input']
+            if out_specs:
+                self._handles.append(module.register_forward_hook(
+                    self._make_hook(out_specs, is_input=False, clone=False)))
+            if in_specs:
+                self._handles.append(module.register_forward_pre_hook(
+                    self._make_hook(in_specs, is_input=True, clone=inplace)))
+
+    # ------------------------------------------------------------ hooks
+    def _make_hook(self, specs: List[RecordSpec], is_input: bool,
+                   clone: bool):
+
+        def hook(module, args, output=None):
+            if not self._active:
+                return None
+            value = args[0] if is_input else output
+            for spec in specs:
+                tensor = _select(value, spec)
+                if clone:
+                    tensor = tensor.clone()
+                self._store(spec, tensor)
+            if self.stop_when_done and self._done():
+                raise StopForward
+            return None
+
+        if is_input:
+            return lambda module, args: hook(module, args)
+        return hook
+
+    def _store(self, spec: RecordSpec, tensor: torch.Tensor) -> None:
+        key = spec.key
+        n = self._calls.get(key, 0)
+        self._calls[key] = n + 1
+        if spec.call == 'all':
+            self._records.setdefault(key, []).append(tensor)
+        elif spec.call == 'first':
+            if n == 0:
+                self._records[key] = [tensor]
+        elif spec.call == 'last':
+            self._records[key] = [tensor]
+        elif n == spec.call:
+            self._records[key] = [tensor]
+
+    def _done(self) -> bool:
+        if self._expected is None:
+            return False
+        return all(
+            self._calls.get(k, 0) >= n for k, n in self._expected.items())
+
+    # ------------------------------------------------------------ API
+    def __enter__(self) -> 'FeatureRecorder':
+        self._records = {}
+        self._calls = {}
+        self._active = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._active = False
+        if exc_type is StopForward:
+            return True  # swallow: the forward was cut on purpose
+        if exc_type is None and self._expected is None:
+            # first complete forward: calibrate how many calls to wait for
+            self._expected = dict(self._calls)
+        return False
+
+    def get(self, spec: RecordSpec) -> Union[torch.Tensor, List[torch.Tensor]]:
+        """The recorded tensor (a list for ``call='all'``)."""
+        if spec.key not in self._records:
+            raise RuntimeError(
+                f'{self.role}: nothing was recorded for {spec.path!r} '
+                f'({spec.source}, call={spec.call!r}); the module did not run '
+                'in this forward pass. Record a module on the forward path '
+                "(e.g. 'backbone.layer1' or 'neck').")
+        values = self._records[spec.key]
+        return values if spec.call == 'all' else values[0]
+
+    def clear(self) -> None:
+        """Drop references to recorded tensors (free memory)."""
+        self._records = {}
+        self._calls = {}
+
+    def remove(self) -> None:
+        """Remove every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()
