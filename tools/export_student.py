@@ -1,0 +1,30 @@
+"""Extract the student from a distillation checkpoint.
+
+    python tools/export_student.py work_dirs/x/epoch_12.pth student.pth
+
+The output loads with the plain student config in stock mmdet / mmseg
+``tools/test.py``.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+
+from mmlckd.apis import export_student  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
+    parser.add_argument('checkpoint', help='distillation checkpoint')
+    parser.add_argument('out', help='output student checkpoint')
+    args = parser.parse_args(argv)
+    try:
+        path = export_student(args.checkpoint, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'error: {e}')
+    print(f'student written to {path}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,82 @@
+"""Evaluate a checkpoint (MMDetection / MMSegmentation ``tools/test.py``
+arguments).
+
+For a distillation config, only the student is built (no teacher or teacher
+checkpoint needed); the checkpoint may be a distillation checkpoint
+(``student.*`` keys) or an exported student.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+
+import mmlckd  # noqa: E402,F401
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from mmlckd.compat import adapt_cfg_for_cpu_dist, init_cpu_dist  # noqa: E402
+from mmlckd.utils.runner import student_test_cfg  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument('--out', help='dump predictions to a pickle file')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings in the config, key=value')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint not found: {args.checkpoint!r}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    distilled = student_test_cfg(cfg)
+    cfg.load_from = None if distilled else args.checkpoint
+    if args.out is not None:
+        cfg.test_evaluator = [cfg.test_evaluator] if isinstance(
+            cfg.test_evaluator, dict) else list(cfg.test_evaluator)
+        cfg.test_evaluator.append(
+            dict(type='DumpResults', out_file_path=args.out))
+    adapt_cfg_for_cpu_dist(cfg)
+    init_cpu_dist(args.launcher)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
+        else RUNNERS.build(cfg)
+    if distilled:
+        # distillation checkpoints hold 'student.*' (+ connectors): map them
+        runner.load_checkpoint(
+            args.checkpoint,
+            map_location='cpu',
+            revise_keys=[(r'^module\.', ''), (r'^student\.', '')])
+    metrics = runner.test()
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
