@@ -1,0 +1,299 @@
+"""LipschitzDistiller at model level: tiny random-init detectors and
+segmentors, fake batches (fast). Runner-level training lives in
+test_engine.py / test_configs.py."""
+import copy
+
+import pytest
+import torch
+from mmengine.registry import MODELS, init_default_scope
+
+import mmlckd  # noqa: F401
+from mmlckd.apis import save_student
+from mmlckd.hooks import DistillWeightHook
+from tiny_models import det_batch, det_model, seg_batch, seg_model
+
+pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
+
+
+def build(student, teacher, scope='mmdet', checkpoint=None, **kw):
+    init_default_scope(scope)
+    teacher_cfg = dict(config=dict(model=teacher, default_scope=scope),
+                       checkpoint=checkpoint)
+    teacher_cfg.update(kw.pop('teacher_kw', {}))
+    return MODELS.build(
+        dict(type='mmlckd.LipschitzDistiller', student=student,
+             teacher=teacher_cfg, **kw))
+
+
+def teacher_state(model):
+    return {k: v.clone() for k, v in model.teacher.state_dict().items()}
+
+
+FAMILIES = {
+    'retinanet': (lambda: det_model('retinanet'),
+                  lambda: det_model('retinanet', base=32), 'mmdet',
+                  det_batch),
+    'faster_rcnn': (lambda: det_model('faster_rcnn'),
+                    lambda: det_model('faster_rcnn', base=32), 'mmdet',
+                    det_batch),
+    'deeplabv3plus': (lambda: seg_model(), lambda: seg_model(base=32),
+                      'mmseg', seg_batch),
+}
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_train_two_iterations(family):
+    s_cfg, t_cfg, scope, batch = FAMILIES[family]
+    torch.manual_seed(0)
+    model = build(s_cfg(), t_cfg(), scope)
+    model.train()
+    before = teacher_state(model)
+    student_before = copy.deepcopy(model.student.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    inputs, samples = batch(model)
+    for _ in range(2):
+        losses = model(inputs, samples, mode='loss')
+        loss, log_vars = model.parse_losses(losses)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # expected keys, all finite
+    for key in ('loss_lipschitz', 'loss_feat', 'sigma_s.backbone.0',
+                'sigma_t.backbone.2'):
+        assert key in log_vars, (key, sorted(log_vars))
+        assert torch.isfinite(log_vars[key]).all()
+    assert 'sigma_s.backbone.3' not in log_vars  # 4 stages -> 3 blocks
+    # teacher: bit-identical, frozen, eval, no grads, not a submodule
+    after = model.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.teacher.training
+    assert all(p.grad is None and not p.requires_grad
+               for p in model.teacher.parameters())
+    teacher_ids = {id(p) for p in model.teacher.parameters()}
+    assert not teacher_ids & {id(p) for p in model.parameters()}
+    assert not any(k.startswith('teacher') for k in model.state_dict())
+    # the student and the connectors learned
+    changed = [k for k, v in model.student.state_dict().items()
+               if v.dtype.is_floating_point
+               and not torch.equal(v, student_before[k])]
+    assert changed
+    assert all(p.grad is not None for p in model.connectors.parameters())
+
+
+def test_teacher_stays_eval_and_follows_device_dtype():
+    s, t, scope, _ = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    model.train()
+    assert model.student.training and not model.teacher.training
+    model.to(torch.float64)
+    assert next(model.teacher.parameters()).dtype == torch.float64
+    model.float()
+    assert next(model.teacher.parameters()).dtype == torch.float32
+
+
+def test_teacher_runs_only_as_deep_as_needed():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    calls = {'head': 0, 'backbone': 0}
+    model.teacher.bbox_head.register_forward_hook(
+        lambda *a: calls.__setitem__('head', calls['head'] + 1))
+    model.teacher.backbone.register_forward_hook(
+        lambda *a: calls.__setitem__('backbone', calls['backbone'] + 1))
+    inputs, samples = batch(model)
+    model.train()
+    model(inputs, samples, mode='loss')
+    # the backbone's last recorded layer is layer4's final ReLU: the forward
+    # stopped inside the backbone, before the neck and the head
+    assert calls['head'] == 0
+    assert calls['backbone'] == 0  # stopped before the backbone returned
+
+
+def test_response_kd_and_neck_groups_detection():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(
+        s(), t(), scope,
+        features='backbone+neck',
+        response=[dict(student='bbox_head.retina_cls',
+                       teacher='bbox_head.retina_cls', call='all',
+                       loss=dict(type='mmlckd.KDLoss', activation='sigmoid',
+                                 temperature=2.0))])
+    inputs, samples = batch(model)
+    model.train()
+    losses = model(inputs, samples, mode='loss')
+    assert torch.isfinite(losses['loss_kd'])
+    assert 'sigma_s.neck.3' in losses and 'sigma_t.backbone.2' in losses
+    losses['loss_kd'].backward()
+    assert model.student.bbox_head.retina_cls.weight.grad.abs().sum() > 0
+
+
+def test_response_kd_segmentation_uses_labels():
+    s, t, scope, batch = FAMILIES['deeplabv3plus']
+    model = build(
+        s(), t(), scope, lipschitz_loss=None, feature_loss=None,
+        features=[],
+        response=[dict(student='decode_head.conv_seg',
+                       teacher='decode_head.conv_seg', use_labels=True,
+                       loss=dict(type='mmlckd.KDLoss', mode='pixel'))])
+    inputs, samples = batch(model)
+    model.train()
+    base = model(inputs, samples, mode='loss')['loss_kd']
+    for ds in samples:  # ignore everything but a few pixels
+        ds.gt_sem_seg.data[:, 4:, :] = 255
+    fewer = model(inputs, samples, mode='loss')['loss_kd']
+    assert torch.isfinite(base) and torch.isfinite(fewer)
+    assert not torch.allclose(base, fewer)
+
+
+def test_export_round_trip(tmp_path):
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    model.eval()
+    path = save_student(model, str(tmp_path / 'student.pth'))
+    plain = MODELS.build(s())
+    ckpt = torch.load(path)
+    missing, unexpected = plain.load_state_dict(ckpt['state_dict'],
+                                                strict=True), None
+    plain.eval()
+    inputs, samples = batch(model)
+    with torch.no_grad():
+        a = model(inputs, copy.deepcopy(samples), mode='tensor')
+        b = plain(inputs, copy.deepcopy(samples), mode='tensor')
+    for x, y in zip(torch.utils._pytree.tree_leaves(a),
+                    torch.utils._pytree.tree_leaves(b)):
+        assert torch.equal(x, y)
+
+
+def test_distill_weight_zero_keeps_gradients_flowing():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    model.train()
+    model.distill_weight = 0.0
+    inputs, samples = batch(model)
+    losses = model(inputs, samples, mode='loss')
+    assert float(losses['loss_lipschitz']) == 0.0
+    (losses['loss_lipschitz'] + losses['loss_feat']).backward()
+    grads = [p.grad for p in model.connectors.parameters()]
+    assert all(g is not None for g in grads)  # used, so DDP is happy
+    assert all(float(g.abs().sum()) == 0.0 for g in grads)
+
+
+def test_distill_weight_schedule():
+    hook = DistillWeightHook(warmup=10, warmup_ratio=0.0, decay='linear',
+                             min_ratio=0.5, stop_at=90)
+    assert hook.weight(0, 100) == 0.0
+    assert hook.weight(5, 100) == pytest.approx(0.5)
+    assert hook.weight(10, 100) == pytest.approx(1.0)
+    assert hook.weight(55, 100) == pytest.approx(0.75)
+    assert hook.weight(89, 100) < 0.6
+    assert hook.weight(90, 100) == 0.0
+    cos = DistillWeightHook(decay='cosine')
+    assert cos.weight(50, 100) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match='decay'):
+        DistillWeightHook(decay='exp')
+
+
+def test_autocast_bf16_gives_float32_sigmas():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    model.train()
+    inputs, samples = batch(model)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = model(inputs, samples, mode='loss')
+    assert losses['loss_lipschitz'].dtype == torch.float32
+    assert losses['sigma_s.backbone.0'].dtype == torch.float32
+    assert all(torch.isfinite(v).all() for k, v in losses.items()
+               if k.startswith(('loss_lip', 'loss_feat', 'sigma')))
+
+
+# ---------------------------------------------------------------- bad input
+def test_unknown_module_lists_close_matches():
+    s, t, scope, _ = FAMILIES['retinanet']
+    with pytest.raises(KeyError) as e:
+        build(s(), t(), scope,
+              features=[dict(student='backbone.layr2', teacher='backbone.layer2')])
+    msg = str(e.value)
+    assert "'backbone.layr2'" in msg and 'backbone.layer2' in msg
+    assert 'student' in msg
+
+
+def test_wrong_teacher_checkpoint_path(tmp_path):
+    s, t, scope, _ = FAMILIES['retinanet']
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        build(s(), t(), scope, checkpoint=str(tmp_path / 'nope.pth'))
+
+
+def test_teacher_checkpoint_mismatch_is_an_error(tmp_path):
+    s, t, scope, _ = FAMILIES['retinanet']
+    init_default_scope(scope)
+    other = MODELS.build(det_model('retinanet', base=16))  # wrong widths
+    state = {k: v for k, v in other.state_dict().items()
+             if not k.startswith('bbox_head')}
+    path = tmp_path / 'teacher.pth'
+    torch.save(dict(state_dict=state), path)
+    t_model = MODELS.build(t())
+    good = {k: v for k, v in t_model.state_dict().items()
+            if not k.startswith('bbox_head')}
+    torch.save(dict(state_dict=good), tmp_path / 'partial.pth')
+    with pytest.raises(RuntimeError, match='missing keys.*allow_missing_keys'):
+        build(s(), t(), scope, checkpoint=str(tmp_path / 'partial.pth'))
+    # explicit opt-in: loads with a warning, the loaded part is exact
+    model = build(s(), t(), scope, checkpoint=str(tmp_path / 'partial.pth'),
+                  teacher_kw=dict(allow_missing_keys=True))
+    assert torch.equal(model.teacher.backbone.conv1.weight,
+                       good['backbone.conv1.weight'])
+    # wrong shapes are never allowed
+    with pytest.raises(RuntimeError, match='size mismatch'):
+        build(s(), t(), scope, checkpoint=str(path),
+              teacher_kw=dict(allow_missing_keys=True))
+
+
+def test_distillation_checkpoint_as_teacher_hints_export(tmp_path):
+    s, t, scope, _ = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    torch.save(dict(state_dict=model.state_dict()), tmp_path / 'kd.pth')
+    with pytest.raises(ValueError, match='export_student'):
+        build(s(), t(), scope, checkpoint=str(tmp_path / 'kd.pth'))
+
+
+def test_mismatched_class_counts():
+    s, t, scope, _ = FAMILIES['retinanet']
+    teacher = t()
+    teacher.bbox_head.num_classes = 80
+    with pytest.raises(ValueError, match=r'num_classes=80.*num_classes=20'):
+        build(s(), teacher, scope)
+    build(s(), teacher, scope, teacher_kw=dict(check_num_classes=False))
+
+
+def test_mismatched_preprocessor():
+    s, t, scope, _ = FAMILIES['retinanet']
+    teacher = t()
+    teacher.data_preprocessor.bgr_to_rgb = False
+    with pytest.raises(ValueError, match='channel_conversion'):
+        build(s(), teacher, scope)
+    teacher = t()
+    teacher.data_preprocessor.std = [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match='std'):
+        build(s(), teacher, scope)
+
+
+def test_base_model_keys_merged_without_delete():
+    s, t, scope, _ = FAMILIES['retinanet']
+    with pytest.raises(TypeError, match='_delete_=True'):
+        build(s(), t(), scope, backbone=dict(type='ResNet'))
+
+
+def test_nan_features_raise_before_the_step():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    model.train()
+    inputs, samples = batch(model)
+    handle = model.student.backbone.layer3.register_forward_hook(
+        lambda m, a, out: out * float('nan'))
+    with pytest.raises(FloatingPointError) as e:
+        model(inputs, samples, mode='loss')
+    handle.remove()
+    # layer3's recorded feature is taken inside layer3, before the NaN is
+    # injected at its output: only layer4's is named
+    assert 'student backbone.layer4.1.relu:input' in str(e.value)
+    assert 'layer3.1.relu' not in str(e.value)
+    assert 'optimizer update' in str(e.value)
