@@ -1,0 +1,15 @@
+# The two commands of the README. Both set up the environment first
+# (tools/setup_env.sh: idempotent, seconds when already done).
+#   make demo   # the end-to-end demo on synthetic PASCAL VOC (CPU, ~15 min)
+#   make test   # the test suite
+# Extra arguments: make demo ARGS="--task both"   make test ARGS="-k lipschitz"
+.PHONY: demo test setup
+
+setup:
+	@bash tools/setup_env.sh >/dev/null
+
+demo:
+	@PY=$$(bash tools/setup_env.sh | tail -n1) && "$$PY" tools/demo.py $(ARGS)
+
+test:
+	@PY=$$(bash tools/setup_env.sh | tail -n1) && "$$PY" -m pytest -q tests $(ARGS)
