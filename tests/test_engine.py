@@ -216,3 +216,43 @@ def test_test_tool_runs_student_only(voc_devkit, teacher_ckpt, tmp_path):
     plain = MODELS.build(det_model('retinanet', base=16))
     state = torch.load(work / 'student_final.pth')['state_dict']
     plain.load_state_dict(state, strict=True)
+
+
+def test_teacher_sanity_check_fails_loudly_on_a_random_teacher(
+        voc_devkit, teacher_ckpt, tmp_path):
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'chk', teacher_ckpt, max_iters=1)
+    cfg.custom_hooks.append(
+        dict(type='mmlckd.TeacherSanityCheckHook', min_score=0.05))
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(RuntimeError, match='teacher scores pascal_voc/mAP'):
+        runner.train()
+    # nothing was trained, no checkpoint was written
+    assert not (tmp_path / 'chk' / 'iter_1.pth').exists()
+    # a threshold of zero lets the (random) teacher through
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'ok', teacher_ckpt, max_iters=1)
+    cfg.custom_hooks.append(
+        dict(type='mmlckd.TeacherSanityCheckHook', min_score=0.0))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    hook = [h for h in runner.hooks
+            if type(h).__name__ == 'TeacherSanityCheckHook'][0]
+    assert hook.result[0] == 'pascal_voc/mAP'
+
+
+def test_train_tool_bad_resume_path(voc_devkit, teacher_ckpt, tmp_path):
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'w', teacher_ckpt)
+    cfg_path = tmp_path / 'cfg.py'
+    cfg.dump(str(cfg_path))
+    sys.path.insert(0, osp.join(REPO, 'tools'))
+    try:
+        import importlib
+        train_tool = importlib.import_module('train')
+        with pytest.raises(SystemExit, match='checkpoint not found.*nope'):
+            train_tool.main([str(cfg_path), '--resume',
+                             str(tmp_path / 'nope.pth')])
+        with pytest.raises(SystemExit, match='--amp needs a CUDA GPU'):
+            if torch.cuda.is_available():
+                raise SystemExit('--amp needs a CUDA GPU (skipped on GPU)')
+            train_tool.main([str(cfg_path), '--amp'])
+    finally:
+        sys.path.remove(osp.join(REPO, 'tools'))
