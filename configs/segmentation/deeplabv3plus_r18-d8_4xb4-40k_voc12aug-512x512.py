@@ -1,0 +1,27 @@
+# DeepLabV3+ R-18-D8 on PASCAL VOC 2012 aug -- BASELINE student (no
+# distillation); also the student definition of the R-18 distillation
+# configs. Head widths as mmseg's stock R-18-D8 DeepLabV3+ recipes.
+#
+# Data:     data/VOCdevkit/VOC2012/JPEGImages, SegmentationClass, SegmentationClassAug
+#           and ImageSets/Segmentation/{train,aug,val}.txt (SegmentationClassAug
+#           and aug.txt: SBD converted by mmseg's
+#           tools/dataset_converters/voc_aug.py). train: train + aug
+#           ("train_aug", 10582 images); val/test: VOC2012 val (1449 images),
+#           single-scale mIoU, as mmseg::_base_/datasets/pascal_voc12_aug.py.
+# Schedule: 40k iterations, 4 GPUs x 4 images (512x512 crops), SGD lr 0.01
+#           poly, as the stock
+#           mmseg::deeplabv3plus/deeplabv3plus_r101-d8_4xb4-40k_voc12aug-512x512.py.
+# Init:     ImageNet open-mmlab://resnet18_v1c (downloaded on first use).
+#   bash tools/dist_train.sh configs/segmentation/deeplabv3plus_r18-d8_4xb4-40k_voc12aug-512x512.py 4
+_base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-40k_voc12aug-512x512.py'
+
+model = dict(
+    pretrained='open-mmlab://resnet18_v1c',
+    backbone=dict(depth=18),
+    decode_head=dict(
+        c1_in_channels=64,
+        c1_channels=12,
+        in_channels=512,
+        channels=128,
+    ),
+    auxiliary_head=dict(in_channels=256, channels=64))

@@ -1,0 +1,369 @@
+"""Shrink full-size recipes (``configs/``) into smoke-test configs.
+
+For tests, the demo and benchmarks: a loaded recipe is rewritten *in place*
+so that it trains a couple of iterations on tiny images of a (synthetic)
+VOCdevkit on a CPU, without downloading anything::
+
+    from mmengine.config import Config
+    from mmlckd.testing import tiny_voc_cfg
+
+    cfg = Config.fromfile('configs/detection/london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py')
+    tiny_voc_cfg(cfg, data_root='/tmp/voc', work_dir='/tmp/wd')
+    cfg.dump('/tmp/tiny.py')   # usable by tools/train.py, tools/dist_train.sh
+
+The model architecture is kept (depths, widths, heads); only the
+initialisation, the norm layers, the data and the schedule change. See
+:func:`tiny_voc_cfg` for the full list.
+"""
+import copy
+import os
+import os.path as osp
+from typing import Any, Optional, Sequence, Tuple
+
+from mmengine.config import Config, ConfigDict
+
+from mmlckd.utils import load_config
+
+__all__ = [
+    'strip_pretrained', 'sync_bn_to_bn', 'tiny_model_cfg', 'tiny_voc_cfg',
+    'resolve_teacher_config', 'DISTILLER_TYPES'
+]
+
+DISTILLER_TYPES = ('LipschitzDistiller', 'mmlckd.LipschitzDistiller')
+_SYNC_BN = ('SyncBN', 'MMSyncBN', 'SyncBatchNorm', 'NaiveSyncBN')
+_PRETRAINED = ('Pretrained', 'PretrainedInit')
+
+
+def _walk(obj: Any, fn) -> None:
+    """Call ``fn(d)`` on every dict nested in ``obj`` (dicts and lists)."""
+    if isinstance(obj, dict):
+        fn(obj)
+        for v in list(obj.values()):
+            _walk(v, fn)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _walk(v, fn)
+
+
+def strip_pretrained(cfg: Any) -> Any:
+    """In place: no pretrained weights anywhere in a (model) config.
+
+    ``init_cfg`` entries of type ``Pretrained`` (alone or in a list) become
+    ``None`` and every ``pretrained='...'`` key (mmseg's
+    ``EncoderDecoder.pretrained``, old-style backbones) becomes ``None``.
+    Returns ``cfg``.
+    """
+
+    def fn(d):
+        init = d.get('init_cfg', None)
+        if isinstance(init, dict) and init.get('type') in _PRETRAINED:
+            d['init_cfg'] = None
+        elif isinstance(init, (list, tuple)):
+            kept = [i for i in init if not (isinstance(i, dict) and i.get(
+                'type') in _PRETRAINED)]
+            d['init_cfg'] = kept or None
+        if isinstance(d.get('pretrained', None), str):
+            d['pretrained'] = None
+
+    _walk(cfg, fn)
+    return cfg
+
+
+def sync_bn_to_bn(cfg: Any) -> Any:
+    """In place: every SyncBN norm config becomes plain ``BN`` (SyncBN needs
+    CUDA and a process group). Returns ``cfg``."""
+
+    def fn(d):
+        if d.get('type', None) in _SYNC_BN:
+            d['type'] = 'BN'
+
+    _walk(cfg, fn)
+    return cfg
+
+
+def resolve_teacher_config(path: str, cfg_filename: Optional[str] = None
+                           ) -> str:
+    """Find a distiller's ``teacher.config`` path.
+
+    Recipes give it relative to the repository root. Tried in order: the
+    path as is (``pkg::`` paths, absolute paths, relative to the current
+    directory), then relative to every parent folder of ``cfg_filename``
+    (the distillation config's file), so it also resolves when the current
+    directory is not the repository root.
+    """
+    if '::' in path or osp.isabs(path) or osp.isfile(path):
+        return path
+    if cfg_filename:
+        folder = osp.dirname(osp.abspath(cfg_filename))
+        while True:
+            candidate = osp.join(folder, path)
+            if osp.isfile(candidate):
+                return candidate
+            parent = osp.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    raise FileNotFoundError(
+        f'teacher config {path!r} not found from {os.getcwd()!r}'
+        + (f' nor from the folders above {cfg_filename!r}'
+           if cfg_filename else '') + '; run from the repository root.')
+
+
+def _tiny_teacher(teacher: dict, cfg_filename, checkpoint, size_hw):
+    """Load the teacher config, shrink its model like the student's and
+    return an inline ``dict(model=..., default_scope=...)``."""
+    tconf = teacher['config']
+    if isinstance(tconf, str):
+        tconf = load_config(resolve_teacher_config(tconf, cfg_filename))
+    else:
+        tconf = load_config(tconf)
+    model = copy.deepcopy(tconf.get('model', None) or tconf)
+    if isinstance(model, ConfigDict):
+        model = model.to_dict()
+    model = tiny_model_cfg(model, size_hw=size_hw)
+    teacher['config'] = dict(
+        model=model, default_scope=tconf.get('default_scope', None))
+    teacher['checkpoint'] = checkpoint
+    return teacher
+
+
+def tiny_model_cfg(model: dict,
+                   teacher_checkpoint: Optional[str] = None,
+                   size_hw: Optional[Tuple[int, int]] = None,
+                   cfg_filename: Optional[str] = None) -> dict:
+    """In place: a model config that builds offline (random init).
+
+    * no pretrained weights (:func:`strip_pretrained`), SyncBN -> BN;
+    * ``size_hw``: the segmentor data preprocessor's ``size`` (fixed-size
+      padding of the batch), if it has one;
+    * for a ``LipschitzDistiller``: the same for the student, and the
+      teacher config (a path) is loaded, shrunk the same way and inlined as
+      ``teacher.config=dict(model=..., default_scope=...)``;
+      ``teacher.checkpoint`` becomes ``teacher_checkpoint`` (default None:
+      a random teacher) and ``probe_input_size`` becomes ``size_hw``.
+
+    Returns ``model``.
+    """
+    if model.get('type', None) in DISTILLER_TYPES:
+        tiny_model_cfg(model['student'], size_hw=size_hw)
+        model['teacher'] = _tiny_teacher(
+            dict(model['teacher']), cfg_filename, teacher_checkpoint,
+            size_hw)
+        if size_hw is not None:
+            model['probe_input_size'] = tuple(size_hw)
+        return model
+    strip_pretrained(model)
+    sync_bn_to_bn(model)
+    pre = model.get('data_preprocessor', None)
+    if size_hw is not None and isinstance(pre, dict) and pre.get(
+            'size', None) is not None:
+        pre['size'] = tuple(size_hw)
+    return model
+
+
+def _devkit(data_root: str) -> str:
+    """The ``VOCdevkit`` folder of ``data_root`` (it or its child)."""
+    data_root = osp.abspath(data_root)
+    if osp.basename(data_root.rstrip('/')) == 'VOCdevkit':
+        return data_root
+    child = osp.join(data_root, 'VOCdevkit')
+    if not osp.isdir(child):
+        raise FileNotFoundError(
+            f'{data_root!r} is neither a VOCdevkit folder nor holds one')
+    return child
+
+
+def _retarget(path: str, devkit: str) -> str:
+    """``'data/VOCdevkit/VOC2012'`` -> ``'<devkit>/VOC2012'``."""
+    parts = path.replace('\\', '/').rstrip('/').split('/')
+    if 'VOCdevkit' not in parts:
+        raise ValueError(
+            f'data_root {path!r} is not inside a VOCdevkit folder; '
+            'tiny_voc_cfg only handles the VOC recipes')
+    rest = parts[parts.index('VOCdevkit') + 1:]
+    new = osp.join(devkit, *rest)
+    return new + '/' if path.endswith('/') else new
+
+
+def _tiny_pipeline(pipeline: Sequence[dict], scale_wh, crop_hw) -> None:
+    for t in pipeline:
+        if not isinstance(t, dict):
+            continue
+        kind = str(t.get('type', '')).split('.')[-1]
+        if kind in ('Resize', 'RandomResize') and t.get('scale') is not None:
+            t['scale'] = tuple(scale_wh)
+        elif kind == 'RandomChoiceResize' and t.get('scales') is not None:
+            t['scales'] = [tuple(scale_wh)]
+        elif kind in ('RandomCrop', ) and t.get('crop_size') is not None:
+            t['crop_size'] = tuple(crop_hw)
+        elif kind == 'Pad' and t.get('size') is not None:
+            t['size'] = tuple(crop_hw)
+        for key in ('transforms', ):  # TestTimeAug / RandomApply wrappers
+            sub = t.get(key, None)
+            if isinstance(sub, (list, tuple)):
+                flat = []
+                for s in sub:
+                    flat.extend(s if isinstance(s, (list, tuple)) else [s])
+                _tiny_pipeline(flat, scale_wh, crop_hw)
+
+
+def _tiny_data(cfg_dict: dict, devkit: Optional[str], scale_wh, crop_hw,
+               repeat_times: Optional[int]) -> None:
+    """Every dataset / pipeline anywhere in the config (the loaders and the
+    top-level variables such as mmseg's ``dataset_train``)."""
+
+    def fn(d):
+        kind = str(d.get('type', '')).split('.')[-1]
+        if kind == 'RepeatDataset' and repeat_times is not None:
+            d['times'] = repeat_times
+        root = d.get('data_root', None)
+        if devkit is not None and isinstance(root, str):
+            d['data_root'] = _retarget(root, devkit)
+        if isinstance(d.get('pipeline', None), (list, tuple)):
+            _tiny_pipeline(d['pipeline'], scale_wh, crop_hw)
+
+    for key, value in cfg_dict.items():
+        if key.endswith('pipeline') and isinstance(value, (list, tuple)):
+            _tiny_pipeline(value, scale_wh, crop_hw)
+        elif key == 'data_root' and devkit is not None and isinstance(
+                value, str):
+            cfg_dict[key] = _retarget(value, devkit)
+        elif key != 'model':
+            _walk(value, fn)
+
+
+def tiny_voc_cfg(cfg: Config,
+                 data_root: Optional[str] = None,
+                 img_scale: Tuple[int, int] = (64, 64),
+                 batch_size: int = 2,
+                 max_iters: int = 2,
+                 val: bool = True,
+                 work_dir: Optional[str] = None,
+                 teacher_checkpoint: Optional[str] = None,
+                 repeat_times: int = 1,
+                 seed: Optional[int] = 0) -> Config:
+    """Rewrite a VOC recipe (loaded ``Config``) in place for a smoke run.
+
+    Args:
+        cfg: a config of ``configs/`` (or a stock mmdet/mmseg VOC config):
+            detector, segmentor or ``LipschitzDistiller``.
+        data_root: the folder holding ``VOCdevkit`` (e.g. the root made by
+            :func:`mmlckd.datasets.make_synthetic_voc`) or the ``VOCdevkit``
+            folder itself. Every dataset ``data_root`` under
+            ``.../VOCdevkit/...`` is moved there (detection's
+            VOC2007+VOC2012 concat in a ``RepeatDataset``, segmentation's
+            ``train``+``aug`` concat, val/test sets). ``None``: data paths
+            are left alone (e.g. to build the model only).
+        img_scale: ``(w, h)`` for every ``Resize``/``RandomResize``
+            ``scale``; crops (``RandomCrop.crop_size``, ``Pad.size``, the
+            segmentor data preprocessor's ``size``) become ``(h, w)``.
+        batch_size: training batch size per process (val/test keep theirs).
+        max_iters: iterations of an ``IterBasedTrainLoop``; validation (if
+            ``val``) and a checkpoint (``iter_<max_iters>.pth``) at the end.
+        val: keep the validation loop (else val loader/evaluator removed).
+        work_dir: sets ``cfg.work_dir`` when given.
+        teacher_checkpoint: for distillers, the teacher's checkpoint
+            (default None: a random teacher, which the distiller warns
+            about).
+        repeat_times: ``RepeatDataset.times`` (stock VOC detection: 3).
+        seed: ``randomness.seed`` (None: leave it).
+
+    Also: no pretrained weights anywhere (also in the teacher, whose config
+    is inlined, see :func:`tiny_model_cfg`), SyncBN -> BN, data loaders
+    with ``num_workers=0`` / ``persistent_workers=False``, epoch-based LR
+    schedulers dropped (iteration-based ones kept), logger and
+    ``LipschitzMonitorHook`` interval 1, ``CheckpointHook`` by iteration
+    every ``max_iters``, visualization hook ``draw=False``, and for the
+    mmlckd hooks: ``TeacherSanityCheckHook`` accepts any score on one batch
+    (a random teacher scores ~0), ``DistillWeightHook`` warm-up shortened
+    to ``max_iters // 2`` so both phases run.
+
+    Returns:
+        ``cfg`` (modified in place).
+    """
+    scale_wh = tuple(img_scale)
+    crop_hw = (scale_wh[1], scale_wh[0])
+    tiny_model_cfg(cfg.model, teacher_checkpoint=teacher_checkpoint,
+                   size_hw=crop_hw, cfg_filename=cfg.filename)
+    if isinstance(cfg.get('data_preprocessor', None), dict) and \
+            cfg.data_preprocessor.get('size', None) is not None:
+        cfg.data_preprocessor['size'] = crop_hw
+    if cfg.get('crop_size', None) is not None:
+        cfg.crop_size = crop_hw
+    # top-level leftovers too (e.g. `student = _base_.model`, `norm_cfg`)
+    for key in list(cfg.keys()):
+        if key != 'model':
+            strip_pretrained(cfg[key])
+            sync_bn_to_bn(cfg[key])
+
+    # data
+    devkit = _devkit(data_root) if data_root is not None else None
+    _tiny_data(cfg._cfg_dict, devkit, scale_wh, crop_hw, repeat_times)
+    for name, bs in (('train_dataloader', batch_size),
+                     ('val_dataloader', None), ('test_dataloader', None)):
+        loader = cfg.get(name, None)
+        if not loader:
+            continue
+        if bs is not None:
+            loader['batch_size'] = bs
+        loader['num_workers'] = 0
+        loader['persistent_workers'] = False
+
+    # schedule
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop',
+        max_iters=max_iters,
+        val_interval=max_iters)
+    if not val:
+        cfg.val_dataloader = None
+        cfg.val_cfg = None
+        cfg.val_evaluator = None
+    elif cfg.get('val_cfg', None) is None:
+        cfg.val_cfg = dict(type='ValLoop')
+    scheds = cfg.get('param_scheduler', None)
+    if isinstance(scheds, dict):
+        scheds = [scheds]
+    if scheds:
+        kept = [s for s in scheds if not s.get('by_epoch', True)]
+        cfg.param_scheduler = kept or None
+    cfg.log_processor = dict(cfg.get('log_processor', None) or {},
+                             by_epoch=False)
+
+    # hooks
+    hooks = cfg.get('default_hooks', None) or {}
+    if 'logger' in hooks and hooks['logger']:
+        hooks['logger']['interval'] = 1
+        hooks['logger']['log_metric_by_epoch'] = False
+    if 'checkpoint' in hooks and hooks['checkpoint']:
+        hooks['checkpoint'].update(by_epoch=False, interval=max_iters)
+    if 'visualization' in hooks and hooks['visualization']:
+        hooks['visualization']['draw'] = False
+    cfg.default_hooks = hooks
+    custom = []
+    for h in cfg.get('custom_hooks', None) or []:
+        h = dict(h)
+        kind = str(h.get('type', '')).split('.')[-1]
+        if kind == 'TeacherSanityCheckHook':
+            h.update(min_score=0.0, max_batches=1)
+        elif kind == 'DistillWeightHook':
+            h['warmup'] = min(h.get('warmup', 0), max_iters // 2)
+            h['by_epoch'] = False
+            if h.get('stop_at', None) is not None:
+                h['stop_at'] = min(h['stop_at'], max_iters)
+        elif kind == 'LipschitzMonitorHook':
+            h['interval'] = 1
+        custom.append(h)
+    if custom:
+        cfg.custom_hooks = custom
+
+    # runtime
+    env = cfg.get('env_cfg', None) or {}
+    env['cudnn_benchmark'] = False
+    cfg.env_cfg = env
+    if seed is not None:
+        cfg.randomness = dict(seed=seed)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    cfg.load_from = None
+    cfg.resume = False
+    return cfg
