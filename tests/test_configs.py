@@ -153,7 +153,7 @@ def test_config_parses(path):
         assert list(feat.feat_weights) == [1 / 8, 1 / 4, 1 / 2, 1, 1, 1 / 16]
         assert len(cfg.model.features) == 6
         assert [f.group for f in cfg.model.features] == \
-            ['backbone'] * 4 + ['aspp', 'decoder']
+            ['backbone'] * 4 + [None, None]
     else:
         assert cfg.model.features == 'backbone'
     if osp.basename(path).startswith('london_'):

@@ -21,8 +21,8 @@
 #           conv_seg, input of its ReLU). Teacher margins come from the BN
 #           before each ReLU. The Lipschitz term chains the 4 backbone stages
 #           (group 'backbone', as in LONDON); the ASPP and decoder features
-#           are OFD-only (each alone in its group, so the Lipschitz term
-#           skips them; the distiller says so in a warning at build time).
+#           are OFD-only (group=None, so the Lipschitz term
+#           skips them).
 # Output:   work_dirs/<this config>/iter_40000.pth (student + connectors, no
 #           teacher) and student_final.pth (student only, for the plain
 #           student config and stock mmseg tools).
@@ -62,7 +62,7 @@ model = dict(
                           source='input'),
              teacher=dict(path='decode_head.bottleneck.activate',
                           source='input'),
-             teacher_bn='decode_head.bottleneck.bn', group='aspp'),
+             teacher_bn='decode_head.bottleneck.bn', group=None),
         # decoder output (last conv + BN before the classifier, before ReLU)
         dict(student=dict(
                  path='decode_head.sep_bottleneck.1.pointwise_conv.activate',
@@ -71,7 +71,7 @@ model = dict(
                  path='decode_head.sep_bottleneck.1.pointwise_conv.activate',
                  source='input'),
              teacher_bn='decode_head.sep_bottleneck.1.pointwise_conv.bn',
-             group='decoder'),
+             group=None),
     ],
     # weights: see configs/_base_/london_voc12aug_segmentation.py
     lipschitz_loss=_base_.london_lipschitz_loss,

@@ -52,7 +52,13 @@ class TeacherSanityCheckHook(Hook):
                 outputs = teacher.val_step(data)
                 loop.evaluator.process(data_samples=outputs, data_batch=data)
                 n_seen += len(outputs)
-        size = len(dataset) if self.max_batches is None else n_seen
+        if self.max_batches is None:
+            size = len(dataset)
+        else:  # the evaluator gathers every rank's results: count them all
+            from mmengine.dist import all_reduce
+            seen = torch.tensor(n_seen, dtype=torch.long)
+            all_reduce(seen)
+            size = int(seen)
         metrics = loop.evaluator.evaluate(size)
         key = self.metric or next(
             (k for k, v in metrics.items() if isinstance(v, (int, float))),

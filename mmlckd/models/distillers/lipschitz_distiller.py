@@ -131,7 +131,8 @@ class LipschitzDistiller(BaseModel):
             (``source``, ``index``, ``call``) may be given at the top level.
             ``group`` (default: the first path component) chains features
             for the Lipschitz term: consecutive features of one group form
-            the blocks whose Lipschitz constants are matched.
+            the blocks whose Lipschitz constants are matched;
+            ``group=None`` makes a feature OFD-only (no Lipschitz term).
         lipschitz_loss (dict, optional): ``mmlckd.LipschitzLoss`` config;
             ``None`` disables the LONDON term.
         feature_loss (dict, optional): ``mmlckd.OFDLoss`` config; ``None``
@@ -492,7 +493,8 @@ class LipschitzDistiller(BaseModel):
     def _groups(self) -> Dict[str, List[int]]:
         groups: Dict[str, List[int]] = {}
         for i, pair in enumerate(self.pairs):
-            groups.setdefault(pair.group, []).append(i)
+            if pair.group is not None:
+                groups.setdefault(pair.group, []).append(i)
         return groups
 
     # ------------------------------------------------------ nn.Module glue
