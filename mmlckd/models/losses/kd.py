@@ -1,0 +1,142 @@
+"""Response (logit) distillation: pixel-wise KD and channel-wise (CWD) KD."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmlckd.registry import MODELS
+from .utils import fp32_guard, resize_like, upcast
+
+__all__ = ['KDLoss']
+
+
+@MODELS.register_module()
+class KDLoss(nn.Module):
+    """Knowledge distillation on logits, ``KL(teacher || student)``.
+
+    Modes (logits (B, C) or (B, C, H, W), C = classes or channels):
+
+    * ``mode='pixel'``, ``activation='softmax'``: softmax over the class dim
+      at every position (Hinton et al. 2015 for (B, C); per pixel for dense
+      prediction); the KL is averaged over the valid positions.
+    * ``mode='pixel'``, ``activation='sigmoid'``: every class is an
+      independent Bernoulli (for sigmoid classifiers such as RetinaNet); the
+      per-position KL is the sum of the per-class binary KLs.
+    * ``mode='channel'``: channel-wise distillation (CWD, Shu et al. 2021):
+      softmax over the spatial positions of each channel, KL averaged over
+      ``B * C``. Needs 4-D logits and ``activation='softmax'``.
+
+    Logits are divided by ``temperature`` and the loss is multiplied by
+    ``temperature ** 2``, then by ``loss_weight``. Student logits of another
+    spatial size are bilinearly resized to the teacher's. The teacher gets
+    no gradient. Computation is in float32 (float64 stays float64).
+
+    Args:
+        temperature (float): Softening temperature T. Defaults to 1.0.
+        loss_weight (float): Weight of the loss. Defaults to 1.0.
+        activation (str): ``'softmax'`` or ``'sigmoid'``. Defaults to
+            'softmax'.
+        mode (str): ``'pixel'`` or ``'channel'``. Defaults to 'pixel'.
+        ignore_index (int): Label value excluded in pixel mode.
+            Defaults to 255.
+    """
+
+    def __init__(self,
+                 temperature: float = 1.0,
+                 loss_weight: float = 1.0,
+                 activation: str = 'softmax',
+                 mode: str = 'pixel',
+                 ignore_index: int = 255) -> None:
+        super().__init__()
+        if activation not in ('softmax', 'sigmoid'):
+            raise ValueError("activation must be 'softmax' or 'sigmoid', got "
+                             f'{activation!r}')
+        if mode not in ('pixel', 'channel'):
+            raise ValueError(
+                f"mode must be 'pixel' or 'channel', got {mode!r}")
+        if mode == 'channel' and activation != 'softmax':
+            raise ValueError("mode='channel' (CWD) needs activation='softmax'")
+        if temperature <= 0:
+            raise ValueError(f'temperature must be > 0, got {temperature}')
+        self.temperature = temperature
+        self.loss_weight = loss_weight
+        self.activation = activation
+        self.mode = mode
+        self.ignore_index = ignore_index
+
+    def _valid_mask(self, labels: Tensor, logits: Tensor) -> Tensor:
+        """Mask of shape logits.shape[:1] + logits.shape[2:]."""
+        if logits.dim() == 4 and labels.shape[-2:] != logits.shape[-2:]:
+            labels = F.interpolate(
+                labels[:, None].float(),
+                size=logits.shape[-2:],
+                mode='nearest')[:, 0]
+        target_shape = logits.shape[:1] + logits.shape[2:]
+        if labels.shape != target_shape:
+            raise ValueError(f'KDLoss: labels of shape {tuple(labels.shape)} '
+                             'do not match logits of shape '
+                             f'{tuple(logits.shape)}')
+        return labels != self.ignore_index
+
+    def forward(self,
+                student_logits: Tensor,
+                teacher_logits: Tensor,
+                labels: Optional[Tensor] = None) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            student_logits (Tensor): (B, C) or (B, C, H, W).
+            teacher_logits (Tensor): Same number of classes (channels).
+            labels (Tensor, optional): (B,) or (B, H', W') labels; positions
+                equal to ``ignore_index`` are excluded (pixel mode only;
+                resized to the logits with nearest interpolation). Ignored
+                in channel mode.
+
+        Returns:
+            Tensor: Scalar loss.
+        """
+        if student_logits.size(1) != teacher_logits.size(1):
+            raise ValueError(
+                f'KDLoss: the student predicts {student_logits.size(1)} '
+                f'classes (channels) but the teacher '
+                f'{teacher_logits.size(1)}; teacher and student must predict '
+                'the same classes')
+        if (student_logits.dim() != teacher_logits.dim()
+                or student_logits.size(0) != teacher_logits.size(0)):
+            raise ValueError(
+                f'KDLoss: student logits {tuple(student_logits.shape)} and '
+                f'teacher logits {tuple(teacher_logits.shape)} are not '
+                'compatible')
+        T = self.temperature
+        with fp32_guard(student_logits):
+            s = upcast(resize_like(student_logits, teacher_logits)) / T
+            t = upcast(teacher_logits.detach()).to(s) / T
+            if self.mode == 'channel':
+                if s.dim() != 4:
+                    raise ValueError("KDLoss: mode='channel' needs "
+                                     '(B, C, H, W) logits')
+                s, t = s.flatten(2), t.flatten(2)  # softmax over H * W
+                log_p_t = F.log_softmax(t, dim=-1)
+                kl = (log_p_t.exp() *
+                      (log_p_t - F.log_softmax(s, dim=-1))).sum(-1)
+                loss = kl.mean()
+            else:
+                if self.activation == 'softmax':
+                    log_p_t = F.log_softmax(t, dim=1)
+                    kl = (log_p_t.exp() *
+                          (log_p_t - F.log_softmax(s, dim=1))).sum(1)
+                else:
+                    # Bernoulli KL: p log(p/q) + (1-p) log((1-p)/(1-q)).
+                    p_t = torch.sigmoid(t)
+                    kl = (p_t * (F.logsigmoid(t) - F.logsigmoid(s)) +
+                          (1 - p_t) *
+                          (F.logsigmoid(-t) - F.logsigmoid(-s))).sum(1)
+                if labels is None:
+                    loss = kl.mean()
+                else:
+                    valid = self._valid_mask(labels, kl.unsqueeze(1))
+                    loss = torch.where(valid, kl, kl.new_zeros(())).sum() / \
+                        valid.sum().clamp(min=1)
+        return loss * (T * T) * self.loss_weight

@@ -1,0 +1,81 @@
+"""Small helpers shared by the distillation losses (pure torch)."""
+from contextlib import AbstractContextManager
+from typing import List, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LevelWeights = Union[str, Sequence[float]]
+
+
+def fp32_guard(tensor: Tensor) -> AbstractContextManager:
+    """Context that disables autocast on ``tensor``'s device type.
+
+    Inside it, ops run in the dtype of their inputs, so callers combine it
+    with :func:`upcast` to compute in float32 even when the surrounding code
+    runs under ``torch.autocast``.
+    """
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def upcast(tensor: Tensor) -> Tensor:
+    """Return ``tensor`` as float32 unless it is float32 or float64 already.
+
+    float64 is kept so that ``torch.autograd.gradcheck`` can be used.
+    """
+    if tensor.dtype in (torch.float32, torch.float64):
+        return tensor
+    return tensor.float()
+
+
+def check_level_weights(weights: LevelWeights, arg_name: str) -> None:
+    """Validate a level-weight spec at construction time.
+
+    Args:
+        weights: ``'reference'``, ``'uniform'`` or a sequence of numbers.
+        arg_name: Name of the argument, used in error messages.
+    """
+    if isinstance(weights, str):
+        if weights not in ('reference', 'uniform'):
+            raise ValueError(f"{arg_name} must be 'reference', 'uniform' or "
+                             f'a list of numbers, got {weights!r}')
+    elif not all(isinstance(w, (int, float)) for w in weights):
+        raise TypeError(f'{arg_name} must contain numbers, got {weights!r}')
+
+
+def resolve_level_weights(weights: LevelWeights, num: int,
+                          arg_name: str) -> List[float]:
+    """Expand a level-weight spec to ``num`` weights.
+
+    ``'reference'`` gives ``1 / 2 ** (num - 1 - i)`` for level ``i`` (the
+    deepest level weighs 1, each shallower level half as much, as in the
+    OFD/LONDON reference code); ``'uniform'`` gives ones; an explicit
+    sequence must have exactly ``num`` entries.
+
+    Args:
+        weights: The spec (see :func:`check_level_weights`).
+        num: Number of levels.
+        arg_name: Name of the argument, used in error messages.
+
+    Returns:
+        list[float]: One weight per level, shallow to deep.
+    """
+    if weights == 'reference':
+        return [1.0 / 2**(num - 1 - i) for i in range(num)]
+    if weights == 'uniform':
+        return [1.0] * num
+    weights = [float(w) for w in weights]
+    if len(weights) != num:
+        raise ValueError(f'{arg_name} has {len(weights)} entries but there '
+                         f'are {num} levels to weight; give one weight per '
+                         "level or use 'reference' / 'uniform'")
+    return weights
+
+
+def resize_like(src: Tensor, ref: Tensor) -> Tensor:
+    """Bilinearly resize 4-D ``src`` to ``ref``'s spatial size if needed."""
+    if src.dim() == 4 and src.shape[-2:] != ref.shape[-2:]:
+        src = F.interpolate(
+            src, size=ref.shape[-2:], mode='bilinear', align_corners=False)
+    return src
