@@ -100,14 +100,15 @@ def test_connector():
 # --------------------------------------------------------------------------
 def partial_l2_by_loops(s, t, margin):
     """sum over elements of (s - target)^2 where s > target or target > 0,
-    target = max(t, margin[c]), divided by the batch size (python floats)."""
+    target = max(t, margin[c]), divided by the batch size (python floats);
+    without a margin every element counts (plain L2)."""
     total = 0.0
     for b in range(s.size(0)):
         for c in range(s.size(1)):
             for sv, tv in zip(s[b, c].flatten().tolist(),
                               t[b, c].flatten().tolist()):
                 target = max(tv, margin[c]) if margin is not None else tv
-                if sv > target or target > 0:
+                if margin is None or sv > target or target > 0:
                     total += (sv - target)**2
     return total / s.size(0)
 
@@ -121,8 +122,8 @@ def test_partial_l2_hand_made():
     expected = 1.0 + 0.25 + 0.25 + 1.0
     loss = OFDLoss()([s], [t], [torch.tensor([-1.0])])
     assert loss.item() == pytest.approx(expected)
-    # without a margin the target is t itself
-    expected = 4.0 + 0.25 + 0.25 + 1.0
+    # without a margin (no ReLU follows): plain L2 over every element
+    expected = 1.0 + 4.0 + 0.25 + 0.25 + 0.25 + 1.0
     assert OFDLoss()([s], [t]).item() == pytest.approx(expected)
 
 

@@ -91,13 +91,15 @@ class OFDLoss(nn.Module):
     """OFD partial L2 distillation loss.
 
     For feature ``i`` with student map ``s`` (already through the
-    connector) and teacher map ``t``: ``target = max(t, margin_i)`` (or
-    ``t`` if the margin is None) and::
+    connector) and teacher map ``t``: ``target = max(t, margin_i)`` and::
 
         loss_i = sum((s - target) ** 2 * [(s > target) | (target > 0)]) / B
 
     i.e. where the teacher's target is negative (it will be zeroed by the
-    ReLU) the student is only penalised for being above it. The total is
+    ReLU) the student is only penalised for being above it. A feature whose
+    margin is None is not followed by a ReLU (FPN outputs, MobileNetV2's
+    linear bottlenecks) or its BN is unknown: it gets the plain L2
+    ``sum((s - t) ** 2) / B``, since no ReLU hides its negative part. The total is
     ``loss_weight * sum_i w_i * loss_i``. Student maps of another spatial
     size are bilinearly resized to the teacher's; teacher maps get no
     gradient. The reference ImageNet setting divides by ``1e4`` (set
@@ -165,5 +167,8 @@ class OFDLoss(nn.Module):
                             f'entries for {t.size(1)} channels')
                     shape = (1, -1) + (1, ) * (t.dim() - 2)
                     t = torch.max(t, margin.detach().to(t).view(shape))
-                loss = loss + weights[i] * _PartialL2.apply(s, t) / s.size(0)
+                    term = _PartialL2.apply(s, t)
+                else:
+                    term = (s - t).square().sum()
+                loss = loss + weights[i] * term / s.size(0)
         return loss * self.loss_weight
