@@ -439,18 +439,24 @@ def test_warm_start_tracking():
     # Cold starts with 2 iterations are not accurate on these matrices
     # (sigma2 / sigma1 = 0.8) ...
     errs = tracking_errors(
-        LipschitzLoss(n_iters=2, cold_iters=2, warm_start=False),
+        LipschitzLoss(n_iters=2, cold_iters=2, warm_start=False,
+                      n_vectors=1),
         {'default': drifting_tms(8)})['default']
     assert min(errs) > 1e-3
     # ... but 2 iterations from the stored vectors are, after a few steps.
     errs = tracking_errors(
-        LipschitzLoss(n_iters=2, cold_iters=2),
+        LipschitzLoss(n_iters=2, cold_iters=2, n_vectors=1),
         {'default': drifting_tms(12)})['default']
     assert errs[0] > 1e-3 and max(errs[4:]) < 1e-3
+    # the default block of 4 is accurate from the first step on
+    errs = tracking_errors(
+        LipschitzLoss(n_iters=2, cold_iters=2),
+        {'default': drifting_tms(12)})['default']
+    assert max(errs) < 1e-3
 
 
 def test_state_per_key():
-    loss_fn = LipschitzLoss(n_iters=2, cold_iters=2)
+    loss_fn = LipschitzLoss(n_iters=2, cold_iters=2, n_vectors=1)
     errs = tracking_errors(
         loss_fn, {
             'backbone': drifting_tms(10, c_in=16, c_out=32, seed=0),
@@ -462,7 +468,21 @@ def test_state_per_key():
     assert {k.split('.')[1]
             for k in loss_fn.last_sigmas} == {'backbone', 'neck'}
     assert not any('loss' in k for k in loss_fn.last_sigmas)
-    assert loss_fn.state_dict() == {}  # nothing persisted
+    # the vectors travel in the state dict (exact resume), as lists/tensors
+    state = loss_fn.state_dict()
+    assert list(state) == ['_extra_state']
+    assert sorted(map(tuple, state['_extra_state']['keys'])) == [
+        ('backbone', 'student', 0), ('backbone', 'teacher', 0),
+        ('neck', 'student', 0), ('neck', 'teacher', 0)]
+    restored = LipschitzLoss(n_iters=2, cold_iters=2, n_vectors=1)
+    restored.load_state_dict(state)
+    feats = stage_feats()
+    a = loss_fn(feats[:2], feats[:2], key='other')  # cold for both
+    b = restored(feats[:2], feats[:2], key='other')
+    assert torch.equal(a, b)
+    for key, (u, v) in loss_fn._vectors.items():
+        if key[0] != 'other':
+            assert torch.equal(u, restored._vectors[key][0])
     # another model under the same key: restarts cold, no error
     loss_fn.cold_iters = 100
     feats = stage_feats()
