@@ -10,25 +10,25 @@ machines without CUDA, and distillation runs always export the student
 (``<work_dir>/student_final.pth``) at the end.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import mmlckd  # noqa: E402,F401
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmlckd.compat import adapt_cfg_for_cpu_dist, init_cpu_dist  # noqa: E402
-from mmlckd.utils.runner import prepare_distill_cfg  # noqa: E402
+from mmlckd.utils.runner import (load_tool_cfg,  # noqa: E402
+                                 parse_with_launcher_args,
+                                 prepare_distill_cfg)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train (or distil) a model')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--amp',
         action='store_true',
@@ -45,33 +45,11 @@ def parse_args(argv=None):
         const='auto',
         help='resume from this checkpoint, or (no value) from the latest '
         'checkpoint in the work directory')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings in the config, key=value (see mmdet)')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_with_launcher_args(parser, argv)
 
 
 def build_cfg(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_cfg(args)
     if args.amp:
         import torch
         if not torch.cuda.is_available():

@@ -1,7 +1,53 @@
 """Config adjustments shared by tools/train.py, tools/test.py and the demo."""
-from mmengine.config import Config
+import argparse
+import os
+import os.path as osp
+from typing import List, Optional
 
-__all__ = ['is_distill_cfg', 'prepare_distill_cfg', 'student_test_cfg']
+from mmengine.config import Config, DictAction
+
+__all__ = [
+    'is_distill_cfg', 'prepare_distill_cfg', 'student_test_cfg',
+    'parse_with_launcher_args', 'load_tool_cfg'
+]
+
+
+def parse_with_launcher_args(parser: argparse.ArgumentParser,
+                             argv: Optional[List[str]] = None):
+    """Add the arguments every OpenMMLab tool shares (``--work-dir``,
+    ``--cfg-options``, ``--launcher``, ``--local_rank``), parse, and export
+    ``LOCAL_RANK`` as mmdet's tools do."""
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings in the config, key=value (see mmdet)')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def load_tool_cfg(args) -> Config:
+    """The config of ``args.config`` with ``--launcher``, ``--cfg-options``
+    and ``--work-dir`` (default ``work_dirs/<config name>``) applied."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 _DISTILLERS = ('LipschitzDistiller', 'mmlckd.LipschitzDistiller')
 
