@@ -9,7 +9,10 @@ A :class:`RecordSpec` says what to take from a module:
 
 * ``source='output'`` (default) or ``'input'`` (the first positional input,
   e.g. the input of a block's final ReLU, i.e. its pre-activation output;
-  inputs of in-place modules are cloned before the module overwrites them);
+  an in-place activation (``nn.ReLU(inplace=True)``, ...) whose input is
+  recorded runs out of place during the recording forward instead, so its
+  input survives without a copy; inputs of other in-place modules are
+  cloned before the module overwrites them);
 * ``index``: an element of a tuple/list output (e.g. one FPN level);
 * ``call``: modules called several times per forward (a shared ReLU, a head
   conv applied per pyramid level) -- ``'last'`` (default), ``'first'``,
@@ -28,6 +31,16 @@ import torch
 import torch.nn as nn
 
 __all__ = ['RecordSpec', 'FeatureRecorder', 'StopForward', 'get_module']
+
+
+# Activations whose ``forward`` reads ``self.inplace`` at call time: while a
+# recorder holds their input, it sets ``inplace = False`` for that one call
+# (restored by a forward hook) instead of cloning the input. The results are
+# identical; the copy is saved.
+_INPLACE_FLAG_FORWARDS = frozenset(
+    cls.forward for cls in (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.ELU,
+                            nn.CELU, nn.SELU, nn.SiLU, nn.Mish, nn.Hardswish,
+                            nn.Hardsigmoid, nn.Threshold, nn.RReLU))
 
 
 class StopForward(Exception):
@@ -122,12 +135,14 @@ class FeatureRecorder:
         self._calls: Dict[str, int] = {}
         self._expected: Optional[Dict[str, int]] = None
         self._handles = []
+        self._out_of_place = set()  # ids of modules made out of place
         by_module: Dict[str, List[RecordSpec]] = {}
         for spec in self.specs:
             by_module.setdefault(spec.path, []).append(spec)
         for path, specs_ in by_module.items():
             module = get_module(model, path, role)
             inplace = bool(getattr(module, 'inplace', False))
+            flip = inplace and type(module).forward in _INPLACE_FLAG_FORWARDS
             out_specs = [s for s in specs_ if s.source == 'output']
             in_specs = [s for s in specs_ if s.source == 'input']
             if out_specs:
@@ -135,11 +150,16 @@ class FeatureRecorder:
                     self._make_hook(out_specs, is_input=False, clone=False)))
             if in_specs:
                 self._handles.append(module.register_forward_pre_hook(
-                    self._make_hook(in_specs, is_input=True, clone=inplace)))
+                    self._make_hook(in_specs, is_input=True,
+                                    clone=inplace and not flip,
+                                    out_of_place=flip)))
+                if flip:  # runs even if the forward raises
+                    self._handles.append(module.register_forward_hook(
+                        self._restore_inplace, always_call=True))
 
     # ------------------------------------------------------------ hooks
     def _make_hook(self, specs: List[RecordSpec], is_input: bool,
-                   clone: bool):
+                   clone: bool, out_of_place: bool = False):
 
         def hook(module, args, output=None):
             if not self._active:
@@ -152,11 +172,19 @@ class FeatureRecorder:
                 self._store(spec, tensor)
             if self.stop_when_done and self._done():
                 raise StopForward
+            if out_of_place and module.inplace:
+                module.inplace = False  # keep the recorded input intact
+                self._out_of_place.add(id(module))
             return None
 
         if is_input:
             return lambda module, args: hook(module, args)
         return hook
+
+    def _restore_inplace(self, module, args, output) -> None:
+        if id(module) in self._out_of_place:
+            self._out_of_place.discard(id(module))
+            module.inplace = True
 
     def _store(self, spec: RecordSpec, tensor: torch.Tensor) -> None:
         key = spec.key

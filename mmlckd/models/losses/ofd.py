@@ -73,9 +73,16 @@ class _PartialL2(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor) -> Tensor:
+    def forward(ctx, s: Tensor, t: Tensor, reuse_t: bool = False) -> Tensor:
         mask = torch.gt(s, t).logical_or_(t > 0)
-        diff = torch.where(mask, s - t, 0.0)
+        # reuse_t: ``t`` is a temporary of the caller; ``diff`` overwrites it
+        # (if it has diff's dtype: s - t is computed in the promoted dtype)
+        if reuse_t and t.dtype == s.dtype and t.shape == s.shape:
+            diff = torch.sub(s, t, out=t)
+        else:
+            diff = s - t
+        diff.masked_fill_(mask.logical_not_(), 0.0)
+        del mask  # before the square's temporary: a lower peak
         ctx.save_for_backward(diff)
         return diff.square().sum()
 
@@ -83,7 +90,7 @@ class _PartialL2(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         diff, = ctx.saved_tensors
-        return diff * (2 * grad), None
+        return diff * (2 * grad), None, None
 
 
 @MODELS.register_module()
@@ -167,7 +174,7 @@ class OFDLoss(nn.Module):
                             f'entries for {t.size(1)} channels')
                     shape = (1, -1) + (1, ) * (t.dim() - 2)
                     t = torch.max(t, margin.detach().to(t).view(shape))
-                    term = _PartialL2.apply(s, t)
+                    term = _PartialL2.apply(s, t, True)  # t: a new tensor
                 else:
                     term = (s - t).square().sum()
                 loss = loss + weights[i] * term / s.size(0)
