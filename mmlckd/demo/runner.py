@@ -1,0 +1,211 @@
+"""Training / testing one demo model through mmengine's Runner."""
+import gc
+import json
+import os
+import os.path as osp
+import time
+from typing import Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
+
+from mmlckd.utils.runner import prepare_distill_cfg
+from .tasks import DemoTask, config_dir
+
+__all__ = ['DemoRunner', 'LossCurveHook', 'build_cfg', 'train_and_test',
+           'model_complexity']
+
+
+class DemoRunner(Runner):
+    """mmengine's Runner, minus the multi-page environment / config dump at
+    start-up (the full config is still written to the work dir)."""
+
+    def _log_env(self, env_cfg: dict) -> None:
+        self.logger.info(
+            f'config {osp.basename(self.cfg.filename or "?")} | seed '
+            f'{self.seed} | work_dir {self.work_dir} | torch threads '
+            f'{torch.get_num_threads()}')
+
+    def get_hooks_info(self) -> str:
+        # one line instead of mmengine's per-stage hook table
+        return ', '.join(type(h).__name__ for h in self.hooks)
+
+
+class LossCurveHook(Hook):
+    """Writes every ``interval``-th iteration's raw (unsmoothed) log
+    variables (losses, sigmas) as JSON lines, for the demo's plots."""
+    priority = 'LOW'
+
+    def __init__(self, path: str, interval: int = 1):
+        self.path = path
+        self.interval = interval
+
+    def before_train(self, runner) -> None:
+        if osp.exists(self.path):
+            os.remove(self.path)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        if not outputs or (runner.iter + 1) % self.interval:
+            return
+        rec = {'iter': runner.iter + 1}
+        for k, v in outputs.items():
+            try:
+                rec[k] = float(v.item() if hasattr(v, 'item') else v)
+            except (TypeError, ValueError):
+                continue
+        with open(self.path, 'a', encoding='utf-8') as f:
+            f.write(json.dumps(rec) + '\n')
+
+
+def _set_key_everywhere(node, key: str, value) -> None:
+    """Set ``key`` in every (nested) dict of ``node`` that has it."""
+    if isinstance(node, dict):
+        if key in node:
+            node[key] = value
+        for v in node.values():
+            _set_key_everywhere(v, key, value)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            _set_key_everywhere(v, key, value)
+
+
+def _set_schedule(cfg: Config, iters: int) -> None:
+    """``iters`` iterations: linear warm-up (<= 50 iterations, 10%) then
+    cosine decay of the config's learning rate; no validation during
+    training (the demo tests once at the end)."""
+    warmup = max(1, min(50, iters // 10))
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
+                         val_interval=iters + 1)
+    lr = cfg.optim_wrapper.optimizer.lr
+    scheds = [dict(type='LinearLR', start_factor=0.01, by_epoch=False,
+                   begin=0, end=warmup)]
+    if iters > warmup:
+        scheds.append(dict(type='CosineAnnealingLR', by_epoch=False,
+                           begin=warmup, end=iters, eta_min=lr * 0.01))
+    cfg.param_scheduler = scheds
+
+
+def build_cfg(task: DemoTask,
+              role: str,
+              *,
+              seed: int,
+              iters: int,
+              work_dir: str,
+              data_root: str,
+              teacher_ckpt: Optional[str] = None,
+              log_interval: int = 25,
+              quick: bool = False) -> Config:
+    """The config of ``role`` (teacher / student / london) of ``task`` with
+    the demo's data root, seed, schedule and work dir."""
+    cfg = Config.fromfile(osp.join(config_dir(), task.configs[role]))
+    root = data_root
+    if task.extra.get('data_subdir'):
+        root = osp.join(root, task.extra['data_subdir'])
+    root = root.rstrip('/') + '/'
+    for key in ('train_dataloader', 'test_dataloader'):
+        _set_key_everywhere(cfg[key], 'data_root', root)
+    cfg.data_root = root
+    # evaluation: once, with runner.test(), after training
+    cfg.val_dataloader = None
+    cfg.val_cfg = None
+    cfg.val_evaluator = None
+    _set_schedule(cfg, iters)
+    cfg.randomness = dict(seed=int(seed), deterministic=False)
+    cfg.work_dir = work_dir
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=log_interval)
+    cfg.log_processor = dict(type='LogProcessor', window_size=log_interval,
+                             by_epoch=False)
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', by_epoch=False, interval=iters,
+        max_keep_ckpts=1, save_optimizer=False, save_param_scheduler=False)
+    # one visualizer instance per run (a fixed name would be shared by all
+    # runs of this process and write to the first run's folder)
+    cfg.visualizer.pop('name', None)
+    if quick:  # smoke run: small batches, no worker processes
+        cfg.train_dataloader.batch_size = 2
+        for key in ('train_dataloader', 'test_dataloader'):
+            cfg[key].num_workers = 0
+            cfg[key].persistent_workers = False
+    if role == 'london':
+        if teacher_ckpt is None:
+            raise ValueError('the LONDON student needs teacher_ckpt')
+        cfg.model.teacher.checkpoint = teacher_ckpt
+        prepare_distill_cfg(cfg)
+        for hook in cfg.custom_hooks:
+            if 'LipschitzMonitorHook' in str(hook.get('type')):
+                hook['interval'] = 1 if iters <= 100 else 5
+    return cfg
+
+
+def train_and_test(cfg: Config) -> dict:
+    """Train with ``cfg``, then test the final model once. Returns times,
+    the test metrics and the checkpoint path."""
+    t0 = time.perf_counter()
+    runner = DemoRunner.from_cfg(cfg)
+    runner.register_hook(
+        LossCurveHook(osp.join(cfg.work_dir, 'losses.jsonl')))
+    t1 = time.perf_counter()
+    runner.train()
+    t2 = time.perf_counter()
+    metrics = runner.test()
+    t3 = time.perf_counter()
+    num_test = len(runner.test_dataloader.dataset)
+    iters = runner.max_iters
+    connectors = getattr(runner.model, 'connectors', None)
+    connector_params = None if connectors is None else sum(
+        p.numel() for p in connectors.parameters())
+    del runner
+    gc.collect()
+    ckpt = osp.join(cfg.work_dir, f'iter_{iters}.pth')
+    return dict(
+        metrics={k: float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float))},
+        build_time_s=t1 - t0,
+        train_time_s=t2 - t1,
+        test_time_s=t3 - t2,
+        wall_time_s=t3 - t0,
+        test_images=num_test,
+        test_images_per_s=num_test / max(t3 - t2, 1e-9),
+        train_iters=iters,
+        checkpoint=ckpt if osp.exists(ckpt) else None,
+        connector_params=connector_params,
+        work_dir=cfg.work_dir)
+
+
+def model_complexity(task: DemoTask, role: str) -> dict:
+    """Parameters and FLOPs (one ``input_size`` image, ``mode='tensor'``
+    forward, mmengine's counter: one multiply-add = one FLOP) of the model
+    that is deployed for ``role`` -- the student alone for ``london``."""
+    cfg = Config.fromfile(osp.join(config_dir(), task.configs[role]))
+    model_cfg = cfg.model.student if role == 'london' else cfg.model
+    with DefaultScope.overwrite_default_scope(task.scope):
+        model = ROOT_MODELS.build(model_cfg)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    flops = None
+    try:
+        from mmengine.analysis import FlopAnalyzer
+
+        class _Tensor(torch.nn.Module):
+
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x):
+                return self.m(x, mode='tensor')
+
+        x = torch.zeros(1, 3, *task.input_size)
+        analyzer = FlopAnalyzer(_Tensor(model), (x, ))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        with torch.no_grad():
+            flops = float(analyzer.total())
+    except Exception as err:  # FLOPs are informative only
+        print(f'[demo] FLOP count failed for {role}: {err!r}', flush=True)
+    return dict(params=int(params), flops=flops)

@@ -1,0 +1,112 @@
+"""What the end-to-end demo trains: one :class:`DemoTask` per task.
+
+The models live in real config files under ``configs/demo/`` (they also run
+with ``tools/train.py``); the demo only overrides paths, seed and schedule.
+"""
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Dict
+
+from mmlckd.datasets import VOC_CLASSES
+
+__all__ = ['DemoTask', 'TASKS', 'DATA_FULL', 'DATA_QUICK', 'config_dir']
+
+#: The three models of every task, in training order.
+ROLES = ('teacher', 'student', 'london')
+ROLE_NAMES = {
+    'teacher': 'teacher',
+    'student': 'student (baseline)',
+    'london': 'student + LONDON',
+}
+
+#: Synthetic VOC used by the default run (one dataset for both tasks): all
+#: 20 VOC classes (20 hues, 5 shapes; bright/dark pairs 18 degrees apart make
+#: the classification part non-trivial), up to 6 objects per 96..128 px
+#: image. Detection trains on VOC07 trainval + VOC12 trainval (640 images)
+#: and is tested on VOC07 test (192); segmentation trains on VOC12 train +
+#: SBD-style aug (256) and is tested on VOC12 val (64). With 5 classes and 4
+#: objects the task saturated (teacher 92 vs student 91 mAP).
+DATA_FULL = dict(
+    num_trainval_07=320,
+    num_test_07=192,
+    num_trainval_12=320,
+    num_val_12=64,
+    img_size=dict(min=96, max=128),
+    classes=VOC_CLASSES,
+    seed=0,
+    max_objects=6)
+
+#: ``--quick``: a handful of images, same layout and classes.
+DATA_QUICK = dict(DATA_FULL, num_trainval_07=8, num_test_07=4,
+                  num_trainval_12=12, num_val_12=4)
+
+
+@dataclass
+class DemoTask:
+    name: str
+    title: str
+    scope: str  # mmdet / mmseg
+    configs: Dict[str, str]  # role -> file name in configs/demo
+    arch: Dict[str, str]  # role -> short description for the table
+    metric_key: str  # key in the test metrics
+    metric_name: str  # column title
+    metric_scale: float  # multiply to get percent
+    data_desc: str  # train / test split description
+    iters: int  # default schedule (iterations)
+    quick_iters: int = 2
+    input_size: tuple = (128, 128)
+    extra: dict = field(default_factory=dict)
+
+
+TASKS = {
+    'det':
+    DemoTask(
+        name='det',
+        title='Detection: RetinaNet, synthetic VOC0712 -> VOC2007 test',
+        scope='mmdet',
+        configs=dict(
+            teacher='retinanet_r18w32_synvoc_teacher.py',
+            student='retinanet_r18w16_synvoc_student.py',
+            london='retinanet_r18w16_synvoc_london.py'),
+        arch=dict(
+            teacher='RetinaNet R18w32, FPN/head 64',
+            student='RetinaNet R18w16, FPN/head 32',
+            london='RetinaNet R18w16, FPN/head 32'),
+        metric_key='pascal_voc/mAP',
+        metric_name='mAP@0.5 (%)',
+        metric_scale=100.0,
+        data_desc='train VOC07+12 trainval, test VOC07 test, VOCMetric '
+        '(11-point AP@0.5)',
+        iters=600,
+        extra=dict(data_subdir='VOCdevkit')),
+    'seg':
+    DemoTask(
+        name='seg',
+        title='Segmentation: FCN, synthetic VOC2012 (+aug) -> VOC2012 val',
+        scope='mmseg',
+        configs=dict(
+            teacher='fcn_r18w32_synvoc_teacher.py',
+            student='fcn_r18w16_synvoc_student.py',
+            london='fcn_r18w16_synvoc_london.py'),
+        arch=dict(
+            teacher='FCN R18-D8 (width 32)',
+            student='FCN R18-D8 (width 16)',
+            london='FCN R18-D8 (width 16)'),
+        metric_key='mIoU',
+        metric_name='mIoU (%)',
+        metric_scale=1.0,
+        data_desc='train VOC12 train + aug, test VOC12 val, IoUMetric',
+        iters=400,
+        extra=dict(data_subdir='VOCdevkit/VOC2012')),
+}
+
+
+def config_dir() -> str:
+    """``configs/demo`` of the repository that holds this package."""
+    here = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    path = osp.join(here, 'configs', 'demo')
+    if not osp.isdir(path):
+        raise FileNotFoundError(
+            f'demo configs not found at {path}: run the demo from a '
+            'checkout of the mmlckd repository (pip install -e .)')
+    return path
