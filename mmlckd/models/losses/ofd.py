@@ -166,7 +166,10 @@ class OFDLoss(nn.Module):
                     'channels; pass the student feature through a connector '
                     'to the teacher channels')
             with fp32_guard(s):
-                s, t = upcast(resize_like(s, t)), upcast(t.detach()).to(s)
+                # upcast s first: the target and margin must not be rounded to
+                # the student's half precision under AMP
+                s = upcast(resize_like(s, t))
+                t = upcast(t.detach()).to(s)
                 if margin is not None:
                     if margin.numel() != t.size(1):
                         raise ValueError(
