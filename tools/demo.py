@@ -1,18 +1,19 @@
 """End-to-end LONDON demo on a synthetic PASCAL VOC (no downloads).
 
-    python tools/demo.py                 # detection, 3 seeds (~15 min, 2 CPUs)
+    python tools/demo.py                 # detection (~8-12 min, 2 cores)
     python tools/demo.py --task seg      # segmentation (or --seg)
     python tools/demo.py --task both
     python tools/demo.py --quick         # smoke run, < 1 min
     python tools/demo.py --iters 300 --seeds 0 --work-dir work_dirs/demo300
 
-Generates the data (``<work-dir>/data``), trains a teacher, a baseline
-student and a LONDON-distilled student (mmlckd.LipschitzDistiller) with
-identical schedules and seeds through mmengine's Runner (configs in
-``configs/demo/``), tests all three with mmdet's VOCMetric (mAP@0.5 on
-VOC2007 test) or mmseg's IoUMetric (mIoU on VOC2012 val), prints a table and
-writes ``results.md``, ``results.json`` and ``<task>_training.png`` to the
-work dir.
+Generates the data (``<work-dir>/data``), trains a teacher (first seed), and
+for every seed (default 0 1 2) a baseline student and a LONDON-distilled
+student (mmlckd.LipschitzDistiller), all with the same schedule, through
+mmengine's Runner (configs in ``configs/demo/``), tests every model with
+mmdet's VOCMetric (mAP@0.5 on VOC2007 test) or mmseg's IoUMetric (mIoU on
+VOC2012 val), prints a table and writes ``results.md``, ``results.json`` and
+``<task>_training.png`` to the work dir. ``OMP_WAIT_POLICY=PASSIVE`` is set
+unless given (see below); ``--device cpu`` hides CUDA devices.
 """
 import os
 import os.path as osp

@@ -75,15 +75,18 @@ train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
+# lr 4e-3: in 400 iterations from scratch the FCN teacher reached 29 / 49 /
+# 77 mIoU with lr 1e-3 / 2e-3 / 4e-3 (one seed each, before any student was
+# distilled); the same schedule is used for all three models.
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10.0, norm_type=2))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
          end=40),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=40,
-         end=max_iters, eta_min=2e-5)
+         end=max_iters, eta_min=4e-5)
 ]
 
 default_hooks = dict(

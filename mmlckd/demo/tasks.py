@@ -20,12 +20,12 @@ ROLE_NAMES = {
 }
 
 #: Synthetic VOC used by the default run (one dataset for both tasks): all
-#: 20 VOC classes (20 hues, 5 shapes; bright/dark pairs 18 degrees apart make
-#: the classification part non-trivial), up to 6 objects per 96..128 px
-#: image. Detection trains on VOC07 trainval + VOC12 trainval (640 images)
-#: and is tested on VOC07 test (192); segmentation trains on VOC12 train +
-#: SBD-style aug (256) and is tested on VOC12 val (64). With 5 classes and 4
-#: objects the task saturated (teacher 92 vs student 91 mAP).
+#: 20 VOC classes (20 colours, 5 shapes; classes sharing a shape whose hues
+#: are 36 degrees apart make classification non-trivial), up to 6 objects per
+#: 96..128 px image. Detection trains on VOC07 trainval + VOC12 trainval (640
+#: images) and is tested on VOC07 test (192); segmentation trains on VOC12
+#: train + SBD-style aug (256) and is tested on VOC12 val (64). With 5
+#: classes and 4 objects the task saturated (teacher 92 vs student 91 mAP).
 DATA_FULL = dict(
     num_trainval_07=320,
     num_test_07=192,

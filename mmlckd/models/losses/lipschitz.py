@@ -15,6 +15,7 @@ vectors kept from the previous step (like
 :func:`torch.nn.utils.parametrizations.spectral_norm`), and the estimate is
 differentiable.
 """
+import json
 from typing import (Callable, Dict, Hashable, List, Optional, Sequence, Tuple,
                     Union)
 
@@ -412,24 +413,36 @@ class LipschitzLoss(nn.Module):
 
     # The power-iteration vectors travel with checkpoints (like the u/v
     # buffers of torch's spectral_norm), so a resumed run continues exactly.
-    # They live in ``<prefix>_extra_state`` as plain lists and tensors, which
-    # torch.load(weights_only=True) accepts.
-    def get_extra_state(self) -> dict:
-        keys, us, vs = [], [], []
-        for key, (u, v) in self._vectors.items():
-            keys.append([str(k) if not isinstance(k, int) else k
-                         for k in key])
-            us.append(u.detach().cpu())
-            vs.append(v.detach().cpu())
-        return dict(version=1, keys=keys, u=us, v=vs)
+    # ``<prefix>_extra_state`` is ONE float64 tensor -- [header length,
+    # JSON header bytes, flattened vectors] -- because mmengine's Runner
+    # broadcasts every state-dict entry as a tensor, and weights_only
+    # loading accepts it.
+    def get_extra_state(self) -> Tensor:
+        header, chunks = [], []
+        for (key, net, i), (u, v) in self._vectors.items():
+            header.append([key, net, i, list(u.shape), list(v.shape)])
+            chunks += [u.detach().double().cpu().flatten(),
+                       v.detach().double().cpu().flatten()]
+        raw = torch.tensor(list(json.dumps(header).encode()),
+                           dtype=torch.float64)
+        return torch.cat([torch.tensor([float(raw.numel())],
+                                       dtype=torch.float64), raw] + chunks)
 
-    def set_extra_state(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get('version') != 1:
-            return  # unknown format: start cold
-        self._vectors = {
-            tuple(key): (u, v)
-            for key, u, v in zip(state['keys'], state['u'], state['v'])
-        }
+    def set_extra_state(self, state: Tensor) -> None:
+        if not isinstance(state, Tensor) or state.numel() == 0:
+            return
+        state = state.detach().cpu()
+        n = int(state[0])
+        header = json.loads(bytes(state[1:1 + n].to(torch.uint8).tolist()))
+        pos, vectors = 1 + n, {}
+        for key, net, i, u_shape, v_shape in header:
+            uv = []
+            for shape in (u_shape, v_shape):
+                size = int(torch.Size(shape).numel())
+                uv.append(state[pos:pos + size].float().reshape(shape))
+                pos += size
+            vectors[(key, net, i)] = tuple(uv)
+        self._vectors = vectors
 
     @property
     def last_sigmas(self) -> Dict[str, Tensor]:
