@@ -37,7 +37,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
@@ -401,21 +400,33 @@ class LipschitzDistiller(BaseModel):
         return torch.randn(1, channels, *probe_size, generator=gen).to(
             param.device if param is not None else 'cpu')
 
-    def _probe(self, model: nn.Module, recorder: FeatureRecorder,
-               probe_size) -> None:
-        """One dummy forward (eval, no grad) that fills ``recorder`` and
-        calibrates its call counts."""
+    def _probe_forward(self, model: nn.Module,
+                       probe_size) -> Optional[Exception]:
+        """One dummy forward (eval mode, no grad, train mode restored).
+
+        Returns the exception a later part of the model raised (a head may
+        need data samples; fine if everything recorded ran before it), or
+        None. A :class:`StopForward` counts as success.
+        """
         was_training = model.training
         model.eval()
-        error = None
         try:
-            with torch.no_grad(), recorder:
+            with torch.no_grad():
                 model(self._probe_input(model, probe_size), None,
                       mode='tensor')
-        except Exception as e:  # a head may need data samples: fine if
-            error = e  # every recorded layer ran before it
+        except StopForward:
+            pass
+        except Exception as e:
+            return e
         finally:
             model.train(was_training)
+        return None
+
+    def _probe(self, model: nn.Module, recorder: FeatureRecorder,
+               probe_size) -> None:
+        """Fill ``recorder`` once and calibrate its call counts."""
+        with recorder:
+            error = self._probe_forward(model, probe_size)
         missing = [s for s in recorder.specs if s.key not in recorder._records]
         if missing:
             raise RuntimeError(
@@ -434,17 +445,10 @@ class LipschitzDistiller(BaseModel):
             raise StopForward
 
         handle = get_module(model, part).register_forward_hook(hook)
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad():
-                model(self._probe_input(model, probe_size), None,
-                      mode='tensor')
-        except StopForward:
-            pass
+            self._probe_forward(model, probe_size)
         finally:
             handle.remove()
-            model.train(was_training)
         if not seen:
             raise RuntimeError(f'could not probe the outputs of {part!r}')
         out = seen[0]
