@@ -15,7 +15,8 @@ class RankDumpHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
-        rec = {k: float(v) for k, v in (outputs or {}).items()}
+        rec = {k: float(v.detach()) if hasattr(v, 'detach') else float(v)
+               for k, v in (outputs or {}).items()}
         rec['iter'] = runner.iter + 1
         rec['img_ids'] = [ds.img_id for ds in data_batch['data_samples']]
         model = runner.model.module if is_model_wrapper(runner.model) \

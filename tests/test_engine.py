@@ -174,6 +174,17 @@ def test_ddp_two_cpu_processes_match_single_process(voc_devkit, teacher_ckpt,
         assert a['param_sum'] == pytest.approx(b['param_sum'], rel=1e-9)
     assert (ddp_dir / 'student_final.pth').is_file()
 
+    # 2-process evaluation of the distillation checkpoint (student only):
+    # both ranks' predictions are gathered into one VOCMetric result
+    env['PORT'] = str(_free_port())
+    proc = subprocess.run(
+        ['bash', osp.join(REPO, 'tools', 'dist_test.sh'), str(cfg_path),
+         str(ddp_dir / 'iter_2.pth'), '2', '--work-dir',
+         str(tmp_path / 'ddp_eval')],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'pascal_voc/mAP' in proc.stdout + proc.stderr
+
     # single process, batch 1, on exactly the sample each rank saw first
     for rank, rec in ((0, r0[0]), (1, r1[0])):
         single = tmp_path / f'single{rank}'
@@ -255,3 +266,32 @@ def test_train_tool_bad_resume_path(voc_devkit, teacher_ckpt, tmp_path):
             train_tool.main([str(cfg_path), '--amp'])
     finally:
         sys.path.remove(osp.join(REPO, 'tools'))
+
+
+def test_train_tool_tears_down_its_process_group(voc_devkit, teacher_ckpt,
+                                                 tmp_path, monkeypatch):
+    """``--launcher pytorch`` on a CPU machine: gloo group, DDP wrapper, and
+    the group destroyed at the end (a rank leaving with a live gloo group
+    can die with SIGABRT at interpreter exit and fail the torchrun job)."""
+    import torch.distributed as torch_dist
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'w', teacher_ckpt, max_iters=1)
+    cfg.default_hooks.checkpoint.interval = 1
+    cfg_path = tmp_path / 'cfg.py'
+    cfg.dump(str(cfg_path))
+    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+                           MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.syspath_prepend(osp.join(REPO, 'tools'))
+    import importlib
+    train_tool = importlib.import_module('train')
+    try:
+        runner = train_tool.main([str(cfg_path), '--launcher', 'pytorch'])
+        assert type(runner.model).__name__ == (
+            'MMDistributedDataParallel' if torch.cuda.is_available()
+            else 'CPUAwareDistributedDataParallel')
+        assert runner.iter == 1
+        assert not torch_dist.is_initialized()
+    finally:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()

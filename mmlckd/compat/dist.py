@@ -19,7 +19,7 @@ from mmengine.model import MMDistributedDataParallel
 from mmlckd.registry import MODEL_WRAPPERS
 
 __all__ = ['init_cpu_dist', 'CPUAwareDistributedDataParallel',
-           'adapt_cfg_for_cpu_dist']
+           'adapt_cfg_for_cpu_dist', 'finalize_dist']
 
 
 def _slurm_env(port: Optional[int]) -> None:
@@ -103,3 +103,23 @@ def adapt_cfg_for_cpu_dist(cfg) -> None:
         wrapper.setdefault('find_unused_parameters',
                            cfg.get('find_unused_parameters', False))
         cfg.model_wrapper_cfg = wrapper
+
+
+def finalize_dist(success: bool = True) -> None:
+    """Tear the default process group down before the interpreter exits.
+
+    Without it, gloo's worker threads are destroyed during interpreter
+    finalisation and a rank that finishes first can die with SIGABRT
+    ("terminate called without an active exception"), failing the whole
+    torchrun job after a successful run. On success all ranks first meet at
+    a barrier, so no rank leaves while another still works (rank 0 writing
+    the final checkpoint or the exported student). After an error the
+    barrier is skipped: the other ranks may never reach it.
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return
+    try:
+        if success:
+            torch_dist.barrier()
+    finally:
+        torch_dist.destroy_process_group()
