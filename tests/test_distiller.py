@@ -177,6 +177,43 @@ def test_distill_weight_zero_keeps_gradients_flowing():
     assert all(float(g.abs().sum()) == 0.0 for g in grads)
 
 
+def test_connector_warmup_trains_only_the_connectors():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope)
+    model.train()
+    inputs, samples = batch(model)
+
+    def distill_grads(to_student):
+        model.zero_grad(set_to_none=True)
+        model.distill_to_student = to_student
+        losses = model(inputs, copy.deepcopy(samples), mode='loss')
+        (losses['loss_lipschitz'] + losses['loss_feat']).backward()
+        student = [p.grad for p in model.student.backbone.parameters()]
+        conn = [p.grad for p in model.connectors.parameters()]
+        return student, conn
+
+    student, conn = distill_grads(False)
+    assert all(g is None or float(g.abs().sum()) == 0.0 for g in student)
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in conn)
+    student, conn = distill_grads(True)
+    assert sum(float(g.abs().sum()) for g in student if g is not None) > 0
+
+    class _Runner:  # what the hook reads
+        iter, max_iters = 0, 10
+
+    runner = _Runner()
+    runner.model = model
+    runner.message_hub = type('Hub', (), {
+        'update_scalar': staticmethod(lambda *a, **k: None)})()
+    hook = DistillWeightHook(connector_warmup=3)
+    for it, want in ((0, False), (2, False), (3, True), (9, True)):
+        runner.iter = it
+        hook.before_train_iter(runner, it)
+        assert model.distill_to_student is want, it
+    with pytest.raises(ValueError, match='connector_warmup'):
+        DistillWeightHook(connector_warmup=-1)
+
+
 def test_distill_weight_schedule():
     hook = DistillWeightHook(warmup=10, warmup_ratio=0.0, decay='linear',
                              min_ratio=0.5, stop_at=90)

@@ -195,6 +195,9 @@ class LipschitzDistiller(BaseModel):
         self.lipschitz_on = lipschitz_on
         self.nan_guard = nan_guard
         self.distill_weight = 1.0  # set by mmlckd.DistillWeightHook
+        # False during DistillWeightHook's connector warm-up: the
+        # distillation losses then train the connectors only
+        self.distill_to_student = True
         self.pairs = self._parse_features(features, probe_input_size)
         self.response_cfgs = [dict(r) for r in (response or [])]
         for r in self.response_cfgs:
@@ -554,6 +557,8 @@ class LipschitzDistiller(BaseModel):
         logs: Dict[str, torch.Tensor] = {}
         if self.pairs:
             s_raw = [self.student_recorder.get(p.student) for p in self.pairs]
+            if not self.distill_to_student:  # connector warm-up
+                s_raw = [s.detach() for s in s_raw]
             t_feats = [self.teacher_recorder.get(p.teacher)
                        for p in self.pairs]
             s_conn = [c(s) for c, s in zip(self.connectors, s_raw)] \
@@ -581,6 +586,9 @@ class LipschitzDistiller(BaseModel):
             for cfg, loss_fn in zip(self.response_cfgs, self.response_losses):
                 s = self.student_recorder.get(cfg['student_spec'])
                 t = self.teacher_recorder.get(cfg['teacher_spec'])
+                if not self.distill_to_student:  # connector warm-up
+                    s = [x.detach() for x in s] if isinstance(s, list) \
+                        else s.detach()
                 labels = self._labels(data_samples) if cfg.get(
                     'use_labels', False) else None
                 s_list = s if isinstance(s, list) else [s]
