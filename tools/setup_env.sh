@@ -105,7 +105,7 @@ if ! "$PY" -c "import importlib.metadata as m,sys; sys.exit(m.version('mmcv')!='
   WHEELDIR="$CACHE/wheels/$TAG"
   mkdir -p "$WHEELDIR"
   if ! ls "$WHEELDIR"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
-    log "building mmcv 2.1.0 with ops from source (one time, ~13 min on 2 cores) -> $WHEELDIR"
+    log "building mmcv 2.1.0 with ops from source (one time, ~6-13 min on 2 cores) -> $WHEELDIR"
     start=$(date +%s)
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary mmcv "mmcv==2.1.0" -w "$WHEELDIR"
