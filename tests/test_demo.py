@@ -19,7 +19,7 @@ def quick_demo(tmp_path_factory):
     env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--quick',
-         '--work-dir', str(work_dir)],
+         '--data-seed', '1', '--work-dir', str(work_dir)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:]
@@ -40,6 +40,7 @@ def test_quick_demo_markdown(quick_demo):
                 '| student + LONDON |'):
         assert row in md
     assert 'mAP@0.5' in md and 'not the real PASCAL VOC' in md
+    assert 'data seed 1' in md
     assert 'det_training.png' in md
 
 
@@ -48,7 +49,10 @@ def test_quick_demo_json(quick_demo):
     res = json.loads((work_dir / 'results.json').read_text())
     assert res['synthetic_data'] is True and res['quick'] is True
     assert res['seeds'] == [0]
+    assert res['data_args']['seed'] == 1
+    assert res['data_root'] == str(work_dir / 'data-quick-seed1')
     det = res['tasks']['det']
+    assert det['data']['seed'] == 1
     assert det['metric_key'] == 'pascal_voc/mAP'
     assert set(det['models']) == {'teacher', 'student', 'london'}
     for role, m in det['models'].items():
@@ -77,3 +81,6 @@ def test_quick_demo_artifacts(quick_demo):
     assert lines and 'sigma_t.backbone.0' in json.loads(lines[-1])
     assert (london / 'student_final.pth').is_file()
     assert (work_dir / 'det' / 'seed0' / 'teacher' / 'iter_2.pth').is_file()
+    # --data-seed 1: its own data folder, a real VOCdevkit
+    assert (work_dir / 'data-quick-seed1' / 'VOCdevkit' / 'VOC2007' /
+            'ImageSets' / 'Main' / 'test.txt').is_file()

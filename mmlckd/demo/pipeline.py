@@ -46,9 +46,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    'the default run time')
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'demo'),
                    help='output folder (default: work_dirs/demo)')
+    p.add_argument('--data-seed', type=int, default=0,
+                   help='seed of the synthetic dataset (default 0). Another '
+                   'seed generates an independent dataset of the same kind: '
+                   'a check that a result is not one dataset\'s accident')
     p.add_argument('--data-root', default=None,
                    help='synthetic VOC root (default: <work-dir>/data, '
-                   '--quick: <work-dir>/data-quick); generated if missing')
+                   '--quick: <work-dir>/data-quick, with -seed<N> appended '
+                   'for --data-seed N != 0); generated if missing')
     p.add_argument('--device', choices=['cpu', 'cuda'], default='cpu',
                    help='cpu (default) or cuda if available')
     p.add_argument('--threads', type=int, default=None,
@@ -57,6 +62,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.iters is not None and args.iters < 1:
         p.error('--iters must be >= 1')
+    if args.data_seed < 0:
+        p.error('--data-seed must be >= 0')
     return args
 
 
@@ -101,9 +108,13 @@ def run(args: argparse.Namespace) -> dict:
     seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else
                                ((0, ) if args.quick else DEFAULT_SEEDS)))
     work_dir = osp.abspath(args.work_dir)
-    data_args = DATA_QUICK if args.quick else DATA_FULL
-    data_root = osp.abspath(args.data_root or osp.join(
-        work_dir, 'data-quick' if args.quick else 'data'))
+    data_args = dict(DATA_QUICK if args.quick else DATA_FULL,
+                     seed=args.data_seed)
+    default_root = 'data-quick' if args.quick else 'data'
+    if args.data_seed:
+        default_root += f'-seed{args.data_seed}'
+    data_root = osp.abspath(args.data_root
+                            or osp.join(work_dir, default_root))
     os.makedirs(work_dir, exist_ok=True)
 
     teacher_seeds = seeds if args.teacher_per_seed else seeds[:1]
@@ -214,6 +225,7 @@ def run(args: argparse.Namespace) -> dict:
             data=dict(
                 synthetic=True,
                 generator='mmlckd.datasets.make_synthetic_voc',
+                seed=args.data_seed,
                 classes=list(summary['classes']),
                 train_images=n_train[0],
                 test_images=n_train[1],
