@@ -275,8 +275,8 @@ def tiny_voc_cfg(cfg: Config,
     ``LipschitzMonitorHook`` interval 1, ``CheckpointHook`` by iteration
     every ``max_iters``, visualization hook ``draw=False``, and for the
     mmlckd hooks: ``TeacherSanityCheckHook`` accepts any score on one batch
-    (a random teacher scores ~0), ``DistillWeightHook`` warm-up shortened
-    to ``max_iters // 2`` so both phases run.
+    (a random teacher scores ~0), ``DistillWeightHook`` warm-up and
+    connector warm-up shortened to ``max_iters // 2`` so both phases run.
 
     Returns:
         ``cfg`` (modified in place).
@@ -347,6 +347,8 @@ def tiny_voc_cfg(cfg: Config,
             h.update(min_score=0.0, max_batches=1)
         elif kind == 'DistillWeightHook':
             h['warmup'] = min(h.get('warmup', 0), max_iters // 2)
+            h['connector_warmup'] = min(h.get('connector_warmup', 0),
+                                        max_iters // 2)
             h['by_epoch'] = False
             if h.get('stop_at', None) is not None:
                 h['stop_at'] = min(h['stop_at'], max_iters)

@@ -25,10 +25,11 @@ london_feature_loss = dict(
 custom_hooks = [
     # per-block sigma_s / sigma_t / ratio history -> <work_dir>/lipschitz.jsonl
     dict(type='mmlckd.LipschitzMonitorHook', interval=50),
-    # The OFD reference trains only the connectors during the first epoch.
-    # Not reproduced exactly: the distillation terms are ramped in linearly
-    # over ~one epoch of train_aug instead (10582 images / 16 = 661 iters).
-    dict(type='mmlckd.DistillWeightHook', warmup=661, warmup_ratio=0.0),
+    # The OFD reference trains only the connectors during the first epoch
+    # (10582 train_aug images / 16 = 661 iterations). Here the distillation
+    # losses train only the connectors for those iterations, while the
+    # student already learns from its task loss (it is not frozen).
+    dict(type='mmlckd.DistillWeightHook', connector_warmup=661),
     # Evaluates the teacher on VOC12 val before training and stops if its
     # mIoU is < 5 (wrong / missing checkpoint). Remove it to skip the check.
     dict(type='mmlckd.TeacherSanityCheckHook', min_score=0.05,

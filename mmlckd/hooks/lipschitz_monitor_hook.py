@@ -22,7 +22,9 @@ class LipschitzMonitorHook(Hook):
       the message hub, hence to the logs and the backends;
     * an exact, unsmoothed history of every ``interval`` iterations written
       as JSON lines to ``<work_dir>/<out_file>`` (iteration, epoch, sigmas,
-      distillation losses), e.g. for plotting.
+      distillation losses, and the distillation schedule of that step:
+      ``distill_weight`` and ``distill_to_student``, False during a
+      connector warm-up), e.g. for plotting.
 
     Args:
         interval (int): record every ``interval`` iterations. Default 1.
@@ -49,7 +51,10 @@ class LipschitzMonitorHook(Hook):
                          outputs=None) -> None:
         if not outputs or not self.every_n_train_iters(runner, self.interval):
             return
-        record = {'iter': runner.iter + 1, 'epoch': runner.epoch}
+        model = get_distiller(runner, type(self).__name__)
+        record = {'iter': runner.iter + 1, 'epoch': runner.epoch,
+                  'distill_weight': float(model.distill_weight),
+                  'distill_to_student': bool(model.distill_to_student)}
         for k, v in outputs.items():
             if k.startswith(self.keys):
                 record[k] = float(v.item() if hasattr(v, 'item') else v)
