@@ -151,8 +151,7 @@ def test_export_round_trip(tmp_path):
     path = save_student(model, str(tmp_path / 'student.pth'))
     plain = MODELS.build(s())
     ckpt = torch.load(path)
-    missing, unexpected = plain.load_state_dict(ckpt['state_dict'],
-                                                strict=True), None
+    plain.load_state_dict(ckpt['state_dict'], strict=True)
     plain.eval()
     inputs, samples = batch(model)
     with torch.no_grad():
