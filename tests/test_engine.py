@@ -140,6 +140,15 @@ def test_resume_continues_exactly(voc_devkit, teacher_ckpt, tmp_path):
                 'sigma_s.backbone.2', 'sigma_t.backbone.0'):
         assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
     assert got['param_sum'] == pytest.approx(want['param_sum'], rel=1e-6)
+    # the sigma history continues across the resume: 1, 2, then 3
+    with open(part / 'lipschitz.jsonl') as f:
+        assert [json.loads(line)['iter'] for line in f] == [1, 2, 3]
+
+    # a fresh (not resumed) run in the same work dir replaces the history
+    Runner.from_cfg(tiny_cfg(voc_devkit, part, teacher_ckpt,
+                             max_iters=1)).train()
+    with open(part / 'lipschitz.jsonl') as f:
+        assert [json.loads(line)['iter'] for line in f] == [1]
 
 
 def _free_port():

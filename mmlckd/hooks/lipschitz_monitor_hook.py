@@ -46,6 +46,27 @@ class LipschitzMonitorHook(Hook):
         get_distiller(runner, type(self).__name__)
         if self.out_file:
             self._path = osp.join(runner.work_dir, self.out_file)
+            self._drop_stale(runner.iter)
+
+    @master_only
+    def _drop_stale(self, start_iter: int) -> None:
+        """Keep the history up to ``start_iter`` (what a resumed run has
+        done), drop later records: those of an earlier run in the same work
+        dir that this run (fresh: ``start_iter == 0``) will redo."""
+        if not osp.isfile(self._path):
+            return
+        with open(self._path, encoding='utf-8') as f:
+            lines = f.readlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)['iter'] <= start_iter:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a truncated last line of a killed run
+        if len(keep) != len(lines):
+            with open(self._path, 'w', encoding='utf-8') as f:
+                f.writelines(keep)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
