@@ -50,6 +50,8 @@ def test_quick_demo_json(quick_demo):
     assert res['synthetic_data'] is True and res['quick'] is True
     assert res['seeds'] == [0]
     assert res['data_args']['seed'] == 1
+    # CPU default: one core left to the data-loading worker
+    assert res['torch_threads'] == max(1, (os.cpu_count() or 1) - 1)
     assert res['data_root'] == str(work_dir / 'data-quick-seed1')
     det = res['tasks']['det']
     assert det['data']['seed'] == 1
