@@ -86,3 +86,29 @@ def test_quick_demo_artifacts(quick_demo):
     # --data-seed 1: its own data folder, a real VOCdevkit
     assert (work_dir / 'data-quick-seed1' / 'VOCdevkit' / 'VOC2007' /
             'ImageSets' / 'Main' / 'test.txt').is_file()
+
+
+def test_demo_variants_quick_and_resumes(tmp_path):
+    """tools/demo_variants.py: paired gains per variant; a rerun skips the
+    finished (variant, seed) pairs."""
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo_variants.py'),
+           '--quick', '--seeds', '0', '--variants', 'default', 'lip_only',
+           '--work-dir', str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    with open(tmp_path / 'variants.jsonl') as f:
+        recs = [json.loads(line) for line in f]
+    assert [r['name'] for r in recs] == ['teacher', 'student', 'default',
+                                         'lip_only']
+    assert all(r['data_seed'] == 1 and 0 <= r['map'] <= 100 for r in recs)
+    assert '| lip_only |' in proc.stdout
+    # lip_only really drops the OFD term: its run logged no loss_feat
+    log = (tmp_path / 'lip_only_seed0' / 'losses.jsonl').read_text()
+    assert 'loss_lipschitz' in log and 'loss_feat' not in log
+    again = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-6000:]
+    assert '[variants]' not in again.stdout  # nothing retrained
+    with open(tmp_path / 'variants.jsonl') as f:
+        assert len(f.readlines()) == 4

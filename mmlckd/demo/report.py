@@ -155,7 +155,7 @@ def write_results(out_dir: str, results: dict) -> dict:
     parts = [
         '## mmlckd demo: LONDON distillation on synthetic VOC', '',
         f'Total wall time {results["total_wall_time_s"]:.0f} s '
-        f'({results["device"]}, {results["torch_threads"]} torch threads).',
+        f'({results["device"]}, torch threads: {results["torch_threads"]}).',
         ''
     ]
     for name, res in results['tasks'].items():
