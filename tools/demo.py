@@ -1,6 +1,6 @@
 """End-to-end LONDON demo on a synthetic PASCAL VOC (no downloads).
 
-    python tools/demo.py                 # detection (~8-12 min, 2 cores)
+    python tools/demo.py                 # detection (~7.5 min, 2 idle cores)
     python tools/demo.py --task seg      # segmentation (or --seg)
     python tools/demo.py --task both
     python tools/demo.py --quick         # smoke run, < 1 min
