@@ -16,7 +16,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmlckd.compat import (adapt_cfg_for_cpu_dist,  # noqa: E402
-                           finalize_dist, init_cpu_dist)
+                           dist_teardown, init_cpu_dist)
 from mmlckd.utils.runner import (load_tool_cfg,  # noqa: E402
                                  parse_with_launcher_args, student_test_cfg)
 
@@ -43,7 +43,7 @@ def main(argv=None):
             dict(type='DumpResults', out_file_path=args.out))
     adapt_cfg_for_cpu_dist(cfg)
     init_cpu_dist(args.launcher)
-    try:
+    with dist_teardown():
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
             else RUNNERS.build(cfg)
         if distilled:
@@ -53,10 +53,6 @@ def main(argv=None):
                 map_location='cpu',
                 revise_keys=[(r'^module\.', ''), (r'^student\.', '')])
         metrics = runner.test()
-    except BaseException:
-        finalize_dist(success=False)
-        raise
-    finalize_dist()
     return metrics
 
 

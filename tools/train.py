@@ -21,7 +21,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmlckd.compat import (adapt_cfg_for_cpu_dist,  # noqa: E402
-                           finalize_dist, init_cpu_dist)
+                           dist_teardown, init_cpu_dist)
 from mmlckd.utils.runner import (load_tool_cfg,  # noqa: E402
                                  parse_with_launcher_args,
                                  prepare_distill_cfg)
@@ -83,16 +83,12 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
     init_cpu_dist(args.launcher)
-    try:
+    with dist_teardown():
         if 'runner_type' not in cfg:
             runner = Runner.from_cfg(cfg)
         else:
             runner = RUNNERS.build(cfg)
         runner.train()
-    except BaseException:
-        finalize_dist(success=False)
-        raise
-    finalize_dist()
     return runner
 
 

@@ -10,7 +10,8 @@ modules. On CUDA machines neither changes anything.
 """
 import os
 import subprocess
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as torch_dist
@@ -19,7 +20,7 @@ from mmengine.model import MMDistributedDataParallel
 from mmlckd.registry import MODEL_WRAPPERS
 
 __all__ = ['init_cpu_dist', 'CPUAwareDistributedDataParallel',
-           'adapt_cfg_for_cpu_dist', 'finalize_dist']
+           'adapt_cfg_for_cpu_dist', 'finalize_dist', 'dist_teardown']
 
 
 def _slurm_env(port: Optional[int]) -> None:
@@ -123,3 +124,15 @@ def finalize_dist(success: bool = True) -> None:
             torch_dist.barrier()
     finally:
         torch_dist.destroy_process_group()
+
+
+@contextmanager
+def dist_teardown() -> Iterator[None]:
+    """Run a job's body, then :func:`finalize_dist`: with the barrier when
+    the body succeeded, without it when it raised (re-raised)."""
+    try:
+        yield
+    except BaseException:
+        finalize_dist(success=False)
+        raise
+    finalize_dist()
