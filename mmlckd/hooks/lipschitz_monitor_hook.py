@@ -41,9 +41,10 @@ class LipschitzMonitorHook(Hook):
         self.out_file = out_file
         self.keys = tuple(keys)
         self._path = None
+        self._model = None  # the unwrapped distiller, set in before_train
 
     def before_train(self, runner) -> None:
-        get_distiller(runner, type(self).__name__)
+        self._model = get_distiller(runner, type(self).__name__)
         if self.out_file:
             self._path = osp.join(runner.work_dir, self.out_file)
             self._drop_stale(runner.iter)
@@ -72,7 +73,7 @@ class LipschitzMonitorHook(Hook):
                          outputs=None) -> None:
         if not outputs or not self.every_n_train_iters(runner, self.interval):
             return
-        model = get_distiller(runner, type(self).__name__)
+        model = self._model
         record = {'iter': runner.iter + 1, 'epoch': runner.epoch,
                   'distill_weight': float(model.distill_weight),
                   'distill_to_student': bool(model.distill_to_student)}
