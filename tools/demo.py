@@ -29,16 +29,24 @@ def _device_from_argv(argv):
     return 'cpu'
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def prepare_process_env(device: str = 'cpu') -> None:
+    """Process settings that must precede ``import torch`` (so also
+    ``import mmlckd``); shared with ``tools/demo_variants.py``."""
     # GNU OpenMP's default busy-waiting makes 2 torch threads on a 2-core
     # machine 5-15x slower as soon as any other process wants a core;
     # passive waiting costs little when the machine is idle.
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    if _device_from_argv(argv) == 'cpu':
+    if device == 'cpu':
         # hide GPUs before torch initialises CUDA, so mmengine uses the CPU
         os.environ['CUDA_VISIBLE_DEVICES'] = ''
-    sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+    repo = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prepare_process_env(_device_from_argv(argv))
     from mmlckd.demo import parse_args, run
     return run(parse_args(argv))
 

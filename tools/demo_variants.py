@@ -15,12 +15,10 @@ settings on the data you report on inflates the result.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import statistics
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+from demo import prepare_process_env  # tools/demo.py, beside this file
 
 #: name -> (OFD loss weight or None to keep / 0 to drop, DistillWeightHook
 #: kwargs or None)
@@ -53,8 +51,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    os.environ['CUDA_VISIBLE_DEVICES'] = ''
+    prepare_process_env('cpu')
     import torch
 
     from mmlckd.datasets import make_synthetic_voc
