@@ -8,9 +8,21 @@
 #      $MMLCKD_VENV (default: <repo>/.venv), created on first run. If the base
 #      python already has torch (e.g. a CUDA build on a GPU box) the new venv
 #      sees it through --system-site-packages, so that torch is kept.
-#   2. torch: kept when importable. Otherwise, on a machine without an NVIDIA GPU,
-#      the CPU build torch==2.13.0 (a local wheel from pip's find-links if present,
-#      else download.pytorch.org/whl/cpu) -- never the multi-GB CUDA build.
+#   2. torch: kept when importable. Otherwise torch==2.13.0, chosen by
+#      tools/torch_install_plan.py (run it with -h for the details); this script
+#      names no package index, every index comes from you:
+#      - no NVIDIA GPU and a torch-2.13.0+cpu wheel for this python in pip's
+#        find-links (PIP_FIND_LINKS or pip.conf find-links): that wheel;
+#      - MMLCKD_TORCH_INDEX_URL set (e.g. the CPU index URL from PyTorch's install
+#        selector): pip install torch==2.13.0 --index-url "$MMLCKD_TORCH_INDEX_URL",
+#        pip's own configured indexes kept as extra indexes for the dependencies;
+#      - NVIDIA GPU: torch==2.13.0 (CUDA build) from pip's configured/default index;
+#      - no GPU, pip has an index configured (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,
+#        pip.conf index-url/extra-index-url): torch==2.13.0 with pip's config;
+#      - no GPU and none of these: pip's default index may bring the multi-GB
+#        CUDA build, so setup STOPS and says how to fix it (set
+#        MMLCKD_TORCH_INDEX_URL, add a CPU wheel to find-links, or set
+#        MMLCKD_ALLOW_DEFAULT_TORCH=1 to install from pip's default index anyway).
 #   3. mmcv 2.1.0 with ops, built from source once (MMCV_WITH_OPS=1,
 #      --no-build-isolation, setuptools<70) into a wheel cache keyed by the
 #      python and torch versions (~/.cache/mmlckd/wheels), then installed from it.
@@ -69,29 +81,23 @@ if "$PY" -c "import torch" >/dev/null 2>&1; then
   log "keeping installed torch $("$PY" -c 'import torch;print(torch.__version__)')"
 else
   TORCH_VER=2.13.0
+  GPU=()
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    log "NVIDIA GPU found: installing torch==$TORCH_VER from PyPI (CUDA build)"
-    "${PIP[@]}" install "torch==$TORCH_VER"
-  else
-    # Look for a local CPU wheel in pip's find-links first.
-    LINKS="${PIP_FIND_LINKS:-} $("${PIP[@]}" config get global.find-links 2>/dev/null || true)"
-    WHEEL=""
-    for d in $LINKS; do
-      d="${d#file://}"
-      if [[ -d "$d" ]]; then
-        w=$(ls "$d"/torch-"$TORCH_VER"+cpu-*.whl 2>/dev/null | head -n1 || true)
-        [[ -n "$w" ]] && WHEEL="$w" && break
-      fi
-    done
-    if [[ -n "$WHEEL" ]]; then
-      log "no GPU: installing the local CPU wheel $WHEEL"
-      "${PIP[@]}" install "$WHEEL"
-    else
-      log "no GPU: installing torch==$TORCH_VER CPU build from download.pytorch.org"
-      "${PIP[@]}" install "torch==$TORCH_VER" --index-url https://download.pytorch.org/whl/cpu \
-        --extra-index-url https://pypi.org/simple
-    fi
+    GPU=(--gpu)
   fi
+  PIP_CONFIG="$("${PIP[@]}" config list 2>/dev/null || true)"
+  # prints the pip install arguments, one a line; exits non-zero (with the
+  # reason and the fixes on stderr) when it refuses
+  if ! PLAN="$("$PY" "$REPO/tools/torch_install_plan.py" --torch-version "$TORCH_VER" \
+                 ${GPU[@]+"${GPU[@]}"} --pip-config="$PIP_CONFIG")"; then
+    log "torch not installed; see the message above"
+    exit 1
+  fi
+  TORCH_ARGS=()
+  while IFS= read -r a; do
+    if [[ -n "$a" ]]; then TORCH_ARGS+=("$a"); fi
+  done <<<"$PLAN"
+  "${PIP[@]}" install "${TORCH_ARGS[@]}"
 fi
 
 # ------------------------------------------------ 3. build deps + mmcv (ops)
