@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import re
 import stat
 import subprocess
 import sys
@@ -274,3 +275,42 @@ def test_setup_sh_gpu(tmp_path, wheels):
     assert rc == 99, err
     assert installs[0] == [f'torch=={V}']
     assert 'NVIDIA GPU' in err
+
+
+# ------------------------------------------------- no index host in the tree
+ALLOWED_HOSTS = {'arxiv.org'}  # paper links; never a package index
+
+
+def _tracked_text_files():
+    try:
+        names = subprocess.run(
+            ['git', 'ls-files', '-z'], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, check=True).stdout.decode().split('\0')
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip('not a git checkout')
+    for name in filter(None, names):
+        path = osp.join(REPO, name)
+        try:
+            with open(path, encoding='utf-8') as f:
+                yield name, f.read()
+        except (OSError, UnicodeDecodeError):
+            continue  # deleted in the work tree, or binary
+
+
+def test_tree_names_no_package_index_host():
+    """Index hosts come from the user: the project names none (issue 13)."""
+    # http(s)://[user@]host -- host never part of a user:password@ prefix
+    # (checkpoint schemes like torchvision://resnet18 name no host)
+    url_host = re.compile(
+        r'\b(?:https?|ftp)://(?:[^/\s@]*@)?([^/\s:@\'"<>)]+)(?![^/\s]*@)',
+        re.I)
+    bare_host = re.compile(r'\b((?:[a-z0-9-]+\.)+(?:org|com))\b', re.I)
+    index_path = re.compile(r'\b(?:[a-z0-9-]+\.)+[a-z]{2,}/(?:simple|whl)\b',
+                            re.I)
+    bad = []
+    for name, text in _tracked_text_files():
+        for i, line in enumerate(text.splitlines(), 1):
+            hosts = set(url_host.findall(line)) | set(bare_host.findall(line))
+            if hosts - ALLOWED_HOSTS or index_path.search(line):
+                bad.append(f'{name}:{i}: {line.strip()}')
+    assert not bad, '\n'.join(bad)
