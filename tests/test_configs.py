@@ -157,8 +157,11 @@ def test_config_parses(path):
     else:
         assert cfg.model.features == 'backbone'
     if osp.basename(path).startswith('london_'):
+        # the reference's alpha * loss.sum() / B / 1e4 (alpha = 2000, summed
+        # over G replicas, B = G * b) is alpha / (b * 1e4) per DDP rank
+        per_gpu = cfg.train_dataloader.batch_size
         assert cfg.model.lipschitz_loss == dict(
-            type='mmlckd.LipschitzLoss', loss_weight=0.2)
+            type='mmlckd.LipschitzLoss', loss_weight=2000 / (per_gpu * 1e4))
     else:  # OFD-only ablation == its LONDON config minus the Lipschitz term
         assert cfg.model.lipschitz_loss is None
         london = load(path.replace('/ofd_', '/london_'))

@@ -16,99 +16,72 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 @pytest.fixture(scope='module')
 def quick_demo(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('demo')
-    env = dict(os.environ)
-    proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--quick',
-         '--data-seed', '1', '--work-dir', str(work_dir)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, timeout=600)
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--quick',
+           '--regimes', 'det-scarce', 'seg', '--rows', 'baseline',
+           'london+ofd', '--data-seeds', '1', '--work-dir', str(work_dir)]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:]
-    return work_dir, proc.stdout
+    return work_dir, proc.stdout, cmd
 
 
-def test_quick_demo_prints_table(quick_demo):
-    _, out = quick_demo
-    assert '[demo 1/5]' in out and '[demo 5/5] results' in out
-    assert '| student + LONDON |' in out
-    assert 'Synthetic data' in out and 'ONE seed' in out
-
-
-def test_quick_demo_markdown(quick_demo):
-    work_dir, _ = quick_demo
+def test_quick_demo_prints_and_writes_the_paired_table(quick_demo):
+    work_dir, out, _ = quick_demo
     md = (work_dir / 'results.md').read_text()
-    for row in ('| teacher |', '| student (baseline) |',
-                '| student + LONDON |'):
-        assert row in md
-    assert 'mAP@0.5' in md and 'not the real PASCAL VOC' in md
-    assert 'data seed 1' in md
-    assert 'det_training.png' in md
+    for text in ('| student alone |', '| + LONDON + OFD (default) |',
+                 '(b) detection, the student has 25% of the labelled',
+                 '(c) segmentation', 'data seed 1', 'SYNTHETIC data',
+                 'Bootstrap SE'):
+        assert text in md, text
+        assert text in out, text
+    # one seed: no verdict can be given, and the table says so
+    assert 'one seed: no verdict' in md
 
 
-def test_quick_demo_json(quick_demo):
-    work_dir, _ = quick_demo
+def test_quick_demo_json_pairs_students_by_seed(quick_demo):
+    work_dir, _, _ = quick_demo
     res = json.loads((work_dir / 'results.json').read_text())
     assert res['synthetic_data'] is True and res['quick'] is True
-    assert res['seeds'] == [0]
-    assert res['data_args']['seed'] == 1
-    # CPU default: one core left to the data-loading worker
-    assert res['torch_threads'] == max(1, (os.cpu_count() or 1) - 1)
-    assert res['data_root'] == str(work_dir / 'data-quick-seed1')
-    det = res['tasks']['det']
-    assert det['data']['seed'] == 1
-    assert det['metric_key'] == 'pascal_voc/mAP'
-    assert set(det['models']) == {'teacher', 'student', 'london'}
-    for role, m in det['models'].items():
-        for key in ('metric', 'wall_time_s', 'train_time_s', 'params',
-                    'test_images_per_s'):
-            assert isinstance(m[key], (int, float)), (role, key, m[key])
-        assert 0.0 <= m['metric'] <= 100.0
-        assert m['wall_time_s'] > 0 and m['params'] > 0
-        assert len(m['runs']) == 1 and m['runs'][0]['seed'] == 0
-    # the deployed LONDON student is exactly the baseline architecture
-    assert det['models']['london']['params'] == \
-        det['models']['student']['params']
-    assert det['models']['teacher']['params'] > \
-        det['models']['student']['params']
-    assert isinstance(det['london_minus_baseline']['mean'], float)
-    assert res['total_wall_time_s'] > 0
+    assert set(res['table']) == {'det-scarce|1', 'seg|1'}
+    det = res['table']['det-scarce|1']
+    assert 0 <= det['teacher'] <= 100
+    rows = det['rows']
+    assert set(rows) == {'baseline', 'london+ofd'}
+    diff = rows['london+ofd']['vs_baseline']
+    assert diff['n'] == 1
+    assert diff['per_seed'][0] == pytest.approx(
+        rows['london+ofd']['metric']['mean'] -
+        rows['baseline']['metric']['mean'])
+    # the scarce-label students saw a quarter of the labelled images
+    with open(work_dir / 'data-quick-seed1' / 'VOCdevkit' / 'VOC2007' /
+              'ImageSets' / 'Main' / 'trainval.txt') as f:
+        n07 = len(f.read().split())
+    assert 0 < rows['baseline']['train_images'] < n07
+    assert res['table']['seg|1']['rows']['baseline']['train_images'] == -1
 
 
-def test_quick_demo_artifacts(quick_demo):
-    work_dir, _ = quick_demo
-    png = work_dir / 'det_training.png'
-    data = png.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 10_000
-    london = work_dir / 'det' / 'seed0' / 'london'
-    lines = (london / 'lipschitz.jsonl').read_text().splitlines()
-    assert lines and 'sigma_t.backbone.0' in json.loads(lines[-1])
-    assert (london / 'student_final.pth').is_file()
-    assert (work_dir / 'det' / 'seed0' / 'teacher' / 'iter_2.pth').is_file()
-    # --data-seed 1: its own data folder, a real VOCdevkit
-    assert (work_dir / 'data-quick-seed1' / 'VOCdevkit' / 'VOC2007' /
-            'ImageSets' / 'Main' / 'test.txt').is_file()
+def test_quick_demo_artifacts_and_logs(quick_demo):
+    work_dir, _, _ = quick_demo
+    for regime in ('det-scarce', 'seg'):
+        data = (work_dir / f'{regime}_training.png').read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    run = work_dir / 'data1' / 'det-scarce' / 'london+ofd' / 'seed0'
+    recs = [json.loads(line) for line in
+            (run / 'losses.jsonl').read_text().splitlines()]
+    # the balancer logs its weights and the gradient shares
+    assert 'weight_lipschitz' in recs[-1] and 'gshare_task' in recs[-1]
+    assert 'sigma_t.backbone.0' in recs[-1]
+    assert (run / 'student_final.pth').is_file()
+    assert (run / 'result.json').is_file()
 
 
-def test_demo_variants_quick_and_resumes(tmp_path):
-    """tools/demo_variants.py: paired gains per variant; a rerun skips the
-    finished (variant, seed) pairs."""
-    cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo_variants.py'),
-           '--quick', '--seeds', '0', '--variants', 'default', 'lip_only',
-           '--work-dir', str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    with open(tmp_path / 'variants.jsonl') as f:
-        recs = [json.loads(line) for line in f]
-    assert [r['name'] for r in recs] == ['teacher', 'student', 'default',
-                                         'lip_only']
-    assert all(r['data_seed'] == 1 and 0 <= r['map'] <= 100 for r in recs)
-    assert '| lip_only |' in proc.stdout
-    # lip_only really drops the OFD term: its run logged no loss_feat
-    log = (tmp_path / 'lip_only_seed0' / 'losses.jsonl').read_text()
-    assert 'loss_lipschitz' in log and 'loss_feat' not in log
+def test_quick_demo_resumes_without_retraining(quick_demo):
+    work_dir, _, cmd = quick_demo
+    result = work_dir / 'data1' / 'seg' / 'baseline' / 'seed0' / \
+        'result.json'
+    before = result.stat().st_mtime_ns
     again = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=600)
+                           stderr=subprocess.STDOUT, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-6000:]
-    assert '[variants]' not in again.stdout  # nothing retrained
-    with open(tmp_path / 'variants.jsonl') as f:
-        assert len(f.readlines()) == 4
+    assert result.stat().st_mtime_ns == before
+    assert 'Runner' not in again.stdout and 'Iter(train)' not in again.stdout

@@ -16,7 +16,16 @@ pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
 
 def build(student, teacher, scope='mmdet', checkpoint=None, **kw):
+    """A distiller with explicit loss weights (so that every term acts from
+    the first step; the automatic balance is tested in
+    test_reference_wiring.py)."""
     init_default_scope(scope)
+    kw.setdefault('lipschitz_loss', dict(type='mmlckd.LipschitzLoss',
+                                         loss_weight=1e-3))
+    kw.setdefault('feature_loss', dict(type='mmlckd.OFDLoss',
+                                       loss_weight=1e-4))
+    for r in kw.get('response') or []:
+        r['loss'] = dict(dict(loss_weight=1.0), **r['loss'])
     teacher_cfg = dict(config=dict(model=teacher, default_scope=scope),
                        checkpoint=checkpoint)
     teacher_cfg.update(kw.pop('teacher_kw', {}))

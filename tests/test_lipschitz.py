@@ -279,7 +279,7 @@ def expected_loss(feats_s, feats_t, weights, distance, eps=1e-6):
 
 @pytest.mark.parametrize('distance', ['mse', 'l1', 'smooth_l1', 'log_ratio'])
 @pytest.mark.parametrize('block_weights,weights',
-                         [('reference', [0.25, 0.5, 1.0]),
+                         [('reference', [0.125, 0.25, 0.5]),  # LONDON's
                           ('uniform', [1.0, 1.0, 1.0]),
                           ([0.1, 2.0, 3.0], [0.1, 2.0, 3.0])])
 def test_loss_value(distance, block_weights, weights):

@@ -1,181 +1,91 @@
-"""Results of the demo: aggregation, Markdown / JSON tables and plots."""
+"""The demo's report: Markdown / JSON tables and the training plot."""
 import json
-import math
+import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-from .tasks import ROLE_NAMES, ROLES, TASKS
+from .study import REGIMES, ROW_NAMES
 
-__all__ = ['mean_std', 'summarize_task', 'task_markdown', 'write_results',
-           'plot_task', 'read_jsonl']
+__all__ = ['study_markdown', 'write_results', 'plot_run', 'read_jsonl']
 
-
-def mean_std(values: Sequence[float]) -> dict:
-    """Mean and sample standard deviation (None for one value)."""
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return dict(mean=None, std=None, n=0)
-    mean = sum(vals) / len(vals)
-    std = None
-    if len(vals) > 1:
-        std = math.sqrt(sum((v - mean)**2 for v in vals) / (len(vals) - 1))
-    return dict(mean=mean, std=std, n=len(vals))
+_DISTILL_KEYS = ('loss_lipschitz', 'loss_feat', 'loss_kd')
 
 
-def summarize_task(task_name: str, runs: Dict[str, List[dict]],
-                   complexity: Dict[str, dict], info: dict) -> dict:
-    """The per-task result dict written to results.json."""
-    task = TASKS[task_name]
-    models = {}
-    for role in ROLES:
-        role_runs = runs.get(role, [])
-        metric = mean_std(r['metric'] for r in role_runs)
-        models[role] = dict(
-            name=ROLE_NAMES[role],
-            arch=task.arch[role],
-            config=osp.join('configs', 'demo', task.configs[role]),
-            metric=metric['mean'],
-            metric_std=metric['std'],
-            num_seeds=metric['n'],
-            params=complexity[role]['params'],
-            flops=complexity[role]['flops'],
-            train_time_s=mean_std(r['train_time_s']
-                                  for r in role_runs)['mean'],
-            test_images_per_s=mean_std(r['test_images_per_s']
-                                       for r in role_runs)['mean'],
-            wall_time_s=sum(r['wall_time_s'] for r in role_runs),
-            runs=role_runs)
-        if role == 'london':
-            models[role]['training_extra_params'] = complexity[role].get(
-                'training_extra_params')
-    by_seed = {r['seed']: r['metric'] for r in runs.get('student', [])}
-    gains = [r['metric'] - by_seed[r['seed']]
-             for r in runs.get('london', []) if r['seed'] in by_seed]
-    gain = mean_std(gains)
-    gain['per_seed'] = gains
-    return dict(
-        task=task_name,
-        title=task.title,
-        metric=task.metric_name,
-        metric_key=task.metric_key,
-        evaluation=task.data_desc,
-        models=models,
-        london_minus_baseline=gain,
-        **info)
+def _pm(stat: dict, digits: int = 1) -> str:
+    if stat['n'] < 2:
+        return f'{stat["mean"]:.{digits}f} (n=1)'
+    return f'{stat["mean"]:.{digits}f} ± {stat["se"]:.{digits}f}'
 
 
-def _fmt_metric(mean: Optional[float], std: Optional[float]) -> str:
-    if mean is None:
-        return 'n/a'
-    return f'{mean:.1f}' if std is None else f'{mean:.1f} ± {std:.1f}'
+def _verdict(stat: dict) -> str:
+    if stat['n'] < 2:
+        return 'one seed: no verdict'
+    if stat['gain']:
+        return '**better** (> 2 SE)'
+    if stat['loss']:
+        return '**worse** (< -2 SE)'
+    return 'within noise'
 
 
-def _fmt_gain(gain: dict) -> str:
-    if gain['mean'] is None:
-        return 'n/a'
-    s = f'{gain["mean"]:+.1f}'
-    return s if gain['std'] is None else s + f' ± {gain["std"]:.1f}'
-
-
-def _fmt_num(value: Optional[float], scale: float, digits: int) -> str:
-    return 'n/a' if value is None else f'{value / scale:.{digits}f}'
-
-
-def _digits(value: Optional[float]) -> int:
-    return 1 if value is not None and value < 10 else 0
-
-
-def task_markdown(res: dict) -> str:
-    """A Markdown section (title, caveat, table) for one task's results."""
-    data = res['data']
-    seeds = res['seeds']
-    n_seeds = len(seeds)
-    seed_txt = (f'{n_seeds} seeds {seeds}, mean ± sample std'
-                if n_seeds > 1 else f'ONE seed ({seeds[0]}), no error bars')
-    t_seeds = res.get('teacher_seeds', seeds)
-    if n_seeds > 1 and len(t_seeds) == 1:
-        seed_txt += (f' for the students; ONE teacher (seed {t_seeds[0]}) '
-                     'distils every LONDON student')
-    lines = [
-        f'### {res["title"]}',
-        '',
-        f'**Synthetic data** (`mmlckd.datasets.make_synthetic_voc`, '
-        f'{len(data["classes"])} classes: {", ".join(data["classes"])}; '
-        f'{data["train_images"]} train / {data["test_images"]} test images, '
-        f'{data["img_size"]} px, data seed {data.get("seed", 0)}) -- not '
-        'the real PASCAL VOC; numbers are '
-        'not comparable to published VOC results. '
-        f'{res["evaluation"]}. {seed_txt}; every model trained '
-        f'{res["iters"]} iterations x batch {res["batch_size"]} from random '
-        f'init on {res["device"]}.',
-        '',
-        f'| model | architecture | {res["metric"]} | params (M) | '
-        'GFLOPs/img | test img/s | train s/run | wall s (all runs) |',
-        '|---|---|---|---|---|---|---|---|',
-    ]
-    for role in ROLES:
-        m = res['models'][role]
-        ips = m['test_images_per_s']
-        lines.append(
-            f'| {m["name"]} | {m["arch"]} | '
-            f'{_fmt_metric(m["metric"], m["metric_std"])} | '
-            f'{_fmt_num(m["params"], 1e6, 2)} | '
-            f'{_fmt_num(m["flops"], 1e9, 3)} | '
-            f'{_fmt_num(ips, 1, _digits(ips))} | '
-            f'{_fmt_num(m["train_time_s"], 1, 0)} | '
-            f'{_fmt_num(m["wall_time_s"], 1, 0)} |')
-    gain = res['london_minus_baseline']
-    extra = res['models']['london'].get('training_extra_params')
-    weights = res.get('loss_weights') or {}
-    lines += [
-        '',
-        f'LONDON student - baseline student: **{_fmt_gain(gain)}** '
-        f'{res["metric"].split(" ")[0]} points (paired by seed; '
-        'as measured, positive or not).',
-        '',
-        f'GFLOPs: one {res["input_size"][0]}x{res["input_size"][1]} image, '
-        'mmengine FlopAnalyzer (1 multiply-add = 1 FLOP). The LONDON student '
-        'deploys exactly the baseline architecture (its OFD connectors, '
-        f'{_fmt_num(extra, 1e3, 1)}k parameters, are training-only). '
-        'Distillation: backbone stages, loss weights LONDON '
-        f'{weights.get("lipschitz")}, OFD {weights.get("feature")}. '
-        'test img/s: the whole test loop (data loading, NMS/metric '
-        'included).',
-    ]
+def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
+                   header: str) -> str:
+    """One table per (regime, data seed), in the order of ``REGIMES``."""
+    lines = [header, '']
+    cells = sorted(table.values(), key=lambda c: (
+        list(REGIMES).index(c['regime']), c['data_seed']))
+    for cell in cells:
+        regime = REGIMES[cell['regime']]
+        metric = metric_names[regime['task']]
+        rows = cell['rows']
+        any_row = next(iter(rows.values()))
+        n_img = any_row['train_images']
+        lines += [
+            f'### {regime["title"]} -- data seed {cell["data_seed"]}', '',
+            f'Teacher: {cell["teacher"]:.1f}. ' if cell['teacher'] is not None
+            else '',
+            (f'Students train on {n_img} images. ' if n_img > 0 else '') +
+            f'Bootstrap SE of one model\'s {metric} over the test images: '
+            f'{any_row["bootstrap_se"]:.2f}.', '',
+            f'| student | {metric}: mean ± SE | minus baseline '
+            '(paired by seed) | verdict |', '|---|---|---|---|']
+        for row in ROW_NAMES:
+            if row not in rows:
+                continue
+            r = rows[row]
+            diff = r['vs_baseline']
+            lines.append(
+                f'| {ROW_NAMES[row]} | {_pm(r["metric"])} '
+                f'(n={r["metric"]["n"]}) | '
+                f'{"--" if diff is None else _pm(diff, 2)} | '
+                f'{"--" if diff is None else _verdict(diff)} |')
+        lines.append('')
     return '\n'.join(lines)
 
 
-def write_results(out_dir: str, results: dict) -> dict:
-    """``results.json`` and ``results.md`` in ``out_dir``; returns paths."""
-    json_path = osp.join(out_dir, 'results.json')
-    md_path = osp.join(out_dir, 'results.md')
-    with open(json_path, 'w', encoding='utf-8') as f:
-        json.dump(results, f, indent=2)
-        f.write('\n')
-    parts = [
-        '## mmlckd demo: LONDON distillation on synthetic VOC', '',
-        f'Total wall time {results["total_wall_time_s"]:.0f} s '
-        f'({results["device"]}, torch threads: {results["torch_threads"]}).',
-        ''
-    ]
-    for name, res in results['tasks'].items():
-        parts += [task_markdown(res), '']
-        if res.get('plot'):
-            png = osp.basename(res['plot'])
-            parts += [f'![{name} training curves]({png})', '']
-    with open(md_path, 'w', encoding='utf-8') as f:
-        f.write('\n'.join(parts))
-    return dict(json=json_path, markdown=md_path)
+def write_results(out_dir: str, results: dict, markdown: str) -> dict:
+    """``results.json`` and ``results.md`` (atomic writes)."""
+    paths = dict(json=osp.join(out_dir, 'results.json'),
+                 markdown=osp.join(out_dir, 'results.md'))
+    for key, text in (('json', json.dumps(results, indent=1, default=str)),
+                      ('markdown', markdown + '\n')):
+        tmp = paths[key] + '.tmp'
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, paths[key])
+    return paths
 
 
 def read_jsonl(path: str) -> List[dict]:
-    if not path or not osp.exists(path):
+    if not osp.isfile(path):
         return []
+    out = []
     with open(path, encoding='utf-8') as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-_DISTILL_KEYS = ('loss_feat', 'loss_lipschitz', 'loss_kd')
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
 
 
 def _task_loss(rec: dict) -> Optional[float]:
@@ -184,97 +94,74 @@ def _task_loss(rec: dict) -> Optional[float]:
     return sum(vals) if vals else None
 
 
-def _smooth(xs: list, ys: list, window: int):
-    if window <= 1 or len(ys) < 2:
-        return xs, ys
+def _smooth(ys: list, window: int) -> list:
     out, acc = [], []
     for y in ys:
         acc.append(y)
         if len(acc) > window:
             acc.pop(0)
         out.append(sum(acc) / len(acc))
-    return xs, out
+    return out
 
 
-def plot_task(path: str, title: str, run_dirs: Dict[str, str]) -> str:
-    """Three panels from one seed's runs: per-block Lipschitz estimates of
-    teacher and LONDON student (``lipschitz.jsonl``), task losses of the
-    three models, and the distillation losses (``losses.jsonl``)."""
+def _series(recs: List[dict], key, window: int = 1):
+    pts = [(r['iter'], key(r) if callable(key) else r.get(key))
+           for r in recs]
+    pts = [(x, y) for x, y in pts if y is not None]
+    if not pts:
+        return [], []
+    xs, ys = zip(*pts)
+    return list(xs), _smooth(list(ys), window)
+
+
+def plot_run(path: str, title: str, distilled_dir: str,
+             baseline_dir: Optional[str]) -> str:
+    """Three panels from one distilled run (and its baseline): per-block
+    Lipschitz estimates of teacher and student, each term's share of the
+    gradient norm on the student, and the task losses."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    recs = read_jsonl(osp.join(distilled_dir, 'losses.jsonl'))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    # (1) Lipschitz estimates
     ax = axes[0]
-    lip = read_jsonl(osp.join(run_dirs['london'], 'lipschitz.jsonl'))
-    if not lip:  # e.g. a run shorter than the monitor's interval
-        lip = read_jsonl(osp.join(run_dirs['london'], 'losses.jsonl'))
-    keys = sorted({k[len('sigma_s.'):] for r in lip for k in r
+    keys = sorted({k[len('sigma_s.'):] for r in recs for k in r
                    if k.startswith('sigma_s.')})
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
     for i, key in enumerate(keys):
-        c = colors[i % len(colors)]
-        for net, style in (('t', '--'), ('s', '-')):
-            pts = [(r['iter'], r[f'sigma_{net}.{key}']) for r in lip
-                   if f'sigma_{net}.{key}' in r]
-            if pts:
-                xs, ys = zip(*pts)
-                xs, ys = _smooth(list(xs), list(ys), max(1, len(ys) // 40))
-                group, _, idx = key.rpartition('.')
-                blk = (f'{group} {int(idx) + 1}->{int(idx) + 2}'
-                       if idx.isdigit() else key)
-                label = f'{"teacher" if net == "t" else "student"} {blk}'
-                ax.plot(xs, ys, style, color=c, lw=1.4 if net == 's' else 1,
-                        label=label)
-    ax.set_yscale('log')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('sigma (top singular value of TM)')
-    ax.set_title('Per-block Lipschitz estimates, LONDON run\n'
-                 '(dashed: teacher, solid: student via connector)',
-                 fontsize=10)
+        for net, style, who in (('t', '--', 'teacher'), ('s', '-',
+                                                          'student')):
+            xs, ys = _series(recs, f'sigma_{net}.{key}', 10)
+            ax.plot(xs, ys, style, color=colors[i % len(colors)],
+                    label=f'{who} pair {key.rpartition(".")[2]}')
+    ax.set(yscale='log', xlabel='iteration', ylabel='sigma (top singular '
+           'value of TM)', title='Per-pair Lipschitz estimates '
+           '(dashed: teacher)')
     if keys:
         ax.legend(fontsize=7, ncol=2)
-    # (2) task losses
     ax = axes[1]
-    styles = dict(teacher=('0.6', 'teacher'),
-                  student=('C0', 'student (baseline)'),
-                  london=('C3', 'student + LONDON'))
-    for role, (color, label) in styles.items():
-        recs = read_jsonl(osp.join(run_dirs.get(role, ''), 'losses.jsonl'))
-        pts = [(r['iter'], _task_loss(r)) for r in recs
-               if _task_loss(r) is not None]
-        if pts:
-            xs, ys = zip(*pts)
-            xs, ys = _smooth(list(xs), list(ys), max(1, len(ys) // 30))
-            ax.plot(xs, ys, color=color, label=label)
-    ax.set_yscale('log')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('task loss (moving average)')
-    ax.set_title('Task loss')
+    for key, color in (('gshare_task', 'C3'), ('gshare_lipschitz', 'C2'),
+                       ('gshare_feat', 'C1'), ('gshare_kd', 'C4')):
+        xs, ys = _series(recs, key)
+        if xs:
+            ax.plot(xs, ys, 'o-', ms=3, color=color, label=key[7:])
+    ax.set(ylim=(0, 1), xlabel='iteration', ylabel='share of the gradient '
+           'norm on the student', title='Gradient shares (after the '
+           'balancer\'s calibration)')
     ax.legend(fontsize=8)
-    # (3) distillation losses
     ax = axes[2]
-    recs = read_jsonl(osp.join(run_dirs['london'], 'losses.jsonl'))
-    for key, color in zip(_DISTILL_KEYS, ('C2', 'C1', 'C4')):
-        pts = [(r['iter'], r[key]) for r in recs if key in r]
-        if pts:
-            xs, ys = zip(*pts)
-            xs, ys = _smooth(list(xs), list(ys), max(1, len(ys) // 30))
-            ax.plot(xs, ys, color=color, label=f'{key} (weighted)')
-    pts = [(r['iter'], _task_loss(r)) for r in recs
-           if _task_loss(r) is not None]
-    if pts:
-        xs, ys = zip(*pts)
-        xs, ys = _smooth(list(xs), list(ys), max(1, len(ys) // 30))
-        ax.plot(xs, ys, color='C3', ls=':', label='task loss')
-    ax.set_yscale('log')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('loss (moving average)')
-    ax.set_title('LONDON run: distillation vs task loss')
+    for run_dir, color, label in ((baseline_dir, 'C0', 'student alone'),
+                                  (distilled_dir, 'C3', 'distilled')):
+        if run_dir:
+            xs, ys = _series(read_jsonl(osp.join(run_dir, 'losses.jsonl')),
+                             _task_loss, 20)
+            ax.plot(xs, ys, color=color, label=label)
+    ax.set(yscale='log', xlabel='iteration', ylabel='task loss (moving '
+           'average)', title='Task loss')
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -142,13 +142,15 @@ def build_cfg(task: DemoTask,
     return cfg
 
 
-def train_and_test(cfg: Config) -> dict:
+def train_and_test(cfg: Config, extra_hooks=()) -> dict:
     """Train with ``cfg``, then test the final model once. Returns times,
     the test metrics and the checkpoint path."""
     t0 = time.perf_counter()
     runner = DemoRunner.from_cfg(cfg)
     runner.register_hook(
         LossCurveHook(osp.join(cfg.work_dir, 'losses.jsonl')))
+    for hook in extra_hooks:
+        runner.register_hook(hook)
     t1 = time.perf_counter()
     runner.train()
     t2 = time.perf_counter()

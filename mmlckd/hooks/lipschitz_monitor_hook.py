@@ -36,7 +36,8 @@ class LipschitzMonitorHook(Hook):
     def __init__(self,
                  interval: int = 1,
                  out_file: Optional[str] = 'lipschitz.jsonl',
-                 keys: Sequence[str] = ('sigma_', 'loss', 'distill_weight')):
+                 keys: Sequence[str] = ('sigma_', 'loss', 'distill_weight', 'gshare_',
+                                        'gnorm_', 'weight_')):
         self.interval = interval
         self.out_file = out_file
         self.keys = tuple(keys)

@@ -1,3 +1,6 @@
-from .lipschitz_distiller import FeaturePair, LipschitzDistiller
+from .balance import LossBalancer
+from .lipschitz_distiller import (FeaturePair, LipschitzDistiller,
+                                  lipschitz_maps)
 
-__all__ = ['LipschitzDistiller', 'FeaturePair']
+__all__ = ['LipschitzDistiller', 'FeaturePair', 'LossBalancer',
+           'lipschitz_maps']

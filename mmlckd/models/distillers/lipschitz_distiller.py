@@ -46,8 +46,44 @@ from mmlckd.compat import safe_torch_load
 from mmlckd.registry import MODELS
 from mmlckd.utils import load_config
 from ..recorders import FeatureRecorder, RecordSpec, StopForward, get_module
+from .balance import LossBalancer, task_loss
 
-__all__ = ['LipschitzDistiller', 'FeaturePair']
+__all__ = ['LipschitzDistiller', 'FeaturePair', 'lipschitz_maps']
+
+#: How the student's maps enter the Lipschitz term (see the class docstring).
+LIPSCHITZ_WIRINGS = ('reference', 'connector', 'raw')
+
+
+def lipschitz_maps(s_raw: Sequence[torch.Tensor],
+                   s_conn: Sequence[torch.Tensor], wiring: str):
+    """The student's ``(outputs, inputs)`` maps of the Lipschitz term: the
+    transmitting matrix of pair ``i`` is ``TM(inputs[i], outputs[i + 1])``.
+
+    ``'reference'`` is LONDON's loop, ``TM(connector_i(s_i), s_{i+1})``: it
+    replaces ``s_i`` by its connector output just before forming pair ``i``,
+    so ``s_{i+1}`` is still raw there. ``'connector'`` uses the connector
+    outputs on both sides, ``'raw'`` the raw maps on both sides.
+    """
+    if wiring == 'reference':
+        return list(s_raw), list(s_conn)
+    maps = list(s_conn if wiring == 'connector' else s_raw)
+    return maps, maps
+
+
+def _pop_weight(cfg: Optional[dict], what: str):
+    """``(cfg with loss_weight=1.0, True)`` if ``cfg`` leaves its weight to
+    the balancer (no ``loss_weight`` or ``'auto'``), else ``(cfg, False)``."""
+    if cfg is None:
+        return None, False
+    cfg = dict(cfg)
+    weight = cfg.get('loss_weight', 'auto')
+    if weight == 'auto':
+        cfg['loss_weight'] = 1.0
+        return cfg, True
+    if not isinstance(weight, (int, float)):
+        raise TypeError(f'{what}.loss_weight must be a number or \'auto\', '
+                        f'got {weight!r}')
+    return cfg, False
 
 ForwardResults = Union[Dict[str, torch.Tensor], list, Tuple[torch.Tensor],
                        torch.Tensor]
@@ -133,16 +169,32 @@ class LipschitzDistiller(BaseModel):
             the blocks whose Lipschitz constants are matched;
             ``group=None`` makes a feature OFD-only (no Lipschitz term).
         lipschitz_loss (dict, optional): ``mmlckd.LipschitzLoss`` config;
-            ``None`` disables the LONDON term.
+            ``None`` disables the LONDON term. Without a ``loss_weight``
+            (or with ``loss_weight='auto'``) its weight is fixed by the
+            balancer (see ``balance``).
         feature_loss (dict, optional): ``mmlckd.OFDLoss`` config; ``None``
-            disables feature mimicking.
+            disables feature mimicking. Weight as for ``lipschitz_loss``.
         response (list[dict], optional): response (logit) distillation,
             each ``dict(student=<path>, teacher=<path>, call='last'|'all',
             loss=dict(type='mmlckd.KDLoss', ...), use_labels=False)``;
             ``use_labels=True`` passes the segmentation labels (ignore index)
-            to the loss.
-        lipschitz_on (str): ``'connector'`` (default, as the reference: the
-            student's features in teacher channel space) or ``'raw'``.
+            to the loss. If no response loss sets ``loss_weight``, the
+            balancer weights ``loss_kd``.
+        lipschitz_on (str): how the student's maps form its transmitting
+            matrices (:func:`lipschitz_maps`): ``'reference'`` (default,
+            LONDON's loop: ``TM(connector_i(s_i), s_{i+1})`` with the raw
+            ``s_{i+1}``), ``'connector'`` (connector outputs on both sides)
+            or ``'raw'`` (no connectors). The teacher's are always raw.
+        balance (dict, optional): automatic weights of the distillation
+            terms that do not set a ``loss_weight``
+            (:class:`~mmlckd.models.distillers.balance.LossBalancer`):
+            ``fraction`` (default 0.5: each such term starts at half the
+            task's gradient norm on the student; a dict per term is
+            accepted), ``iters`` (calibration steps, default 10, during
+            which those terms are computed but weigh 0), ``by``
+            (``'grad'``, default, or ``'loss'``) and ``log_interval``
+            (gradient-share logging, default 50, 0 disables). ``None``
+            turns both off: every term then needs an explicit weight.
         teacher_early_stop (bool): run the teacher only up to the deepest
             recorded layer. Default True.
         nan_guard (bool): raise a ``FloatingPointError`` naming the
@@ -159,11 +211,11 @@ class LipschitzDistiller(BaseModel):
                  teacher: dict,
                  features: Union[str, Sequence] = 'backbone',
                  lipschitz_loss: Optional[dict] = dict(
-                     type='mmlckd.LipschitzLoss', loss_weight=0.2),
-                 feature_loss: Optional[dict] = dict(
-                     type='mmlckd.OFDLoss', loss_weight=1e-4),
+                     type='mmlckd.LipschitzLoss'),
+                 feature_loss: Optional[dict] = dict(type='mmlckd.OFDLoss'),
                  response: Optional[Sequence[dict]] = None,
-                 lipschitz_on: str = 'connector',
+                 lipschitz_on: str = 'reference',
+                 balance: Optional[dict] = dict(),
                  teacher_early_stop: bool = True,
                  nan_guard: bool = True,
                  probe_input_size: Tuple[int, int] = (128, 128),
@@ -177,9 +229,9 @@ class LipschitzDistiller(BaseModel):
                 '(backbone, neck, bbox_head, ...), the distiller dict was '
                 'merged into `_base_.model`: add `_delete_=True` to '
                 '`model=dict(...)` and pass the base model as `student=`.')
-        if lipschitz_on not in ('connector', 'raw'):
-            raise ValueError("lipschitz_on must be 'connector' or 'raw', got "
-                             f'{lipschitz_on!r}')
+        if lipschitz_on not in LIPSCHITZ_WIRINGS:
+            raise ValueError(f'lipschitz_on must be one of {LIPSCHITZ_WIRINGS}'
+                             f', got {lipschitz_on!r}')
         if not isinstance(teacher, dict) or 'config' not in teacher:
             raise ValueError(
                 'teacher must be dict(config=<path or mmdet::/mmseg:: path>, '
@@ -221,18 +273,39 @@ class LipschitzDistiller(BaseModel):
             stop_when_done=teacher_early_stop)
         shapes = self._probe_shapes(probe_input_size)
 
+        auto = []
+        lipschitz_loss, is_auto = _pop_weight(lipschitz_loss,
+                                              'lipschitz_loss')
+        auto += ['loss_lipschitz'] if is_auto else []
+        feature_loss, is_auto = _pop_weight(feature_loss, 'feature_loss')
+        auto += ['loss_feat'] if is_auto else []
+        response_auto = []
+        for r in self.response_cfgs:
+            r['loss'], is_auto = _pop_weight(r['loss'], 'response loss')
+            response_auto.append(is_auto)
+        if any(response_auto) and not all(response_auto):
+            raise ValueError(
+                'response losses: give every one a loss_weight or none (the '
+                'balancer weights their sum, loss_kd, as one term)')
+        auto += ['loss_kd'] if response_auto and all(response_auto) else []
         self.lipschitz_loss = MODELS.build(lipschitz_loss) \
             if lipschitz_loss else None
         self.feature_loss = MODELS.build(feature_loss) \
             if feature_loss else None
         self.response_losses = nn.ModuleList(
             MODELS.build(r['loss']) for r in self.response_cfgs)
+        if balance is None and auto:
+            raise ValueError(
+                f'balance=None, but {auto} set no loss_weight: give them '
+                'explicit weights or keep the balancer')
+        self.balancer = None if balance is None else LossBalancer(
+            auto, **balance)
         if self.lipschitz_loss is not None and hasattr(
                 self.lipschitz_loss, 'check_finite'):
             # one guard for all terms (nan_guard) instead of a sync per term
             self.lipschitz_loss.check_finite = False
         need_conn = self.feature_loss is not None or (
-            self.lipschitz_loss is not None and lipschitz_on == 'connector')
+            self.lipschitz_loss is not None and lipschitz_on != 'raw')
         self.connectors = nn.ModuleList()
         if need_conn:
             connector = MODELS.get('OFDConnector')
@@ -546,11 +619,24 @@ class LipschitzDistiller(BaseModel):
         if clash:
             raise KeyError(f'distillation loss names {sorted(clash)} clash '
                            'with the student\'s own loss names')
+        weights = {}
+        if self.balancer is not None and self.training and \
+                torch.is_grad_enabled():
+            # this step's weights: those fixed by the previous steps (0
+            # during the calibration, including its last step)
+            weights = self.balancer.weight_of()
+            logs.update(self.balancer(task_loss(losses), distill,
+                                      self._student_params()))
         w = self.distill_weight
         for k, v in distill.items():
+            if k in weights:
+                v = v * weights[k].to(v.dtype)
             losses[k] = v * w if w != 1.0 else v
         losses.update(logs)
         return losses
+
+    def _student_params(self) -> List[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
 
     def _distill_losses(self, data_samples):
         distill: Dict[str, torch.Tensor] = {}
@@ -569,14 +655,14 @@ class LipschitzDistiller(BaseModel):
                 distill['loss_feat'] = self.feature_loss(
                     s_conn, t_feats, margins)
             if self.lipschitz_loss is not None:
-                s_lip = s_conn if self.lipschitz_on == 'connector' else s_raw
+                s_out, s_in = lipschitz_maps(s_raw, s_conn, self.lipschitz_on)
                 total = None
                 for group, idx in self._groups().items():
                     if len(idx) < 2:
                         continue
-                    term = self.lipschitz_loss([s_lip[i] for i in idx],
-                                               [t_feats[i] for i in idx],
-                                               key=group)
+                    term = self.lipschitz_loss(
+                        [s_out[i] for i in idx], [t_feats[i] for i in idx],
+                        key=group, student_inputs=[s_in[i] for i in idx])
                     total = term if total is None else total + term
                     logs.update(self.lipschitz_loss.last_sigmas)
                 if total is not None:

@@ -23,7 +23,13 @@ class KDLoss(nn.Module):
       prediction); the KL is averaged over the valid positions.
     * ``mode='pixel'``, ``activation='sigmoid'``: every class is an
       independent Bernoulli (for sigmoid classifiers such as RetinaNet); the
-      per-position KL is the sum of the per-class binary KLs.
+      per-position KL is the SUM of the per-class binary KLs.
+
+    Mapping to mmdet's ``KnowledgeDistillationKLDivLoss`` (softmax, used by
+    ``LD``/``KnowledgeDistillationSingleStageDetector``): mmdet averages the
+    KL over the C classes of each position (``reduction='mean'`` of
+    ``F.kl_div`` per element, then ``.mean(1)``) where this loss sums it, so
+    mmdet's ``loss_weight=w`` equals ``loss_weight=w / C`` here.
     * ``mode='channel'``: channel-wise distillation (CWD, Shu et al. 2021):
       softmax over the spatial positions of each channel, KL averaged over
       ``B * C``. Needs 4-D logits and ``activation='softmax'``.

@@ -7,13 +7,18 @@ singular value serves as an estimate of the Lipschitz constant of the block
 between the two maps. The student is trained to match the teacher's
 estimates.
 
-The reference code estimates the singular value with power iteration on
-``TM @ TM^T`` from a ones vector under ``no_grad``. Here the power iteration
-runs on the matrix itself -- inside :class:`LipschitzLoss` on its factors, so
-that the matrix is not even formed in a warm step --, is warm-started from
-vectors kept from the previous step (like
-:func:`torch.nn.utils.parametrizations.spectral_norm`), and the estimate is
-differentiable.
+The reference code (``distiller_london.py`` of the public LONDON repository)
+forms ``K = TM @ TM^T`` and runs power iteration on it -- 5 iterations from a
+ones vector in the ImageNet script, 10 from a uniform-random vector in the
+CIFAR script -- and returns ``sqrt(||K v|| / ||v||)``. In the current
+reference the ``torch.no_grad()`` around that loop is commented out, so its
+gradient flows through the unrolled iterations. Here the power iteration runs
+on the matrix itself -- inside :class:`LipschitzLoss` on its factors, so that
+the matrix is not even formed in a warm step --, is warm-started from vectors
+kept from the previous step (like
+:func:`torch.nn.utils.parametrizations.spectral_norm`), and the estimate's
+gradient is the exact gradient of the top singular value,
+``d sigma / d TM = u v^T``.
 """
 import json
 from typing import (Callable, Dict, Hashable, List, Optional, Sequence, Tuple,
@@ -341,10 +346,10 @@ class LipschitzLoss(nn.Module):
     per-sample vectors (see :func:`_pool_basis`). Without stored vectors
     (first step, another model, or ``warm_start=False``) the TM is formed
     (under ``no_grad``) for a cold start (see :func:`spectral_norm`) and
-    ``cold_iters`` iterations run. The vectors are plain attributes, not part
-    of ``state_dict``: after a resume the first step is a cold start. One
-    instance serves several feature groups through the ``key`` argument of
-    :meth:`forward`.
+    ``cold_iters`` iterations run. The vectors are saved with the module's
+    ``state_dict`` (as its ``_extra_state``, see :meth:`get_extra_state`), so
+    a resumed run continues from them exactly. One instance serves several
+    feature groups through the ``key`` argument of :meth:`forward`.
 
     ``n_vectors > 1`` iterates a block of vectors and takes the top Ritz
     value (block power iteration with Rayleigh-Ritz). It is far more robust
@@ -357,9 +362,10 @@ class LipschitzLoss(nn.Module):
     Args:
         loss_weight (float): Weight of the loss. Defaults to 1.0.
         block_weights (str | Sequence[float]): Per-pair weights ``w_i``.
-            ``'reference'``: ``1 / 2 ** (P - 1 - i)`` for pair ``i`` of
-            ``P = N - 1`` (the deepest pair weighs 1); ``'uniform'``: all 1;
-            or a list with one weight per pair. Defaults to 'reference'.
+            ``'reference'``: LONDON's ``1 / 2 ** (N - 1 - i)`` for pair ``i``
+            of ``N`` features (pairs ``0 .. N-2``), so the deepest pair
+            weighs 1/2 (with 4 features: 1/8, 1/4, 1/2); ``'uniform'``: all
+            1; or a list with one weight per pair. Defaults to 'reference'.
         distance (str): ``'mse'``, ``'l1'``, ``'smooth_l1'`` (beta 1) or
             ``'log_ratio'`` (``(log(s + eps) - log(t + eps)) ** 2``).
             Defaults to 'mse'.
@@ -531,10 +537,12 @@ class LipschitzLoss(nn.Module):
                                             _pool_basis(v, ref_v))
         return sigma
 
-    def lipschitz_constants(self,
-                            feats: Sequence[Tensor],
-                            key: str = 'default',
-                            net: str = 'student') -> List[Tensor]:
+    def lipschitz_constants(
+            self,
+            feats: Sequence[Tensor],
+            key: str = 'default',
+            net: str = 'student',
+            inputs: Optional[Sequence[Tensor]] = None) -> List[Tensor]:
         """Per-sample Lipschitz estimates of the blocks between ``feats``.
 
         Args:
@@ -542,15 +550,19 @@ class LipschitzLoss(nn.Module):
                 deep.
             key (str): Feature-group name (for the stored vectors).
             net (str): ``'student'`` or ``'teacher'`` (idem, and messages).
+            inputs (Sequence[Tensor], optional): The input maps of the pairs
+                (pair ``i`` is ``(inputs[i], feats[i + 1])``); default
+                ``feats[:-1]``.
 
         Returns:
             list[Tensor]: N - 1 tensors of shape (B,).
         """
         sigmas = []
         for i in range(len(feats) - 1):
-            with fp32_guard(feats[i]):
+            f_in = feats[i] if inputs is None else inputs[i]
+            with fp32_guard(f_in):
                 try:
-                    p, q, n = _tm_factors(feats[i], feats[i + 1])
+                    p, q, n = _tm_factors(f_in, feats[i + 1])
                 except ValueError as err:
                     raise ValueError(
                         f'LipschitzLoss (key={key!r}): {net} '
@@ -600,7 +612,8 @@ class LipschitzLoss(nn.Module):
     def forward(self,
                 student_feats: Sequence[Tensor],
                 teacher_feats: Sequence[Tensor],
-                key: str = 'default') -> Tensor:
+                key: str = 'default',
+                student_inputs: Optional[Sequence[Tensor]] = None) -> Tensor:
         """Compute the loss.
 
         Args:
@@ -608,15 +621,30 @@ class LipschitzLoss(nn.Module):
             teacher_feats (Sequence[Tensor]): N teacher maps, shallow -> deep.
             key (str): Name of the feature group (e.g. ``'backbone'``); keeps
                 the state and logged estimates of several groups apart.
+            student_inputs (Sequence[Tensor], optional): If given, the
+                student TM of pair ``i`` is
+                ``TM(student_inputs[i], student_feats[i + 1])`` instead of
+                ``TM(student_feats[i], student_feats[i + 1])``. LONDON's
+                wiring passes the connector outputs here and the raw student
+                maps as ``student_feats``.
 
         Returns:
             Tensor: Scalar loss in float32 (float64 for float64 inputs).
         """
         self._check_inputs(student_feats, teacher_feats, key)
-        weights = resolve_level_weights(self.block_weights,
-                                        len(student_feats) - 1,
-                                        'block_weights')
-        sigmas_s = self.lipschitz_constants(student_feats, key, 'student')
+        num_pairs = len(student_feats) - 1
+        if self.block_weights == 'reference':
+            # LONDON divides pair i of N features by 2 ** (N - 1 - i)
+            weights = [1.0 / 2**(num_pairs - i) for i in range(num_pairs)]
+        else:
+            weights = resolve_level_weights(self.block_weights, num_pairs,
+                                            'block_weights')
+        if student_inputs is not None and len(student_inputs) < num_pairs:
+            raise ValueError(
+                f'LipschitzLoss (key={key!r}): student_inputs needs one map '
+                f'per pair ({num_pairs}), got {len(student_inputs)}')
+        sigmas_s = self.lipschitz_constants(student_feats, key, 'student',
+                                            inputs=student_inputs)
         with torch.no_grad():
             sigmas_t = self.lipschitz_constants(
                 [f.detach() for f in teacher_feats], key, 'teacher')

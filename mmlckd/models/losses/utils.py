@@ -48,10 +48,12 @@ def resolve_level_weights(weights: LevelWeights, num: int,
                           arg_name: str) -> List[float]:
     """Expand a level-weight spec to ``num`` weights.
 
-    ``'reference'`` gives ``1 / 2 ** (num - 1 - i)`` for level ``i`` (the
-    deepest level weighs 1, each shallower level half as much, as in the
-    OFD/LONDON reference code); ``'uniform'`` gives ones; an explicit
-    sequence must have exactly ``num`` entries.
+    ``'reference'`` gives ``1 / 2 ** (num - 1 - i)`` for level ``i``: the
+    deepest level weighs 1, each shallower level half as much. These are
+    OFD's per-feature divisors (classification setting). LONDON's per-pair
+    weights differ (its deepest pair weighs 1/2) and are resolved in
+    :class:`~mmlckd.models.losses.LipschitzLoss`. ``'uniform'`` gives ones;
+    an explicit sequence must have exactly ``num`` entries.
 
     Args:
         weights: The spec (see :func:`check_level_weights`).

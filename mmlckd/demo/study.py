@@ -1,0 +1,246 @@
+"""The demo's experiment: regimes x ablation rows x student seeds x data
+seeds, paired against the baseline student of the same seed.
+
+Regimes:
+
+* ``det``: detection, teacher and students trained on the same images;
+* ``det-scarce``: detection, the teacher trained on all training images,
+  the students given only ``label_fraction`` of them (the common "fine-tune
+  a small detector with a big teacher" case);
+* ``seg``: segmentation (a pixel metric, less noisy than mAP).
+
+Rows: ``baseline`` (the student alone), ``ofd`` (feature mimic only),
+``london`` (Lipschitz term only) and ``london+ofd`` (both; the distiller's
+defaults). Every distilled row uses the distiller's default, automatically
+balanced loss weights.
+
+Each run is one process of a small pool (one torch thread each), and its
+result is kept as ``result.json`` in its run folder, so an interrupted study
+resumes where it stopped.
+"""
+import json
+import math
+import os
+import os.path as osp
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'run_jobs', 'summarize',
+           'paired']
+
+REGIMES = {
+    'det': dict(task='det', label_fraction=1.0,
+                title='(a) detection, same images for teacher and student'),
+    'det-scarce': dict(task='det', label_fraction=0.25,
+                       title='(b) detection, the student has 25% of the '
+                       'labelled images'),
+    'seg': dict(task='seg', label_fraction=1.0,
+                title='(c) segmentation, same images'),
+}
+
+#: row -> changes to the distiller config (None: the plain student)
+ROWS = {
+    'baseline': None,
+    'ofd': dict(lipschitz_loss=None),
+    'london': dict(feature_loss=None),
+    'london+ofd': dict(),
+    # the alternative student wiring, compared on the selection data seed
+    'london+ofd-connector': dict(lipschitz_on='connector'),
+}
+ROW_NAMES = {
+    'baseline': 'student alone',
+    'ofd': '+ OFD only',
+    'london': '+ LONDON term only',
+    'london+ofd': '+ LONDON + OFD (default)',
+    'london+ofd-connector': '+ LONDON + OFD, connector wiring',
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: a teacher (``row is None``) or a student."""
+    task: str
+    data_seed: int
+    seed: int
+    regime: Optional[str] = None
+    row: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        if self.row is None:
+            return f'{self.task} teacher (data {self.data_seed})'
+        return (f'{self.regime} {self.row} seed {self.seed} '
+                f'(data {self.data_seed})')
+
+    def run_dir(self, work_dir: str) -> str:
+        base = osp.join(work_dir, f'data{self.data_seed}')
+        if self.row is None:
+            return osp.join(base, f'{self.task}-teacher')
+        return osp.join(base, self.regime, self.row, f'seed{self.seed}')
+
+
+def plan_jobs(regimes: Sequence[str], rows: Sequence[str],
+              seeds: Sequence[int],
+              data_seeds: Sequence[int]) -> List[List[Job]]:
+    """Two phases: the teachers, then every student run."""
+    teachers, students = [], []
+    for data_seed in data_seeds:
+        for task in dict.fromkeys(REGIMES[r]['task'] for r in regimes):
+            if any(row != 'baseline' for row in rows):
+                teachers.append(Job(task, data_seed, 0))
+        for regime in regimes:
+            for seed in seeds:
+                for row in rows:
+                    students.append(Job(REGIMES[regime]['task'], data_seed,
+                                        seed, regime, row))
+    return [teachers, students]
+
+
+# ------------------------------------------------------------ one run
+def _subset_train_data(cfg, fraction: float, data_root: str) -> int:
+    """Keep the first ``fraction`` of every training image list (the lists
+    are in random order). Returns the number of images kept."""
+    if fraction >= 1.0:
+        return -1
+    datasets = cfg.train_dataloader.dataset
+    datasets = datasets.datasets if datasets.get('type') == 'ConcatDataset' \
+        else [datasets]
+    kept = 0
+    for ds in datasets:
+        root = ds.get('data_root') or data_root
+        with open(osp.join(root, ds.ann_file), encoding='utf-8') as f:
+            num = sum(1 for line in f if line.strip())
+        ds.indices = max(1, int(round(num * fraction)))
+        kept += ds.indices
+    return kept
+
+
+def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
+    from .runner import build_cfg
+    from .tasks import TASKS
+    task = TASKS[job.task]
+    role = 'teacher' if job.row is None else (
+        'student' if ROWS[job.row] is None else 'london')
+    iters = opts['iters'][job.task] if job.row is not None else \
+        opts['teacher_iters'][job.task]
+    cfg = build_cfg(task, role, seed=job.seed, iters=iters,
+                    work_dir=job.run_dir(opts['work_dir']),
+                    data_root=opts['data_roots'][job.data_seed],
+                    teacher_ckpt=teacher_ckpt,
+                    log_interval=opts['log_interval'], quick=opts['quick'])
+    for key in ('train_dataloader', 'test_dataloader'):
+        cfg[key].num_workers = 0  # one process = one core
+        cfg[key].persistent_workers = False
+    if role == 'london':
+        cfg.model.update(ROWS[job.row])
+        cfg.model.balance = dict(log_interval=opts['share_interval'])
+    kept = -1
+    if job.row is not None:
+        fraction = REGIMES[job.regime]['label_fraction']
+        kept = _subset_train_data(cfg, fraction, cfg.data_root)
+    return cfg, kept
+
+
+def _run_one(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
+    """Train and test one job in this process; returns its result."""
+    import torch
+    torch.set_num_threads(1)
+    from .metrics import KeepTestResultsHook, bootstrap_se
+    from .runner import train_and_test
+    cfg, kept = _build_job_cfg(job, opts, teacher_ckpt)
+    keep = KeepTestResultsHook()
+    out = train_and_test(cfg, extra_hooks=[keep])
+    from .tasks import TASKS
+    task = TASKS[job.task]
+    out['metric'] = float(out['metrics'][task.metric_key]) * \
+        task.metric_scale
+    out['metric_bootstrap_se'] = bootstrap_se(job.task, keep.results,
+                                              seed=job.seed) * \
+        task.metric_scale
+    out['train_images'] = kept
+    out['job'] = asdict(job)
+    return out
+
+
+def _worker(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
+    path = osp.join(job.run_dir(opts['work_dir']), 'result.json')
+    if osp.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    out = _run_one(job, opts, teacher_ckpt)
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(out, f, indent=1)
+    os.replace(tmp, path)
+    return out
+
+
+def run_jobs(phases: List[List[Job]], opts: dict, jobs: int = 2) -> dict:
+    """Run the phases in order, ``jobs`` processes at a time; returns
+    ``{job: result}``. Finished jobs (``result.json``) are not rerun."""
+    results: Dict[Job, dict] = {}
+    ctx = get_context('spawn')
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        for phase in phases:
+            futures = {}
+            for job in phase:
+                ckpt = None
+                if job.row is not None and ROWS[job.row] is not None:
+                    teacher = Job(job.task, job.data_seed, 0)
+                    ckpt = results[teacher]['checkpoint']
+                futures[job] = pool.submit(_worker, job, opts, ckpt)
+            for job, fut in futures.items():
+                t0 = time.perf_counter()
+                results[job] = fut.result()
+                r = results[job]
+                print(f'[demo] {job.name}: {r["metric"]:.2f} '
+                      f'(train {r["train_time_s"]:.0f} s; waited '
+                      f'{time.perf_counter() - t0:.0f} s)', flush=True)
+    return results
+
+
+# ------------------------------------------------------------ statistics
+def paired(gains: Sequence[float]) -> dict:
+    """Mean, standard error and n of paired differences."""
+    vals = [float(g) for g in gains]
+    n = len(vals)
+    mean = sum(vals) / n if n else float('nan')
+    se = math.sqrt(sum((v - mean)**2 for v in vals) / (n - 1) / n) \
+        if n > 1 else float('nan')
+    return dict(mean=mean, se=se, n=n, per_seed=vals,
+                gain=bool(n > 1 and mean > 2 * se),
+                loss=bool(n > 1 and mean < -2 * se))
+
+
+def summarize(results: Dict[Job, dict]) -> dict:
+    """Per (regime, data seed): every row's metric and its paired
+    difference to the baseline of the same student seed."""
+    table: Dict[str, dict] = {}
+    teachers = {}
+    for job, r in results.items():
+        if job.row is None:
+            teachers[(job.task, job.data_seed)] = r['metric']
+            continue
+        cell = table.setdefault(f'{job.regime}|{job.data_seed}', dict(
+            regime=job.regime, data_seed=job.data_seed, rows={}))
+        cell['rows'].setdefault(job.row, {})[job.seed] = r
+    for cell in table.values():
+        task = REGIMES[cell['regime']]['task']
+        cell['teacher'] = teachers.get((task, cell['data_seed']))
+        base = cell['rows'].get('baseline', {})
+        for row, runs in cell['rows'].items():
+            metrics = [runs[s]['metric'] for s in sorted(runs)]
+            cell['rows'][row] = dict(
+                metric=paired(metrics),
+                bootstrap_se=sum(runs[s]['metric_bootstrap_se']
+                                 for s in runs) / len(runs),
+                train_images=next(iter(runs.values()))['train_images'],
+                vs_baseline=None if row == 'baseline' else paired(
+                    [runs[s]['metric'] - base[s]['metric']
+                     for s in sorted(runs) if s in base]),
+                run_dirs={s: runs[s]['work_dir'] for s in sorted(runs)})
+    return table

@@ -1,0 +1,237 @@
+"""Automatic weights for the distillation terms, and their gradient shares.
+
+A distillation term's useful weight depends on the feature scales of the
+teacher and the student, on the batch size and on the task loss, so a
+number that works for ImageNet ResNets is off by orders of magnitude for a
+detector (the LONDON term at the reference weight started at 30,000 times
+the task loss of a RetinaNet). :class:`LossBalancer` measures instead:
+
+* during the first ``iters`` training steps (the *calibration*) every term
+  whose weight is ``'auto'`` is computed but added with weight 0 (its graph
+  is kept, so DDP sees every parameter used), and the statistic ``by`` is
+  averaged for the task loss and for every term:
+
+  - ``by='grad'`` (default): the L2 norm of the term's gradient on the
+    student's parameters (one extra backward per term and step, during the
+    calibration only);
+  - ``by='loss'``: the term's value;
+
+* then each weight is fixed to ``fraction * task_stat / term_stat``, so the
+  term starts at ``fraction`` of the task's gradient norm (or loss).
+
+The statistics are averaged over the DDP ranks at every calibration step,
+so all ranks fix the same weights. Weights, sums and counters are
+persistent buffers: checkpoints hold them and a resumed run continues
+exactly, also from the middle of the calibration.
+
+Gradient shares: every ``log_interval`` steps the balancer also measures
+the gradient norm on the student's parameters of the task loss and of each
+weighted term and returns them for the logs (``gnorm_<term>`` and
+``gshare_<term>``, the norm divided by the sum of all norms). The names
+avoid the substring ``loss``, which mmengine would add to the total loss.
+"""
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from mmengine.dist import all_reduce, get_world_size
+from mmengine.logging import print_log
+from torch import Tensor
+
+__all__ = ['LossBalancer', 'task_loss', 'short_name']
+
+Fraction = Union[float, Dict[str, float]]
+
+
+def task_loss(losses: Dict[str, Union[Tensor, List[Tensor]]]) -> Tensor:
+    """The total of the task losses, as mmengine's ``parse_losses`` sums
+    them (every entry whose key contains ``'loss'``)."""
+    total = None
+    for key, value in losses.items():
+        if 'loss' not in key:
+            continue
+        value = sum(v.mean() for v in value) if isinstance(
+            value, (list, tuple)) else value.mean()
+        total = value if total is None else total + value
+    if total is None:
+        raise ValueError('the student returned no loss (no key containing '
+                         f'"loss" in {sorted(losses)})')
+    return total
+
+
+def short_name(term: str) -> str:
+    """``'loss_lipschitz'`` -> ``'lipschitz'`` (for log keys)."""
+    return term[len('loss_'):] if term.startswith('loss_') else term
+
+
+def grad_norms(outputs: Sequence[Tensor],
+               params: Sequence[Tensor]) -> Tensor:
+    """The L2 norm of the gradient of each of ``outputs`` on ``params``
+    (graphs retained; nothing is accumulated into ``.grad``)."""
+    norms = []
+    for out in outputs:
+        if not out.requires_grad:
+            norms.append(out.new_zeros(()).float())
+            continue
+        grads = torch.autograd.grad(out, params, retain_graph=True,
+                                    allow_unused=True)
+        sq = [g.detach().float().square().sum() for g in grads
+              if g is not None]
+        norms.append(torch.stack(sq).sum().sqrt() if sq else
+                     out.new_zeros(()).float())
+    return torch.stack(norms)
+
+
+class LossBalancer(nn.Module):
+    """Fixes the weights of the ``'auto'`` distillation terms by measurement
+    (see the module docstring).
+
+    Args:
+        terms (Sequence[str]): names of the auto-weighted terms, e.g.
+            ``['loss_feat', 'loss_lipschitz']``.
+        fraction (float | dict): the target ratio of a term's statistic to
+            the task's; a dict maps term names (``'loss_feat'`` or
+            ``'feat'``) to ratios, with ``'default'`` for the others.
+        iters (int): calibration steps. Default 10.
+        by (str): ``'grad'`` or ``'loss'``. Default ``'grad'``.
+        log_interval (int): measure and log the gradient shares every
+            ``log_interval`` steps; 0 disables. Default 50.
+    """
+
+    def __init__(self,
+                 terms: Sequence[str],
+                 fraction: Fraction = 0.5,
+                 iters: int = 10,
+                 by: str = 'grad',
+                 log_interval: int = 50):
+        super().__init__()
+        if by not in ('grad', 'loss'):
+            raise ValueError(f"balance by must be 'grad' or 'loss', got {by!r}")
+        if iters < 1 or log_interval < 0:
+            raise ValueError('balance iters must be >= 1 and log_interval '
+                             f'>= 0, got {iters} and {log_interval}')
+        self.terms = list(terms)
+        self.fractions = self._resolve_fractions(fraction)
+        self.iters = int(iters)
+        self.by = by
+        self.log_interval = int(log_interval)
+        n = len(self.terms)
+        self.register_buffer('weights', torch.zeros(n))
+        # [task, term_0, ...]; float64 so that long calibrations stay exact
+        self.register_buffer('sums', torch.zeros(n + 1, dtype=torch.float64))
+        self.register_buffer('count', torch.zeros((), dtype=torch.long))
+        self.register_buffer('step', torch.zeros((), dtype=torch.long))
+
+    def _resolve_fractions(self, fraction: Fraction) -> List[float]:
+        if isinstance(fraction, (int, float)):
+            table = {'default': float(fraction)}
+        else:
+            table = {k if k == 'default' or k.startswith('loss_') else
+                     f'loss_{k}': float(v) for k, v in dict(fraction).items()}
+            unknown = set(table) - set(self.terms) - {'default'}
+            if unknown:
+                raise ValueError(
+                    f'balance fraction names unknown terms {sorted(unknown)}; '
+                    f'the auto-weighted terms are {self.terms}')
+        out = []
+        for term in self.terms:
+            if term not in table and 'default' not in table:
+                raise ValueError(f'balance fraction: no value for {term!r} '
+                                 "and no 'default'")
+            value = table.get(term, table.get('default'))
+            if not value > 0:
+                raise ValueError(f'balance fraction of {term!r} must be > 0, '
+                                 f'got {value}')
+            out.append(value)
+        return out
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.count >= self.iters)
+
+    def weight_of(self) -> Dict[str, Tensor]:
+        """The current weight of every auto term (0 during calibration), as
+        a copy that later calibration steps do not change."""
+        weights = self.weights.detach().clone()
+        return {t: weights[i] for i, t in enumerate(self.terms)}
+
+    def forward(self, task: Tensor, terms: Dict[str, Tensor],
+                params: Sequence[Tensor]) -> Dict[str, Tensor]:
+        """One training step: calibrate if due, return the logs.
+
+        Args:
+            task (Tensor): the task loss total (with grad).
+            terms (dict): every distillation term (with grad), keyed by
+                name; the auto ones unweighted, the others as applied.
+            params (Sequence[Tensor]): the student's trainable parameters.
+        """
+        logs: Dict[str, Tensor] = {}
+        weights = self.weight_of()  # the weights applied at this step
+        step = int(self.step)
+        self.step += 1
+        calibrating = not self.calibrated and bool(self.terms)
+        share_due = self.log_interval > 0 and step % self.log_interval == 0
+        norms = None
+        if (calibrating and self.by == 'grad') or share_due:
+            names = list(terms)
+            norms = grad_norms([task] + [terms[k] for k in names], params)
+            if share_due:
+                applied = norms.clone()
+                for i, k in enumerate(names):
+                    if k in self.terms:  # auto term: applied with its weight
+                        applied[i + 1] *= weights[k]
+                total = applied.sum().clamp(min=1e-12)
+                logs['gnorm_task'] = applied[0]
+                logs['gshare_task'] = applied[0] / total
+                for i, k in enumerate(names):
+                    logs[f'gnorm_{short_name(k)}'] = applied[i + 1]
+                    logs[f'gshare_{short_name(k)}'] = applied[i + 1] / total
+        if calibrating:
+            if self.by == 'grad':
+                idx = [0] + [1 + list(terms).index(t) for t in self.terms]
+                stats = norms[idx]
+            else:
+                stats = torch.stack([task.detach().float()] + [
+                    terms[t].detach().float() for t in self.terms])
+            self._accumulate(stats)
+        for t, weight in weights.items():
+            logs[f'weight_{short_name(t)}'] = weight
+        return logs
+
+    @torch.no_grad()
+    def _accumulate(self, stats: Tensor) -> None:
+        stats = stats.detach().to(self.sums)
+        if get_world_size() > 1:
+            all_reduce(stats, op='mean')
+        self.sums += stats
+        self.count += 1
+        if int(self.count) == self.iters:
+            self._fix_weights()
+
+    def _fix_weights(self) -> None:
+        mean = self.sums / self.iters
+        task = float(mean[0])
+        if not (task > 0 and torch.isfinite(mean).all()):
+            raise FloatingPointError(
+                f'loss balance: the task {self.by} statistic over the first '
+                f'{self.iters} steps is {task}; cannot scale the '
+                'distillation terms against it. Set explicit loss_weight '
+                'values for the distillation losses.')
+        parts = []
+        for i, term in enumerate(self.terms):
+            stat = float(mean[i + 1])
+            if not stat > 0:
+                raise ValueError(
+                    f'loss balance: {term} had a zero {self.by} statistic '
+                    f'during the first {self.iters} steps (no gradient on the '
+                    'student, e.g. during a connector warm-up), so no weight '
+                    'can be derived. Use balance=dict(by=\'loss\'), a '
+                    'calibration after the warm-up, or an explicit '
+                    'loss_weight.')
+            self.weights[i] = self.fractions[i] * task / stat
+            parts.append(f'{term}={float(self.weights[i]):.4g} '
+                         f'({self.by} {stat:.4g} vs task {task:.4g}, '
+                         f'fraction {self.fractions[i]:g})')
+        print_log('loss balance: weights fixed after '
+                  f'{self.iters} steps: ' + '; '.join(parts),
+                  logger='current')

@@ -1,0 +1,269 @@
+"""LONDON as the reference computes it, and the automatic loss balance.
+
+``reference_london`` below is a transcription, written from the published
+description of the reference loop (``distiller_london.py``), of how the
+public LONDON code forms its Lipschitz loss: for pair ``i`` it first
+replaces ``s_feats[i]`` by ``connector_i(s_feats[i])`` and then forms the
+student TM from that and the still-raw ``s_feats[i + 1]``; sigma is
+``sqrt(||K v|| / ||v||)`` after power iteration on ``K = TM TM^T`` from a
+ones vector; the pair's MSE is divided by ``2 ** (N - i - 1)``. It is run
+with many iterations in float64 so that it converges, which makes it the
+ground truth that our factored, warm-started estimator must reproduce.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.registry import MODELS, init_default_scope
+
+import mmlckd  # noqa: F401
+from mmlckd.models import LipschitzLoss, OFDConnector
+from mmlckd.models.distillers import LossBalancer, lipschitz_maps
+from mmlckd.models.distillers.balance import task_loss
+from tiny_models import det_batch, det_model
+
+pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
+
+
+def _ref_tm(f0, f1):
+    if f0.shape[-2:] != f1.shape[-2:]:
+        f0 = F.adaptive_avg_pool2d(f0, f1.shape[-2:])
+    a = f0.flatten(2)
+    b = f1.flatten(2)
+    return torch.bmm(a, b.transpose(1, 2)) / (f1.size(2) * f1.size(3))
+
+
+def _ref_sigma(tm, iters):
+    k = torch.bmm(tm, tm.transpose(1, 2))
+    v = torch.ones(k.size(0), k.size(1), 1, dtype=k.dtype)
+    for _ in range(iters):
+        v = torch.bmm(k, v)
+        v = v / v.norm(dim=1, keepdim=True)
+    kv = torch.bmm(k, v)
+    return (kv.norm(dim=1) / v.norm(dim=1)).sqrt().squeeze(1)
+
+
+def reference_london(s_feats, t_feats, connectors, iters=500):
+    """The reference loop (transcribed; see the module docstring)."""
+    s_feats = list(s_feats)
+    n = len(s_feats)
+    loss = 0.0
+    for i in range(n - 1):
+        s_feats[i] = connectors[i](s_feats[i])
+        sig_s = _ref_sigma(_ref_tm(s_feats[i], s_feats[i + 1]), iters)
+        sig_t = _ref_sigma(_ref_tm(t_feats[i], t_feats[i + 1]), iters)
+        loss = loss + F.mse_loss(sig_s, sig_t) / 2**(n - i - 1)
+    return loss
+
+
+def _features(seed, chans, sizes, batch=3):
+    g = torch.Generator().manual_seed(seed)
+    # post-ReLU-like maps plus a shared direction: a clear spectral gap, so
+    # the reference's 500 iterations from ones converge to float64 accuracy
+    out = []
+    for c, s in zip(chans, sizes):
+        base = torch.rand(batch, 1, s, s, generator=g, dtype=torch.float64)
+        noise = torch.rand(batch, c, s, s, generator=g, dtype=torch.float64)
+        out.append(base * torch.linspace(1, 2, c, dtype=torch.float64)
+                   .view(1, c, 1, 1) + 0.3 * noise)
+    return out
+
+
+def _connectors(s_chans, t_chans):
+    torch.manual_seed(0)
+    conns = nn.ModuleList(OFDConnector(s, t) for s, t in zip(s_chans,
+                                                             t_chans))
+    conns.double().eval()  # eval: BN uses (identity) running statistics
+    with torch.no_grad():  # make the BN affine part non-trivial
+        for c in conns:
+            c.bn.weight.uniform_(0.5, 1.5)
+            c.bn.bias.uniform_(0.0, 0.2)
+    return conns
+
+
+@pytest.mark.parametrize('num', [3, 4])
+def test_reference_wiring_matches_the_transcribed_reference_loop(num):
+    s_chans, t_chans = [4, 8, 16, 32][:num], [8, 16, 32, 64][:num]
+    sizes = [16, 8, 4, 2][:num]
+    s_feats = _features(1, s_chans, sizes)
+    t_feats = _features(2, t_chans, sizes)
+    conns = _connectors(s_chans, t_chans)
+    expected = reference_london(s_feats, t_feats, conns)
+
+    loss = LipschitzLoss(loss_weight=1.0, cold_iters=200)
+    s_conn = [c(f) for c, f in zip(conns, s_feats)]
+    s_out, s_in = lipschitz_maps(s_feats, s_conn, 'reference')
+    got = loss(s_out, t_feats, student_inputs=s_in)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-7, atol=0)
+    # the other wirings are different losses on the same input
+    for wiring in ('connector', 'raw'):
+        out, inp = lipschitz_maps(s_feats, s_conn, wiring)
+        other = LipschitzLoss(cold_iters=200)(out, t_feats,
+                                              student_inputs=inp)
+        assert not torch.allclose(other, expected, rtol=1e-3)
+
+
+def test_reference_block_weights_give_the_deepest_pair_one_half():
+    s_feats = _features(3, [4, 8, 16], [8, 4, 2])
+    t_feats = _features(4, [4, 8, 16], [8, 4, 2])
+    per_pair = []
+    for w in ([1.0, 0.0], [0.0, 1.0]):
+        per_pair.append(LipschitzLoss(block_weights=w, cold_iters=100)(
+            s_feats, t_feats))
+    ref = LipschitzLoss(cold_iters=100)(s_feats, t_feats)
+    torch.testing.assert_close(ref, per_pair[0] / 4 + per_pair[1] / 2)
+
+
+def test_reference_wiring_gradients_reach_connectors_and_both_raw_maps():
+    s_feats = [f.clone().requires_grad_() for f in _features(
+        5, [4, 8, 16], [8, 4, 2])]
+    t_feats = _features(6, [8, 16, 32], [8, 4, 2])
+    conns = _connectors([4, 8, 16], [8, 16, 32])
+    s_conn = [c(f) for c, f in zip(conns, s_feats)]
+    s_out, s_in = lipschitz_maps(s_feats, s_conn, 'reference')
+    LipschitzLoss()(s_out, t_feats, student_inputs=s_in).backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0
+               for f in s_feats)
+    # the deepest connector is not used by any pair of the reference loop
+    assert conns[-1].conv.weight.grad is None
+    assert all(c.conv.weight.grad.abs().sum() > 0 for c in conns[:-1])
+
+
+# ------------------------------------------------------------ the balancer
+def _toy(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(5, generator=g, requires_grad=True)
+    x = torch.randn(4, 5, generator=g)
+    task = (x @ w).square().mean()
+    terms = {'loss_a': 1e4 * (x @ w).abs().mean(),
+             'loss_b': 1e-3 * w.square().sum()}
+    return w, task, terms
+
+
+def _norm(out, w):
+    return torch.autograd.grad(out, [w], retain_graph=True)[0].norm()
+
+
+@pytest.mark.parametrize('by', ['grad', 'loss'])
+def test_balancer_fixes_weights_at_the_stated_fraction(by):
+    bal = LossBalancer(['loss_a', 'loss_b'], fraction=dict(a=0.5, b=0.1),
+                       iters=3, by=by, log_interval=0)
+    for _ in range(3):
+        w, task, terms = _toy()
+        assert float(bal.weights.abs().sum()) == 0  # 0 while calibrating
+        logs = bal(task, terms, [w])
+    assert bal.calibrated and set(logs) == {'weight_a', 'weight_b'}
+    w, task, terms = _toy()
+    for name, frac in (('loss_a', 0.5), ('loss_b', 0.1)):
+        weighted = terms[name] * bal.weight_of()[name]
+        if by == 'grad':
+            ratio = _norm(weighted, w) / _norm(task, w)
+        else:
+            ratio = weighted / task
+        torch.testing.assert_close(ratio.detach(), torch.tensor(frac),
+                                   rtol=1e-5, atol=0)
+
+
+def test_balancer_state_resumes_mid_calibration_exactly():
+    a = LossBalancer(['loss_a', 'loss_b'], iters=4, log_interval=0)
+    for seed in range(2):
+        w, task, terms = _toy(seed)
+        a(task, terms, [w])
+    b = LossBalancer(['loss_a', 'loss_b'], iters=4, log_interval=0)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    for seed in range(2, 4):
+        for bal in (a, b):
+            w, task, terms = _toy(seed)
+            bal(task, terms, [w])
+    assert a.calibrated and b.calibrated
+    assert torch.equal(a.weights, b.weights) and float(a.weights[0]) > 0
+
+
+def test_balancer_logs_gradient_shares_at_its_interval():
+    bal = LossBalancer(['loss_a'], iters=1, log_interval=2)
+    shares, logs = [], None
+    for _ in range(4):
+        w, task, terms = _toy()
+        out = bal(task, {'loss_a': terms['loss_a'],
+                         'loss_b': terms['loss_b']}, [w])
+        shares.append('gshare_a' in out)
+        logs = out if 'gshare_a' in out else logs
+    assert shares == [True, False, True, False]
+    # after calibration loss_a weighs 0.5 of the task's gradient norm
+    torch.testing.assert_close(logs['gnorm_a'] / logs['gnorm_task'],
+                               torch.tensor(0.5), rtol=1e-5, atol=0)
+    total = logs['gshare_task'] + logs['gshare_a'] + logs['gshare_b']
+    torch.testing.assert_close(total, torch.tensor(1.0))
+
+
+def test_balancer_rejects_bad_settings_with_a_useful_message():
+    with pytest.raises(ValueError, match="'grad' or 'loss'"):
+        LossBalancer(['loss_a'], by='value')
+    with pytest.raises(ValueError, match='unknown terms'):
+        LossBalancer(['loss_a'], fraction=dict(kd=1.0))
+    with pytest.raises(ValueError, match='must be > 0'):
+        LossBalancer(['loss_a'], fraction=-1.0)
+    bal = LossBalancer(['loss_a'], iters=1, log_interval=0)
+    w, task, _ = _toy()
+    with pytest.raises(ValueError, match='connector warm-up'):
+        bal(task, {'loss_a': (w * 0).sum()}, [w])
+
+
+def _distiller(**kw):
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    return MODELS.build(dict(
+        type='mmlckd.LipschitzDistiller', student=det_model(),
+        teacher=dict(config=dict(model=det_model(base=32),
+                                 default_scope='mmdet'), checkpoint=None),
+        **kw))
+
+
+def test_distiller_defaults_balance_every_term_by_gradient():
+    model = _distiller(balance=dict(iters=2, log_interval=1))
+    assert model.lipschitz_on == 'reference'
+    assert model.balancer.terms == ['loss_lipschitz', 'loss_feat']
+    model.train()
+    inputs, samples = det_batch(model)
+    for _ in range(2):  # calibration: the terms weigh 0 but keep a graph
+        losses = model(inputs, samples, mode='loss')
+        assert float(losses['loss_lipschitz']) == 0
+        loss, _ = model.parse_losses(losses)
+        model.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.connectors.parameters())
+    losses = model(inputs, samples, mode='loss')
+    params = model._student_params()
+    task = task_loss({k: v for k, v in losses.items()
+                      if k not in ('loss_lipschitz', 'loss_feat')})
+    g_task = torch.sqrt(sum(g.square().sum() for g in torch.autograd.grad(
+        task, params, retain_graph=True, allow_unused=True)
+        if g is not None))
+    for term in ('loss_lipschitz', 'loss_feat'):
+        g = torch.sqrt(sum(x.square().sum() for x in torch.autograd.grad(
+            losses[term], params, retain_graph=True, allow_unused=True)
+            if x is not None))
+        # same batch, train-mode BN: the start ratio is the fraction
+        torch.testing.assert_close(g / g_task, torch.tensor(0.5),
+                                   rtol=2e-3, atol=0)
+        assert f'weight_{term[5:]}' in losses
+        assert f'gshare_{term[5:]}' in losses
+    state = model.state_dict()
+    assert 'balancer.weights' in state and 'balancer.count' in state
+    fresh = _distiller(balance=dict(iters=2, log_interval=1))
+    fresh.load_state_dict(state)
+    assert fresh.balancer.calibrated
+    assert torch.equal(fresh.balancer.weights, model.balancer.weights)
+
+
+def test_explicit_weights_bypass_the_balancer():
+    model = _distiller(
+        lipschitz_loss=dict(type='mmlckd.LipschitzLoss', loss_weight=1e-3),
+        feature_loss=dict(type='mmlckd.OFDLoss', loss_weight=5e-5))
+    assert model.balancer.terms == []
+    assert model.lipschitz_loss.loss_weight == 1e-3
+    with pytest.raises(ValueError, match='balance=None'):
+        _distiller(balance=None)
