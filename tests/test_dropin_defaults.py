@@ -3,7 +3,8 @@ balanced at the stock config's learning rate.
 
 Stock ``mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py`` (SGD, lr 0.01,
 no gradient clipping), R-50 teacher with random weights, R-18 student, as
-the README snippet writes it; synthetic VOC at 128 px. Before the
+the README snippet writes it (both nets at a quarter of their width, for
+CI's two cores); synthetic VOC at 96 px. Before the
 balancer, the Lipschitz term started at ~3e4 times the task loss and the run
 diverged within 5 steps.
 """
@@ -16,6 +17,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmlckd.testing import tiny_voc_cfg
+from mmlckd.utils import load_config
 from test_readme import readme_snippet
 
 pytestmark = [pytest.mark.slow,
@@ -49,6 +51,15 @@ def _task_losses(work_dir: str) -> list:
     return [out[k] for k in sorted(out)]
 
 
+def _narrow(model):
+    """The stock architectures at 1/4 of their width (CI has 2 cores)."""
+    expansion = 1 if model.backbone.depth in (18, 34) else 4
+    model.backbone.base_channels = 16
+    model.neck.in_channels = [16 * expansion * 2**i for i in range(4)]
+    model.neck.out_channels = 32
+    model.bbox_head.update(in_channels=32, feat_channels=32)
+
+
 def _cfg(tmp_path, voc_root, name, distill=True):
     path = tmp_path / 'distill_cfg.py'
     path.write_text(readme_snippet())
@@ -58,10 +69,18 @@ def _cfg(tmp_path, voc_root, name, distill=True):
     else:
         cfg.model.balance = dict(iters=CALIBRATION, log_interval=4)
         cfg.custom_hooks = [dict(type='mmlckd.LipschitzMonitorHook')]
-    tiny_voc_cfg(cfg, data_root=voc_root, img_scale=(128, 128),
+    _narrow(cfg.model.student if distill else cfg.model)
+    if distill:  # the teacher config, loaded and narrowed the same way
+        teacher = load_config(cfg.model.teacher.config)
+        _narrow(teacher.model)
+        cfg.model.teacher.config = dict(model=teacher.model.to_dict(),
+                                        default_scope='mmdet')
+    tiny_voc_cfg(cfg, data_root=voc_root, img_scale=(96, 96),
                  batch_size=2, max_iters=ITERS, val=False,
                  work_dir=str(tmp_path / name))
     cfg.default_hooks.checkpoint = None
+    # one visualizer per run (mmengine shares an instance by name)
+    cfg.visualizer.pop('name', None)
     assert cfg.optim_wrapper.optimizer.lr == 0.01  # the stock lr
     assert not cfg.optim_wrapper.get('clip_grad')
     return cfg
@@ -81,11 +100,17 @@ def test_dropin_defaults_train_stably_and_balanced(tmp_path, voc_root):
     fixed = recs[CALIBRATION]['weight_lipschitz']
     assert fixed > 0 and all(r['weight_lipschitz'] == fixed
                              for r in recs[CALIBRATION:])
-    # the first measured shares after the calibration: no term swamps the
-    # task (each starts at half the task's gradient norm)
-    first = next(r for r in recs[CALIBRATION:] if 'gshare_task' in r)
-    assert first['gshare_lipschitz'] < first['gshare_task']
-    assert first['gshare_feat'] < first['gshare_task']
+    # the shares measured after the calibration: no term swamps the task
+    # (single batches are noisy: one without positive anchors has almost
+    # no task gradient, so compare medians over the measurements)
+    shares = [r for r in recs[CALIBRATION:] if 'gshare_task' in r]
+    assert len(shares) >= 3
+
+    def median(key):
+        return sorted(r[key] for r in shares)[len(shares) // 2]
+
+    assert median('gshare_lipschitz') < median('gshare_task')
+    assert median('gshare_feat') < median('gshare_task')
     # the task loss is no worse than the student trained alone
     dist = _task_losses(str(tmp_path / 'distill'))
     base = _task_losses(alone.work_dir)

@@ -43,10 +43,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--data-seeds', type=int, nargs='+',
                    help='synthetic dataset seeds (default 0; --study: 0 2)')
     p.add_argument('--iters-det', type=int, default=None,
-                   help='detection student iterations (default 400; the '
+                   help='detection student iterations (default 300 at batch 4; the '
                    'teacher trains 600; --quick 2)')
     p.add_argument('--iters-seg', type=int, default=None,
-                   help='segmentation student iterations (default 300; the '
+                   help='segmentation student iterations (default 300 at batch 4; the '
                    'teacher trains 400; --quick 2)')
     p.add_argument('--jobs', type=int, default=None,
                    help='runs in parallel, one torch thread each (default: '
@@ -95,8 +95,9 @@ def run(args: argparse.Namespace) -> dict:
     opts = dict(
         work_dir=work_dir, quick=args.quick,
         data_roots=_data_roots(args, work_dir),
-        iters=dict(det=args.iters_det or (2 if args.quick else 400),
+        iters=dict(det=args.iters_det or (2 if args.quick else 300),
                    seg=args.iters_seg or (2 if args.quick else 300)),
+        student_batch=2 if args.quick else 4,
         teacher_iters=dict(det=2 if args.quick else 600,
                            seg=2 if args.quick else 400),
         log_interval=1 if args.quick else 25,
@@ -113,10 +114,11 @@ def run(args: argparse.Namespace) -> dict:
         'PASCAL VOC. Every distilled student uses the distiller\'s default, '
         'automatically balanced loss weights. "minus baseline" pairs each '
         'student seed with the baseline of the same seed; SE is the '
-        'standard error over seeds; a verdict needs 2 SE. Student '
-        f'iterations: {opts["iters"]["det"]} (det), {opts["iters"]["seg"]} '
-        f'(seg); teachers: {opts["teacher_iters"]["det"]} and '
-        f'{opts["teacher_iters"]["seg"]}. '
+        'standard error over seeds; a verdict needs 2 SE. Students: '
+        f'{opts["iters"]["det"]} (det) / {opts["iters"]["seg"]} (seg) '
+        f'iterations at batch {opts["student_batch"]}; teachers: '
+        f'{opts["teacher_iters"]["det"]} / {opts["teacher_iters"]["seg"]} '
+        'iterations at batch 8. '
         f'Command: `python tools/demo.py {" ".join(args.argv)}`. Device: '
         f'{platform.machine()} CPU, {os.cpu_count()} cores, {jobs} runs in '
         'parallel with one torch thread each.')

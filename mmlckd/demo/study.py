@@ -134,6 +134,8 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
     for key in ('train_dataloader', 'test_dataloader'):
         cfg[key].num_workers = 0  # one process = one core
         cfg[key].persistent_workers = False
+    if job.row is not None:
+        cfg.train_dataloader.batch_size = opts['student_batch']
     if role == 'london':
         cfg.model.update(ROWS[job.row])
         cfg.model.balance = dict(log_interval=opts['share_interval'])

@@ -9,7 +9,9 @@ the task loss of a RetinaNet). :class:`LossBalancer` measures instead:
 * during the first ``iters`` training steps (the *calibration*) every term
   whose weight is ``'auto'`` is computed but added with weight 0 (its graph
   is kept, so DDP sees every parameter used), and the statistic ``by`` is
-  averaged for the task loss and for every term:
+  averaged, over the second half of those steps (the task's gradient falls
+  fast over the first steps of a random head), for the task loss and for
+  every term:
 
   - ``by='grad'`` (default): the L2 norm of the term's gradient on the
     student's parameters (one extra backward per term and step, during the
@@ -198,18 +200,28 @@ class LossBalancer(nn.Module):
             logs[f'weight_{short_name(t)}'] = weight
         return logs
 
+    @property
+    def _first_measured(self) -> int:
+        """The calibration step from which statistics count: the second
+        half, since the task's gradient falls fast over the first steps of
+        a randomly initialised head and the weights must fit the moment the
+        terms are switched on."""
+        return self.iters // 2
+
     @torch.no_grad()
     def _accumulate(self, stats: Tensor) -> None:
         stats = stats.detach().to(self.sums)
         if get_world_size() > 1:
             all_reduce(stats, op='mean')
-        self.sums += stats
+        if int(self.count) >= self._first_measured:
+            self.sums += stats
         self.count += 1
         if int(self.count) == self.iters:
             self._fix_weights()
 
     def _fix_weights(self) -> None:
-        mean = self.sums / self.iters
+        steps = self.iters - self._first_measured
+        mean = self.sums / steps
         task = float(mean[0])
         if not (task > 0 and torch.isfinite(mean).all()):
             raise FloatingPointError(
@@ -233,5 +245,5 @@ class LossBalancer(nn.Module):
                          f'({self.by} {stat:.4g} vs task {task:.4g}, '
                          f'fraction {self.fractions[i]:g})')
         print_log('loss balance: weights fixed after '
-                  f'{self.iters} steps: ' + '; '.join(parts),
+                  f'{self.iters} steps (statistics of the last {steps}): ' + '; '.join(parts),
                   logger='current')
