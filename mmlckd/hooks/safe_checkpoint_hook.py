@@ -55,6 +55,11 @@ class SafeCheckpointHook(CheckpointHook):
       (keys and shapes).
     * A state holding NaN/Inf is never written (``save_non_finite=False``):
       an error is logged and the previous checkpoint stays the latest.
+    * No non-finite update is applied (``guard_updates=True``): right before
+      each ``optimizer.step()`` the gradients are checked (one host sync)
+      and a NaN/Inf gradient stops training with a FloatingPointError that
+      names the parameters and the last finite checkpoint. Off when the
+      model says ``nan_guard=False`` (``LipschitzDistiller``).
 
     Same arguments as ``CheckpointHook``, plus:
 
@@ -63,13 +68,67 @@ class SafeCheckpointHook(CheckpointHook):
             NaN/Inf (with a warning). Default False.
         verify_resume (bool): check the checkpoint before resuming.
             Default True.
+        guard_updates (bool): stop before an optimizer step with NaN/Inf
+            gradients. Default True.
     """
 
     def __init__(self, *args, save_non_finite: bool = False,
-                 verify_resume: bool = True, **kwargs):
+                 verify_resume: bool = True, guard_updates: bool = True,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.save_non_finite = save_non_finite
         self.verify_resume = verify_resume
+        self.guard_updates = guard_updates
+        self._handles = []
+
+    # ---------------------------------------------------------- grad guard
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        if not self.guard_updates or getattr(model, 'nan_guard',
+                                             True) is False:
+            return
+        wrapper = runner.optim_wrapper
+        wrappers = wrapper.values() if hasattr(wrapper, 'values') \
+            else [wrapper]
+        names = {id(p): n for n, p in model.named_parameters()}
+        for w in wrappers:
+            self._handles.append(w.optimizer.register_step_pre_hook(
+                self._make_grad_check(runner, names)))
+
+    def _make_grad_check(self, runner, names: dict):
+        def check(optimizer, args, kwargs):
+            grads = [p.grad for g in optimizer.param_groups
+                     for p in g['params'] if p.grad is not None]
+            if not grads:
+                return
+            norms = torch.stack(torch._foreach_norm(grads))
+            if bool(torch.isfinite(norms).all()):  # the one host sync
+                return
+            bad = [names.get(id(p), '?') for g in optimizer.param_groups
+                   for p in g['params'] if p.grad is not None
+                   and not bool(torch.isfinite(p.grad).all())]
+            raise FloatingPointError(
+                f'non-finite gradients at iteration {runner.iter + 1} in '
+                f'{len(bad)} parameters (e.g. {bad[:3]}): the optimizer step '
+                'was stopped, so no non-finite update was applied and none '
+                'will be saved; ' + (
+                    f'the last finite checkpoint is {self.last_ckpt}'
+                    if self.last_ckpt else
+                    'no checkpoint was written in this run yet') +
+                '. Fixes: lower the learning rate, clip gradients '
+                '(optim_wrapper.clip_grad=dict(max_norm=35)), check the '
+                'data, then resume from that checkpoint. Set '
+                'default_hooks.checkpoint.guard_updates=False to disable '
+                'this check.')
+        return check
+
+    def after_train(self, runner) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        super().after_train(runner)
 
     # --------------------------------------------------------------- resume
     def before_run(self, runner) -> None:
