@@ -308,3 +308,54 @@ def describe_mismatch(missing, unexpected, mismatched, n: int = 3) -> str:
 
 
 __all__.append('describe_mismatch')
+
+
+def check_model_checkpoint(model, path: str, config: str,
+                           distilled: bool = False) -> dict:
+    """Check that ``path`` holds exactly ``model``'s weights (for
+    ``tools/test.py``); returns the (prefix-stripped) state dict.
+
+    ``distilled``: ``model`` is the student of the distillation config
+    ``config``; a distillation checkpoint (``student.*``, ``connectors.*``)
+    or an exported student both fit.
+
+    Raises:
+        CheckpointError naming the file, the config and the fix.
+    """
+    import re
+
+    from mmengine.model import is_model_wrapper
+
+    from .safe_load import safe_torch_load
+    role = 'checkpoint'
+    check_checkpoint_file(path, role)
+    verify_checksum(path, role)
+    state = state_dict_from(safe_torch_load(path, role=role), path, role)
+    state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+    is_kd = any(k.startswith('student.') for k in state)
+    if is_kd and not distilled:
+        raise CheckpointError(
+            f'{path!r} is a distillation checkpoint (keys "student.*", '
+            f'"connectors.*") and {config!r} is a plain model config. Export '
+            'the student (python tools/export_student.py '
+            f'{path} student.pth) and test student.pth with this config, or '
+            'test with the distillation config.')
+    if is_kd:
+        state = {k[len('student.'):]: v for k, v in state.items()
+                 if k.startswith('student.')}
+    if is_model_wrapper(model):
+        model = model.module
+    missing, unexpected, mismatched = compare_state_dicts(
+        model.state_dict(), state)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f'checkpoint {path!r} does not fit the model of {config!r}: ' +
+            describe_mismatch(missing, unexpected, mismatched) +
+            '. Testing it would evaluate partly random weights. Test with '
+            'the config this checkpoint was trained with (for a '
+            'distillation run: the distillation config, or the exported '
+            'student with the student config).')
+    return state
+
+
+__all__.append('check_model_checkpoint')
