@@ -429,3 +429,149 @@ def test_checksum_written_verified_and_foreign_files_load_with_info(
     safe_torch_load(path)
     with pytest.raises(CheckpointError, match='recorded SHA-256'):
         verify_checksum(path)
+
+
+# ------------------------------------------- distiller (tiny mmdet models)
+def _build(student, teacher, scope='mmdet', checkpoint=None,
+           teacher_scope=None, **kw):
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(scope)
+    teacher_cfg = dict(config=dict(model=teacher,
+                                   default_scope=teacher_scope or scope),
+                       checkpoint=checkpoint)
+    teacher_cfg.update(kw.pop('teacher_kw', {}))
+    return MODELS.build(dict(type='mmlckd.LipschitzDistiller',
+                             student=student, teacher=teacher_cfg,
+                             probe_input_size=(64, 64), **kw))
+
+
+def _det(**kw):
+    from tiny_models import det_model
+    return det_model('retinanet', **kw)
+
+
+@pytest.mark.parametrize('kind', ['width', 'num_classes'])
+def test_teacher_checkpoint_of_another_architecture_is_one_message(
+        tmp_path, kind):
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    other = _det(base=16)  # the teacher config is base=32
+    if kind == 'num_classes':
+        other = _det(base=32)
+        other.bbox_head.num_classes = 10
+    path = tmp_path / 'teacher.pth'
+    torch.save(dict(state_dict=MODELS.build(other).state_dict()), path)
+    with pytest.raises(RuntimeError) as e:
+        _build(_det(), _det(base=32), checkpoint=str(path))
+    msg = str(e.value)
+    assert msg.startswith('the teacher checkpoint') and str(path) in msg
+    assert 'inline teacher.config' in msg and 'size mismatch' in msg
+    n = int(re.search(r'(\d+) size mismatches', msg).group(1))
+    assert n >= (2 if kind == 'num_classes' else 50)
+    assert msg.count('(model ') == min(n, 3)  # examples, not n lines
+    assert '\n' not in msg and len(msg) < 1200
+
+
+def test_segmentor_teacher_of_a_detector_is_named():
+    from tiny_models import seg_model
+    teacher = seg_model(base=32)
+    teacher.data_preprocessor.pop('size', None)
+    with pytest.raises(ValueError, match='the teacher is a segmentor') as e:
+        _build(_det(), teacher, teacher_scope='mmseg')
+    assert 'channel_conversion' not in str(e.value)
+
+
+def test_channel_conversion_compared_under_one_name():
+    """mmseg keeps bgr_to_rgb in ``channel_conversion``, mmengine/mmdet in
+    ``_channel_conversion``: the same setting must compare equal."""
+    from mmdet.models.data_preprocessors import DetDataPreprocessor
+    from mmseg.models.data_preprocessor import SegDataPreProcessor
+    from mmlckd.models.distillers.teacher import preprocessor_settings
+    kw = dict(mean=[1., 2., 3.], std=[4., 5., 6.], bgr_to_rgb=True)
+    det, seg = DetDataPreprocessor(**kw), SegDataPreProcessor(**kw)
+    assert preprocessor_settings(det)['bgr_to_rgb'] is True
+    assert preprocessor_settings(seg)['bgr_to_rgb'] is True
+    seg2 = SegDataPreProcessor(**dict(kw, bgr_to_rgb=False))
+    assert preprocessor_settings(seg2)['bgr_to_rgb'] is False
+
+
+def test_empty_features_is_an_error_unless_allowed():
+    with pytest.raises(ValueError, match=r'features=\[\].*'
+                       'allow_empty_features=True'):
+        _build(_det(), _det(base=32), features=[])
+    model = _build(_det(), _det(base=32), features=[],
+                   allow_empty_features=True)
+    assert model.pairs == []
+
+
+def test_negative_loss_weights_are_an_error_unless_allowed():
+    neg = dict(type='mmlckd.OFDLoss', loss_weight=-1e-4)
+    with pytest.raises(ValueError, match=r'feature_loss.loss_weight=-0.0001'
+                       '.*allow_negative_weights=True'):
+        _build(_det(), _det(base=32), feature_loss=neg)
+    _build(_det(), _det(base=32), feature_loss=neg,
+           allow_negative_weights=True)
+
+
+def test_stride_mismatched_feature_pairs_are_an_error_unless_allowed():
+    off = [dict(student='backbone.layer1', teacher='backbone.layer2'),
+           dict(student='backbone.layer2', teacher='backbone.layer3')]
+    with pytest.raises(ValueError, match=r'2 feature pairs differ in spatial '
+                       r'size.*\(16, 16\).*\(8, 8\).*allow_resize=True'):
+        _build(_det(), _det(base=32), features=off)
+    model = _build(_det(), _det(base=32), features=off, allow_resize=True)
+    assert len(model.pairs) == 2
+
+
+def test_nan_in_the_input_batch_is_named_as_such():
+    from tiny_models import det_batch
+    model = _build(_det(), _det(base=32))
+    model.train()
+    inputs, samples = det_batch(model)
+    inputs[1, 0, 5, 5] = float('nan')
+    with pytest.raises(FloatingPointError) as e:
+        model(inputs, samples, mode='loss')
+    msg = str(e.value)
+    assert 'the input batch is non-finite' in msg and 'images [1]' in msg
+    assert 'data_preprocessor' in msg and 'std' in msg
+    assert 'learning rate' not in msg
+
+
+def test_nan_guard_checks_the_task_losses_too():
+    """A NaN task loss with finite distillation terms (the guard used to
+    look at the distillation terms only)."""
+    from tiny_models import det_batch
+    model = _build(_det(), _det(base=32))
+    model.train()
+    inputs, samples = det_batch(model)
+    h = model.student.bbox_head.retina_cls.register_forward_hook(
+        lambda m, a, out: out * float('nan'))
+    try:
+        with pytest.raises(FloatingPointError,
+                           match=r"non-finite loss \['loss_cls'\].*"
+                           'before the optimizer update'):
+            model(inputs, samples, mode='loss')
+    finally:
+        h.remove()
+    model.nan_guard = False  # off: no check
+    h = model.student.bbox_head.retina_cls.register_forward_hook(
+        lambda m, a, out: out * float('nan'))
+    losses = model(inputs, samples, mode='loss')
+    h.remove()
+    assert not all(bool(torch.isfinite(v).all()) for v in losses['loss_cls'])
+
+
+def test_teacher_checkpoint_with_finite_corrupted_weights(tmp_path):
+    """Written by the project (SHA-256 sidecar), then altered: refused."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    state = MODELS.build(_det(base=32)).state_dict()
+    path = tmp_path / 'teacher.pth'
+    atomic_torch_save(dict(state_dict=state), str(path))
+    _build(_det(), _det(base=32), checkpoint=str(path))  # verified: fine
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match='teacher checkpoint .*'
+                       'does not match its recorded SHA-256'):
+        _build(_det(), _det(base=32), checkpoint=str(path))
