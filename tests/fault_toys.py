@@ -36,8 +36,9 @@ class FaultToyData(Dataset):
 @MODELS.register_module(force=True)
 class FaultToyModel(BaseModel):
 
-    def __init__(self, dim=4, width=8, loss_scale=1.0):
+    def __init__(self, dim=4, width=8, loss_scale=1.0, nan_guard=True):
         super().__init__()
+        self.nan_guard = nan_guard
         self.fc1 = nn.Linear(dim, width)
         self.fc2 = nn.Linear(width, 2)
         self.loss_scale = loss_scale

@@ -241,9 +241,12 @@ def test_export_student_of_a_bare_tensor(tmp_path):
     assert 'AttributeError' not in str(e.value)
 
 
-def test_atomic_save_full_disk_message_no_tmp_left(tmp_path, monkeypatch):
-    """ENOSPC (simulated) while writing: 'no space left on device at
+def test_export_full_disk_message_no_tmp_left(tmp_path, monkeypatch):
+    """A full disk (simulated: torch's zip writer fails as it does on
+    ENOSPC) during tools/export_student.py: 'no space left on device at
     <path>', the destination untouched, no temporary file left."""
+    src = tmp_path / 'kd.pth'
+    torch.save(dict(state_dict={'student.w': torch.ones(3)}), src)
     dest = tmp_path / 'student.pth'
     dest.write_bytes(b'old')
 
@@ -253,13 +256,17 @@ def test_atomic_save_full_disk_message_no_tmp_left(tmp_path, monkeypatch):
                            'PytorchStreamWriter failed writing file '
                            'data/0: file write failed / unexpected pos 64')
 
+    export = _tool('export_student')
     monkeypatch.setattr(torch, 'save', full)
-    with pytest.raises(OSError, match='no space left on device at .*'
-                       'student.pth') as e:
+    with pytest.raises(SystemExit, match='no space left on device at .*'
+                       'student.pth'):
+        export.main([str(src), str(dest)])
+    assert dest.read_bytes() == b'old'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['kd.pth',
+                                                          'student.pth']
+    with pytest.raises(OSError) as e:  # the API raises ENOSPC itself
         atomic_torch_save(dict(a=1), str(dest))
     assert e.value.errno == errno.ENOSPC
-    assert dest.read_bytes() == b'old'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['student.pth']
 
 
 def _can_mount_tmpfs():
@@ -366,7 +373,7 @@ def test_guard_off_nan_state_is_not_saved_silently(tmp_path, caplog):
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
     cfg = toy_cfg(work, max_iters=3)
-    cfg['default_hooks']['checkpoint']['guard_updates'] = False
+    cfg['model']['nan_guard'] = False  # as LipschitzDistiller(nan_guard=)
     cfg['train_dataloader']['dataset']['nan_at'] = 5  # batch 2
     runner = _train_in_process(cfg, tmp_path)
     assert runner.iter == 3
@@ -413,8 +420,10 @@ def test_hook_output_paths_stay_in_the_work_dir(bad):
 # -------------------------------------------------------------- checksums
 def test_checksum_written_verified_and_foreign_files_load_with_info(
         tmp_path):
-    path = str(tmp_path / 'x.pth')
-    atomic_torch_save(dict(state_dict=dict(w=torch.arange(1000.))), path)
+    from mmlckd.apis import export_student
+    src = tmp_path / 'kd.pth'
+    torch.save(dict(state_dict={'student.w': torch.arange(1000.)}), src)
+    path = export_student(str(src), str(tmp_path / 'x.pth'))
     lines = []
     assert verify_checksum(path, log=lines.append) is True
     assert 'SHA-256 verified' in lines[-1]
