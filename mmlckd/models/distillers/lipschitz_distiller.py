@@ -150,7 +150,7 @@ class LipschitzDistiller(BaseModel):
         allow_empty_features (bool): accept ``features=[]`` while a
             feature or Lipschitz loss is set (those terms then do nothing);
             default False: an error.
-        allow_negative_weights (bool): accept negative ``loss_weight``\ s;
+        allow_negative_weights (bool): accept negative ``loss_weight`` values;
             default False: an error.
         allow_resize (bool): accept feature pairs whose student and teacher
             maps differ in spatial size at probe time (the losses then
