@@ -51,6 +51,14 @@ class FaultToyModel(BaseModel):
         return out
 
 
+@MODELS.register_module(force=True)
+class FaultToyDistiller(FaultToyModel):
+    """What mmlckd's distillation hooks look for (LipschitzMonitorHook)."""
+    teacher = None
+    distill_weight = 1.0
+    distill_to_student = True
+
+
 def toy_cfg(work_dir, max_iters=3, interval=1, max_keep_ckpts=1, width=8,
             lr=0.1, hook='CheckpointHook', **data):
     return dict(

@@ -136,29 +136,35 @@ def test_project_configs_use_the_safe_checkpoint_hook():
     assert "type='CheckpointHook'" not in src
 
 
+@pytest.mark.slow
 def test_fresh_run_in_used_work_dir_keeps_old_history(tmp_path):
-    """A fresh run where a finished run left lipschitz.jsonl moves the old
-    history aside (timestamped) instead of cutting it down."""
-    from mmlckd.hooks import LipschitzMonitorHook
-    from mmengine.logging import MMLogger
+    """A fresh run (no --resume) where a finished run left its
+    lipschitz.jsonl moves the old history aside (timestamped) instead of
+    cutting it down to the new run's iterations."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
 
-    class _Runner:
-        work_dir = str(tmp_path)
-        iter = 0
-        logger = MMLogger.get_instance('faults_history')
+    def cfg(iters):
+        c = toy_cfg(work, max_iters=iters)
+        c['model']['type'] = 'FaultToyDistiller'
+        c['custom_hooks'] = [dict(type='mmlckd.LipschitzMonitorHook')]
+        return c
 
-    old = [json.dumps({'iter': i}) + '\n' for i in range(1, 9)]
-    (tmp_path / 'lipschitz.jsonl').write_text(''.join(old))
-    hook = LipschitzMonitorHook()
-    hook._model = object()
-    hook._path = str(tmp_path / 'lipschitz.jsonl')
-    hook._move_aside(_Runner())
-    kept = [p for p in tmp_path.iterdir()
-            if p.name.startswith('lipschitz.') and p.name !=
-            'lipschitz.jsonl']
-    assert len(kept) == 1 and kept[0].suffix == '.jsonl'
-    assert kept[0].read_text() == ''.join(old)
-    assert not (tmp_path / 'lipschitz.jsonl').exists()
+    def iters(path):
+        return [json.loads(line)['iter'] for line in open(path)]
+
+    _train_in_process(cfg(3), tmp_path)
+    assert iters(work / 'lipschitz.jsonl') == [1, 2, 3]
+    _train_in_process(cfg(1), tmp_path, name='again.py')  # fresh, same dir
+    assert iters(work / 'lipschitz.jsonl') == [1]
+    kept = [p for p in work.glob('lipschitz.*.jsonl')]
+    assert len(kept) == 1 and re.fullmatch(
+        r'lipschitz\.\d{8}_\d{6}\.jsonl', kept[0].name), kept
+    assert iters(kept[0]) == [1, 2, 3]
+    # a resumed run keeps its own history (up to the resumed iteration)
+    _train_in_process(cfg(2), tmp_path, '--resume', name='resume.py')
+    assert iters(work / 'lipschitz.jsonl') == [1, 2]
+    assert len(list(work.glob('lipschitz.*.jsonl'))) == 1
 
 
 # ----------------------------------------------------- resume: clear errors
@@ -168,6 +174,14 @@ def test_resume_with_nothing_to_resume_names_the_work_dir(tmp_path):
     typo = tmp_path / 'wrok_dir'
     with pytest.raises(SystemExit, match='nothing to resume.*wrok_dir'):
         _train_in_process(toy_cfg(typo), tmp_path, '--resume')
+    assert not (typo / 'iter_1.pth').exists()
+    # the hook says so too when a Runner is built without the tool
+    from mmengine.runner import Runner
+    cfg = toy_cfg(typo, hook='mmlckd.SafeCheckpointHook')
+    cfg.update(resume=True, load_from=None)
+    with pytest.raises(FileNotFoundError, match='nothing to resume in the '
+                       'work dir .*wrok_dir'):
+        Runner.from_cfg(Config(cfg)).train()
     assert not (typo / 'iter_1.pth').exists()
 
 
