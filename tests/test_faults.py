@@ -598,3 +598,42 @@ def test_teacher_checkpoint_with_finite_corrupted_weights(tmp_path):
     with pytest.raises(CheckpointError, match='teacher checkpoint .*'
                        'does not match its recorded SHA-256'):
         _build(_det(), _det(base=32), checkpoint=str(path))
+
+
+@pytest.mark.slow
+def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path):
+    """The issue's case on a tiny RetinaNet distillation: the guard stops
+    the first non-finite step before its update, names the last finite
+    checkpoint, and every checkpoint written is finite."""
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner
+    from mmlckd.hooks.safe_checkpoint_hook import non_finite_tensors
+    from test_engine import tiny_cfg
+    init_default_scope('mmdet')
+    torch.manual_seed(1)
+    teacher = tmp_path / 'teacher.pth'
+    torch.save(dict(state_dict=MODELS.build(_det(base=32)).state_dict()),
+               teacher)
+    work = tmp_path / 'w'
+    cfg = tiny_cfg(voc_devkit, work, str(teacher), max_iters=4)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    cfg.default_hooks.checkpoint = dict(type='mmlckd.SafeCheckpointHook',
+                                        interval=1, by_epoch=False)
+    cfg.optim_wrapper.optimizer.lr = 1e6
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(FloatingPointError, match='before the optimizer '
+                       'update') as e:
+        runner.train()
+    saved = sorted(work.glob('iter_*.pth'))
+    assert saved, 'at least the first (finite) step is checkpointed'
+    assert f'the last finite checkpoint is {saved[-1]}' in str(e.value)
+    assert runner.iter == len(saved)  # the failing step was not counted
+    for path in saved:
+        assert non_finite_tensors(
+            safe_torch_load(str(path))['state_dict']) == []
+    # no optimizer update applied: the parameters are finite (buffers such
+    # as BN running stats were updated by the failing forward itself, which
+    # is why the message points to the checkpoint to resume from)
+    params = dict(runner.model.named_parameters())
+    assert non_finite_tensors(params) == []
