@@ -80,8 +80,12 @@ def test_kill9_while_writing_checkpoint_then_resume(tmp_path):
     assert verify_checksum(last) is True
     assert not (work / 'iter_2.pth').exists()
 
+    assert (work / '.iter_2.pth.tmp').exists()  # the interrupted write
+
     resumed = _run_tool(['tools/train.py', cfg, '--resume'])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+    assert 'removed .iter_2.pth.tmp' in resumed.stdout + resumed.stderr
+    assert not list(work.glob('.*.tmp'))
     assert 'Load checkpoint from' in resumed.stdout + resumed.stderr
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_3.pth']
     assert verify_checksum(str(work / 'iter_3.pth')) is True

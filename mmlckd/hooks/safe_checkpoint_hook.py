@@ -84,6 +84,8 @@ class SafeCheckpointHook(CheckpointHook):
     # ---------------------------------------------------------- grad guard
     def before_train(self, runner) -> None:
         super().before_train(runner)
+        if self._local() and is_main_process():
+            self._remove_stale_tmp(runner)
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
         if not self.guard_updates or getattr(model, 'nan_guard',
@@ -96,6 +98,17 @@ class SafeCheckpointHook(CheckpointHook):
         for w in wrappers:
             self._handles.append(w.optimizer.register_step_pre_hook(
                 self._make_grad_check(runner, names)))
+
+    def _remove_stale_tmp(self, runner) -> None:
+        """Temporary files of a write that a killed run left behind."""
+        if not osp.isdir(self.out_dir):
+            return
+        head, _, tail = self.filename_tmpl.partition('{}')
+        for name in os.listdir(self.out_dir):
+            if name.startswith('.' + head) and name.endswith(tail + '.tmp'):
+                os.remove(osp.join(self.out_dir, name))
+                runner.logger.info(f'removed {name}, left by an interrupted '
+                                   'checkpoint write')
 
     def _make_grad_check(self, runner, names: dict):
         def check(optimizer, args, kwargs):
