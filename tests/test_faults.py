@@ -223,6 +223,18 @@ def test_resume_from_a_bad_checkpoint_is_a_clear_error(tmp_path, kind):
     assert not _unsafe_hint(str(info.value))
 
 
+@pytest.mark.slow
+def test_load_from_a_text_file_is_a_clear_error(tmp_path):
+    from fault_toys import toy_cfg
+    notes = tmp_path / 'notes.pth'
+    notes.write_text('epoch 12: mAP 0.71\n')
+    with pytest.raises(SystemExit, match='load_from checkpoint .*notes.pth'
+                       '.* is a text file') as e:
+        _train_in_process(toy_cfg(tmp_path / 'w'), tmp_path,
+                          '--cfg-options', f'load_from={notes}')
+    assert not _unsafe_hint(str(e.value))
+
+
 # ------------------------------------------------- checkpoint file errors
 def test_text_or_truncated_checkpoint_never_suggests_unsafe_loading(
         tmp_path):

@@ -49,6 +49,7 @@ class SafeCheckpointHook(CheckpointHook):
       ``max_keep_ckpts`` deleted. A kill at any point leaves the previous
       checkpoint and a ``last_checkpoint`` that names a complete file.
     * A SHA-256 sidecar (``<ckpt>.sha256``) is written next to each one.
+    * ``load_from`` is checked the same way (readable, complete, SHA-256).
     * Before resuming, the checkpoint is checked: it must exist (``resume``
       with nothing to resume is an error naming the work dir), be a
       complete checkpoint, match its SHA-256, and hold this model's weights
@@ -146,7 +147,12 @@ class SafeCheckpointHook(CheckpointHook):
     # --------------------------------------------------------------- resume
     def before_run(self, runner) -> None:
         """Runs before ``runner.load_or_resume()``."""
-        if not self.verify_resume or not getattr(runner, '_resume', False):
+        if not self.verify_resume:
+            return
+        if not getattr(runner, '_resume', False):
+            path = getattr(runner, '_load_from', None)
+            if path and '://' not in path:  # load_from: a local file
+                check_load_from_checkpoint(runner, path)
             return
         path = runner._load_from
         if path is None:
@@ -244,6 +250,16 @@ class SafeCheckpointHook(CheckpointHook):
         os.replace(tmp, final)
         fsync_dir(osp.dirname(osp.abspath(final)))
         write_checksum(final, digest)
+
+
+def check_load_from_checkpoint(runner, path: str) -> None:
+    """``load_from`` (weights only, non-strict as in mmengine): a readable,
+    complete checkpoint that matches its SHA-256."""
+    from mmlckd.compat import safe_torch_load
+    role = 'load_from checkpoint'
+    check_checkpoint_file(path, role)
+    verify_checksum(path, role, log=runner.logger.info)
+    state_dict_from(safe_torch_load(path, role=role), path, role)
 
 
 def check_resume_checkpoint(runner, path: str) -> None:
