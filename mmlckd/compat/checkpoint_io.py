@@ -88,31 +88,49 @@ def atomic_write(path: str, write: Callable[[object], None],
             before_replace(tmp)
         os.replace(tmp, path)
     except BaseException as e:
+        full = _is_enospc(e, folder)  # before the tmp file frees the space
         try:
             os.remove(tmp)
         except OSError:
             pass
-        if _is_enospc(e):
+        if full:
             raise _no_space(path, e) from None
         raise
     fsync_dir(folder)
     return path
 
 
-def _is_enospc(e: BaseException) -> bool:
-    """torch reports a full disk as a RuntimeError from its zip writer
-    (``unexpected pos``); the OS as ENOSPC. Either way: look at the disk."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+_DISK_FULL_BYTES = 1 << 20
+
+
+def _disk_full(folder: str) -> bool:
+    """Less than 1 MiB left for this user on ``folder``'s file system."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < _DISK_FULL_BYTES
+
+
+def _is_enospc(e: BaseException, folder: Optional[str] = None) -> bool:
+    """The OS reports a full disk as ENOSPC; torch's zip writer as a
+    RuntimeError (``unexpected pos`` / ``file write failed``), which is
+    taken for a full disk only when the disk is in fact (nearly) full."""
     seen = e
     for _ in range(4):  # the cause chain
         if seen is None:
             break
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC,
+                                                        errno.EDQUOT):
             return True
         seen = seen.__cause__ or seen.__context__
-    return isinstance(e, RuntimeError) and (
-        'unexpected pos' in str(e) or 'No space left' in str(e))
+    if not isinstance(e, RuntimeError):
+        return False
+    if 'No space left' in str(e):
+        return True
+    return folder is not None and (
+        'unexpected pos' in str(e) or 'write failed' in str(e)) and \
+        _disk_full(folder)
 
 
 def sha256_file(path: str) -> str:
@@ -199,7 +217,7 @@ def atomic_torch_save(obj, path: str, checksum: bool = True) -> str:
         try:
             write_checksum(path, holder['digest'])
         except OSError as e:
-            if _is_enospc(e):
+            if _is_enospc(e, osp.dirname(osp.abspath(path))):
                 raise _no_space(sidecar_path(path), e) from None
             raise
     return path
