@@ -142,9 +142,12 @@ class LipschitzDistiller(BaseModel):
             student's features in teacher channel space) or ``'raw'``.
         teacher_early_stop (bool): run the teacher only up to the deepest
             recorded layer. Default True.
-        nan_guard (bool): raise a ``FloatingPointError`` naming the
-            offending layers, *before* the optimizer step, when a
-            distillation term is NaN/Inf. Costs one host sync per step.
+        nan_guard (bool): raise a ``FloatingPointError``, *before* the
+            optimizer step, when a distillation term (naming the offending
+            layers), a task loss or the input batch is NaN/Inf; the message
+            names the last finite checkpoint. Costs two host syncs per step
+            (``mmlckd.SafeCheckpointHook`` adds a gradient check, also off
+            when this is False).
         probe_input_size (tuple): (H, W) of the dummy input used once at
             build time to discover feature shapes.
         allow_empty_features (bool): accept ``features=[]`` while a
