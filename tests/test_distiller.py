@@ -313,7 +313,7 @@ def test_mismatched_preprocessor():
     s, t, scope, _ = FAMILIES['retinanet']
     teacher = t()
     teacher.data_preprocessor.bgr_to_rgb = False
-    with pytest.raises(ValueError, match='channel_conversion'):
+    with pytest.raises(ValueError, match='bgr_to_rgb'):
         build(s(), teacher, scope)
     teacher = t()
     teacher.data_preprocessor.std = [1.0, 1.0, 1.0]

@@ -21,8 +21,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         path = export_student(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f'error: {e}')
+    except (OSError, ValueError) as e:  # missing, unreadable, disk full
+        raise SystemExit(f'error: {e}') from None
     print(f'student written to {path}')
 
 

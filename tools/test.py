@@ -4,6 +4,11 @@ arguments).
 For a distillation config, only the student is built (no teacher or teacher
 checkpoint needed); the checkpoint may be a distillation checkpoint
 (``student.*`` keys) or an exported student.
+
+The checkpoint must fit the model exactly: missing, unexpected or
+size-mismatched keys are an error naming the file, the config and the fix
+(mmengine would only warn and evaluate random weights). Its SHA-256 sidecar,
+when there is one, is verified.
 """
 import argparse
 import os.path as osp
@@ -17,6 +22,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmlckd.compat import (adapt_cfg_for_cpu_dist,  # noqa: E402
                            dist_teardown, init_cpu_dist)
+from mmlckd.compat.checkpoint_io import check_model_checkpoint  # noqa: E402
 from mmlckd.utils.runner import (load_tool_cfg,  # noqa: E402
                                  parse_with_launcher_args, student_test_cfg)
 
@@ -35,7 +41,7 @@ def main(argv=None):
         raise SystemExit(f'checkpoint not found: {args.checkpoint!r}')
     cfg = load_tool_cfg(args)
     distilled = student_test_cfg(cfg)
-    cfg.load_from = None if distilled else args.checkpoint
+    cfg.load_from = None  # loaded below, after the checks
     if args.out is not None:
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(
             cfg.test_evaluator, dict) else list(cfg.test_evaluator)
@@ -46,12 +52,16 @@ def main(argv=None):
     with dist_teardown():
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
             else RUNNERS.build(cfg)
-        if distilled:
-            # distillation checkpoints hold 'student.*' (+ connectors)
-            runner.load_checkpoint(
-                args.checkpoint,
-                map_location='cpu',
-                revise_keys=[(r'^module\.', ''), (r'^student\.', '')])
+        try:
+            check_model_checkpoint(runner.model, args.checkpoint,
+                                   args.config, distilled=distilled)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f'error: {e}') from None
+        # distillation checkpoints hold 'student.*' (+ connectors)
+        revise = [(r'^module\.', '')] + (
+            [(r'^student\.', '')] if distilled else [])
+        runner.load_checkpoint(args.checkpoint, map_location='cpu',
+                               revise_keys=revise)
         metrics = runner.test()
     return metrics
 

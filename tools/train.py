@@ -6,8 +6,10 @@ Same arguments as MMDetection's / MMSegmentation's ``tools/train.py``::
         [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 
 Differences: ``import mmlckd`` (registry, torch>=2.6 resume fix), gloo DDP on
-machines without CUDA, and distillation runs always export the student
-(``<work_dir>/student_final.pth``) at the end.
+machines without CUDA, distillation runs always export the student
+(``<work_dir>/student_final.pth``) at the end, checkpoints are written by
+``mmlckd.SafeCheckpointHook`` (atomic, SHA-256 sidecars), and ``--resume``
+with nothing to resume is an error.
 """
 import argparse
 import os.path as osp
@@ -22,9 +24,11 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmlckd.compat import (adapt_cfg_for_cpu_dist,  # noqa: E402
                            dist_teardown, init_cpu_dist)
+from mmlckd.compat.checkpoint_io import CheckpointError  # noqa: E402
 from mmlckd.utils.runner import (load_tool_cfg,  # noqa: E402
                                  parse_with_launcher_args,
-                                 prepare_distill_cfg)
+                                 prepare_distill_cfg, resolve_resume,
+                                 use_safe_checkpoints)
 
 
 def parse_args(argv=None):
@@ -65,15 +69,8 @@ def build_cfg(args) -> Config:
         else:
             raise SystemExit('--auto-scale-lr: the config has no '
                              'auto_scale_lr.base_batch_size')
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise SystemExit(f'--resume: checkpoint not found: '
-                             f'{args.resume!r}')
-        cfg.resume = True
-        cfg.load_from = args.resume
+    resolve_resume(cfg, args.resume)
+    use_safe_checkpoints(cfg)
     prepare_distill_cfg(cfg)
     adapt_cfg_for_cpu_dist(cfg)
     return cfg
@@ -88,7 +85,10 @@ def main(argv=None):
             runner = Runner.from_cfg(cfg)
         else:
             runner = RUNNERS.build(cfg)
-        runner.train()
+        try:
+            runner.train()
+        except CheckpointError as e:  # a checkpoint that cannot be used
+            raise SystemExit(f'error: {e}') from None
     return runner
 
 

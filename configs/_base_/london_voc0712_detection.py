@@ -2,7 +2,8 @@
 # (configs/detection/london_*.py and ofd_*.py). Not a runnable config: it
 # holds no model or data; a distillation config lists it in `_base_` next to
 # its student config.
-custom_imports = dict(imports=['mmlckd'], allow_failed_imports=False)
+# custom_imports (mmlckd) comes with the student config, which uses
+# mmlckd.SafeCheckpointHook (mmengine refuses a key defined in two bases).
 
 # Loss weights. These recipes reproduce the reference's weighting, so they
 # set explicit numbers (without them the distiller balances the terms

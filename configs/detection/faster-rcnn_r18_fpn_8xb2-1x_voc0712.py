@@ -18,3 +18,9 @@ model = dict(
         init_cfg=dict(type='Pretrained',
                       checkpoint='torchvision://resnet18')),
     neck=dict(in_channels=[64, 128, 256, 512]))
+
+# crash-safe checkpoints (mmlckd.SafeCheckpointHook): atomic writes, SHA-256
+# sidecars, old checkpoints deleted only after the new one is complete, and
+# no NaN/Inf state ever saved; the stock hook's interval etc. are kept
+custom_imports = dict(imports=['mmlckd'], allow_failed_imports=False)
+default_hooks = dict(checkpoint=dict(type='mmlckd.SafeCheckpointHook'))

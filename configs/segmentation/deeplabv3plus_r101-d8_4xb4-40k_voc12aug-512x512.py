@@ -15,3 +15,9 @@
 #           the teacher checkpoint of london_/ofd_deeplabv3plus_r101-d8_*.py.
 #   bash tools/dist_train.sh configs/segmentation/deeplabv3plus_r101-d8_4xb4-40k_voc12aug-512x512.py 4
 _base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r101-d8_4xb4-40k_voc12aug-512x512.py'
+
+# crash-safe checkpoints (mmlckd.SafeCheckpointHook): atomic writes, SHA-256
+# sidecars, old checkpoints deleted only after the new one is complete, and
+# no NaN/Inf state ever saved; the stock hook's interval etc. are kept
+custom_imports = dict(imports=['mmlckd'], allow_failed_imports=False)
+default_hooks = dict(checkpoint=dict(type='mmlckd.SafeCheckpointHook'))

@@ -25,3 +25,9 @@ model = dict(
         channels=128,
     ),
     auxiliary_head=dict(in_channels=256, channels=64))
+
+# crash-safe checkpoints (mmlckd.SafeCheckpointHook): atomic writes, SHA-256
+# sidecars, old checkpoints deleted only after the new one is complete, and
+# no NaN/Inf state ever saved; the stock hook's interval etc. are kept
+custom_imports = dict(imports=['mmlckd'], allow_failed_imports=False)
+default_hooks = dict(checkpoint=dict(type='mmlckd.SafeCheckpointHook'))

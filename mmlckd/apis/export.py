@@ -1,24 +1,20 @@
 """Student-only export: a checkpoint stock mmdet/mmseg tools load with the
 plain student config."""
-import os
 import os.path as osp
 from typing import Optional
 
-import torch
-
 from mmlckd.compat import safe_torch_load
+from mmlckd.compat.checkpoint_io import (atomic_torch_save, state_dict_from,
+                                         verify_checksum)
 
 __all__ = ['save_student', 'export_student']
 
 
 def _atomic_save(obj, path: str) -> None:
-    """Write to a temp file then rename: never leaves a half-written file
-    in place of a user's checkpoint."""
-    d = osp.dirname(osp.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + '.tmp'
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Temp file in the same folder, fsync, rename, SHA-256 sidecar: never
+    a half-written file in place of a user's checkpoint, nor a leftover
+    temporary file; a full disk is reported as such (ENOSPC)."""
+    atomic_torch_save(obj, path, checksum=True)
 
 
 def save_student(distiller, path: str, meta: Optional[dict] = None) -> str:
@@ -44,8 +40,9 @@ def export_student(checkpoint: str, out: str) -> str:
     if osp.abspath(checkpoint) == osp.abspath(out):
         raise ValueError('the output path must differ from the input '
                          'checkpoint (refusing to overwrite it)')
-    ckpt = safe_torch_load(checkpoint)
-    state = ckpt.get('state_dict', ckpt)
+    ckpt = safe_torch_load(checkpoint, role='distillation checkpoint')
+    verify_checksum(checkpoint, 'distillation checkpoint')
+    state = state_dict_from(ckpt, checkpoint, 'distillation checkpoint')
     student = {k[len('student.'):]: v for k, v in state.items()
                if k.startswith('student.')}
     if not student:
@@ -53,7 +50,8 @@ def export_student(checkpoint: str, out: str) -> str:
             f'{checkpoint!r} has no "student.*" keys: it is not a '
             'LipschitzDistiller checkpoint (a plain model checkpoint can be '
             'used directly).')
-    meta = dict(ckpt.get('meta', {}) or {})
+    meta = dict(ckpt.get('meta', {}) or {}) if isinstance(ckpt, dict) \
+        else {}
     meta = {k: v for k, v in meta.items() if k in ('epoch', 'iter',
                                                    'dataset_meta', 'seed')}
     meta['mmlckd_export'] = True

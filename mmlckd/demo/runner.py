@@ -121,7 +121,7 @@ def build_cfg(task: DemoTask,
     cfg.log_processor = dict(type='LogProcessor', window_size=log_interval,
                              by_epoch=False)
     cfg.default_hooks.checkpoint = dict(
-        type='CheckpointHook', by_epoch=False, interval=iters,
+        type='mmlckd.SafeCheckpointHook', by_epoch=False, interval=iters,
         max_keep_ckpts=1, save_optimizer=False, save_param_scheduler=False)
     # one visualizer instance per run (a fixed name would be shared by all
     # runs of this process and write to the first run's folder)

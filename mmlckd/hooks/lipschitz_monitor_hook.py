@@ -1,11 +1,14 @@
 import json
+import os
 import os.path as osp
+import time
 from typing import Optional, Sequence
 
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 
 from mmlckd.registry import HOOKS
+from .paths import check_work_dir_relative
 from .utils import get_distiller
 
 
@@ -26,9 +29,14 @@ class LipschitzMonitorHook(Hook):
       ``distill_weight`` and ``distill_to_student``, False during a
       connector warm-up), e.g. for plotting.
 
+    A resumed run keeps the history up to its start iteration. A fresh run
+    in a work dir that already holds a history never overwrites it: the old
+    file is renamed ``<name>.<YYYYmmdd_HHMMSS>.<ext>`` first (logged).
+
     Args:
         interval (int): record every ``interval`` iterations. Default 1.
-        out_file (str, optional): file name in the work dir; None disables.
+        out_file (str, optional): file name in the work dir (relative, no
+            ``..``); None disables.
         keys (Sequence[str]): prefixes of the output keys to record.
     """
     priority = 'LOW'
@@ -39,6 +47,9 @@ class LipschitzMonitorHook(Hook):
                  keys: Sequence[str] = ('sigma_', 'loss', 'distill_weight', 'gshare_',
                                         'gnorm_', 'weight_')):
         self.interval = interval
+        if out_file:
+            check_work_dir_relative(out_file, 'out_file',
+                                    type(self).__name__)
         self.out_file = out_file
         self.keys = tuple(keys)
         self._path = None
@@ -48,13 +59,32 @@ class LipschitzMonitorHook(Hook):
         self._model = get_distiller(runner, type(self).__name__)
         if self.out_file:
             self._path = osp.join(runner.work_dir, self.out_file)
-            self._drop_stale(runner.iter)
+            if runner.iter == 0:
+                self._move_aside(runner)
+            else:
+                self._drop_stale(runner.iter)
+
+    @master_only
+    def _move_aside(self, runner) -> None:
+        """A fresh run: keep an earlier run's history under a timestamped
+        name (it belongs to that run's checkpoints)."""
+        if not osp.isfile(self._path) or osp.getsize(self._path) == 0:
+            return
+        stem, ext = osp.splitext(self._path)
+        stamp = time.strftime('%Y%m%d_%H%M%S',
+                              time.localtime(osp.getmtime(self._path)))
+        dest, n = f'{stem}.{stamp}{ext}', 1
+        while osp.exists(dest):
+            dest, n = f'{stem}.{stamp}_{n}{ext}', n + 1
+        os.replace(self._path, dest)
+        runner.logger.info(f'{self._path} holds an earlier run\'s history: '
+                           f'kept as {dest}')
 
     @master_only
     def _drop_stale(self, start_iter: int) -> None:
         """Keep the history up to ``start_iter`` (what a resumed run has
-        done), drop later records: those of an earlier run in the same work
-        dir that this run (fresh: ``start_iter == 0``) will redo."""
+        done), drop later records (those past the resumed checkpoint, which
+        this run will redo)."""
         if not osp.isfile(self._path):
             return
         with open(self._path, encoding='utf-8') as f:
@@ -67,8 +97,9 @@ class LipschitzMonitorHook(Hook):
             except (ValueError, KeyError, TypeError):
                 continue  # a truncated last line of a killed run
         if len(keep) != len(lines):
-            with open(self._path, 'w', encoding='utf-8') as f:
-                f.writelines(keep)
+            from mmlckd.compat.checkpoint_io import atomic_write
+            data = ''.join(keep).encode('utf-8')
+            atomic_write(self._path, lambda f: f.write(data))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:

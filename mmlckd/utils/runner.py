@@ -8,7 +8,8 @@ from mmengine.config import Config, DictAction
 
 __all__ = [
     'is_distill_cfg', 'prepare_distill_cfg', 'student_test_cfg',
-    'parse_with_launcher_args', 'load_tool_cfg'
+    'parse_with_launcher_args', 'load_tool_cfg', 'use_safe_checkpoints',
+    'resolve_resume'
 ]
 
 
@@ -61,15 +62,67 @@ def prepare_distill_cfg(cfg: Config) -> None:
     worker and that the student is exported at the end of training."""
     if not is_distill_cfg(cfg):
         return
+    _import_mmlckd(cfg)
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any('StudentExportHook' in str(h.get('type', '')) for h in hooks):
+        hooks.append(dict(type='mmlckd.StudentExportHook'))
+    cfg.custom_hooks = hooks
+
+
+_STOCK_CKPT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
+
+
+def _import_mmlckd(cfg: Config) -> None:
     imports = cfg.get('custom_imports', None) or dict(imports=[])
     if 'mmlckd' not in imports.get('imports', []):
         imports['imports'] = list(imports.get('imports', [])) + ['mmlckd']
     imports.setdefault('allow_failed_imports', False)
     cfg.custom_imports = imports
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any('StudentExportHook' in str(h.get('type', '')) for h in hooks):
-        hooks.append(dict(type='mmlckd.StudentExportHook'))
-    cfg.custom_hooks = hooks
+
+
+def use_safe_checkpoints(cfg: Config) -> bool:
+    """Make the stock ``CheckpointHook`` of any config (a project recipe or
+    a stock mmdet/mmseg one) a ``mmlckd.SafeCheckpointHook`` (same
+    arguments): atomic writes, SHA-256 sidecars, old checkpoints deleted
+    only after the new one is complete. Returns True if it changed."""
+    hooks = cfg.get('default_hooks', None)
+    ckpt = hooks.get('checkpoint', None) if hooks else None
+    if not isinstance(ckpt, dict) or ckpt.get('type') not in \
+            _STOCK_CKPT_HOOKS:
+        return False
+    ckpt['type'] = 'mmlckd.SafeCheckpointHook'
+    _import_mmlckd(cfg)
+    return True
+
+
+def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
+    """``--resume`` (``'auto'`` or a path) into ``cfg.resume/load_from``.
+
+    Raises SystemExit, naming the work dir or the path, when there is
+    nothing to resume: mmengine would log "resumed from None" and train
+    from scratch."""
+    if resume is None:
+        return
+    if resume == 'auto':
+        from mmengine.runner.checkpoint import find_latest_checkpoint
+        work_dir = osp.abspath(cfg.work_dir)
+        latest = find_latest_checkpoint(work_dir) if osp.isdir(
+            work_dir) else None
+        if latest is None:
+            raise SystemExit(
+                f'--resume: nothing to resume in the work dir {work_dir!r} '
+                '(no "last_checkpoint" file; ' +
+                ('the folder does not exist' if not osp.isdir(work_dir)
+                 else 'no checkpoint was completed there') +
+                '). Check --work-dir, pass the checkpoint explicitly '
+                '(--resume PATH), or drop --resume to start afresh.')
+        cfg.resume = True
+        cfg.load_from = latest
+        return
+    if not osp.isfile(resume):
+        raise SystemExit(f'--resume: checkpoint not found: {resume!r}')
+    cfg.resume = True
+    cfg.load_from = resume
 
 
 def student_test_cfg(cfg: Config) -> bool:

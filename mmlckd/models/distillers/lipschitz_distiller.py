@@ -31,18 +31,15 @@ Design:
   the teacher's forward stops right after the deepest recorded layer.
 """
 import copy
-import re
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import DefaultScope
 
-from mmlckd.compat import safe_torch_load
 from mmlckd.registry import MODELS
 from mmlckd.utils import load_config
 from ..recorders import FeatureRecorder, RecordSpec, StopForward, get_module
@@ -197,11 +194,23 @@ class LipschitzDistiller(BaseModel):
             turns both off: every term then needs an explicit weight.
         teacher_early_stop (bool): run the teacher only up to the deepest
             recorded layer. Default True.
-        nan_guard (bool): raise a ``FloatingPointError`` naming the
-            offending layers, *before* the optimizer step, when a
-            distillation term is NaN/Inf. Costs one host sync per step.
+        nan_guard (bool): raise a ``FloatingPointError``, *before* the
+            optimizer step, when a distillation term (naming the offending
+            layers), a task loss or the input batch is NaN/Inf; the message
+            names the last finite checkpoint. Costs two host syncs per step
+            (``mmlckd.SafeCheckpointHook`` adds a gradient check, also off
+            when this is False).
         probe_input_size (tuple): (H, W) of the dummy input used once at
             build time to discover feature shapes.
+        allow_empty_features (bool): accept ``features=[]`` while a
+            feature or Lipschitz loss is set (those terms then do nothing);
+            default False: an error.
+        allow_negative_weights (bool): accept negative ``loss_weight`` values;
+            default False: an error.
+        allow_resize (bool): accept feature pairs whose student and teacher
+            maps differ in spatial size at probe time (the losses then
+            resize the student's); default False: an error, as it usually
+            means stages paired one off (stride 4 vs 8).
         data_preprocessor: ignored (the student's is used), kept for config
             compatibility.
     """
@@ -219,6 +228,9 @@ class LipschitzDistiller(BaseModel):
                  teacher_early_stop: bool = True,
                  nan_guard: bool = True,
                  probe_input_size: Tuple[int, int] = (128, 128),
+                 allow_empty_features: bool = False,
+                 allow_negative_weights: bool = False,
+                 allow_resize: bool = False,
                  data_preprocessor=None,
                  init_cfg=None,
                  **unexpected):
@@ -313,6 +325,16 @@ class LipschitzDistiller(BaseModel):
                 self.connectors.append(connector(s_shape[1], t_shape[1]))
         self._margins = self._teacher_margins()
         self._check_groups()
+        from .validation import validate_distiller
+        validate_distiller(
+            self, features=features, shapes=shapes,
+            loss_cfgs=dict(lipschitz_loss=lipschitz_loss,
+                           feature_loss=feature_loss,
+                           response=[r.get('loss') for r in
+                                     self.response_cfgs]),
+            allow_empty_features=allow_empty_features,
+            allow_negative_weights=allow_negative_weights,
+            allow_resize=allow_resize)
 
     # ------------------------------------------------------------ building
     def _build_teacher(self, cfg: dict) -> nn.Module:
@@ -329,7 +351,8 @@ class LipschitzDistiller(BaseModel):
                 'model unless this is a smoke test.')
         else:
             self._load_teacher_checkpoint(teacher, ckpt,
-                                          cfg.get('allow_missing_keys', False))
+                                          cfg.get('allow_missing_keys', False),
+                                          config=cfg['config'])
         from mmengine.model import revert_sync_batchnorm
         teacher = revert_sync_batchnorm(teacher)
         teacher.eval()
@@ -339,70 +362,15 @@ class LipschitzDistiller(BaseModel):
 
     @staticmethod
     def _load_teacher_checkpoint(teacher: nn.Module, path: str,
-                                 allow_missing: bool) -> None:
-        ckpt = safe_torch_load(path, map_location='cpu')
-        state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) \
-            else ckpt
-        state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
-        if any(k.startswith('student.') for k in state) and not any(
-                k.startswith('backbone.') for k in state):
-            raise ValueError(
-                f'{path!r} is a distillation checkpoint (keys "student.*"). '
-                'Export the student first: python tools/export_student.py '
-                f'{path} student.pth, then use student.pth as the teacher.')
-        missing, unexpected = teacher.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            msg = (f'teacher checkpoint {path!r} does not match the teacher '
-                   f'config: {len(missing)} missing keys {missing[:8]}, '
-                   f'{len(unexpected)} unexpected keys {unexpected[:8]}. '
-                   'Check that teacher.config is the config this checkpoint '
-                   'was trained with; set teacher.allow_missing_keys=True '
-                   'only if the mismatch is intended.')
-            if not allow_missing:
-                raise RuntimeError(msg)
-            warnings.warn(msg)
-        print_log(f'teacher checkpoint loaded from {path}', logger='current')
+                                 allow_missing: bool, config=None) -> None:
+        from .teacher import load_teacher_checkpoint
+        load_teacher_checkpoint(teacher, path, allow_missing, config=config)
 
     def _check_compatible(self, check_num_classes: bool) -> None:
-        """Same preprocessing (and classes) for teacher and student."""
-        s_pre = self.student.data_preprocessor
-        t_pre = self.teacher.data_preprocessor
-        for attr in ('mean', 'std', '_channel_conversion',
-                     'channel_conversion', '_enable_normalize'):
-            s_val, t_val = getattr(s_pre, attr, None), getattr(
-                t_pre, attr, None)
-            if isinstance(s_val, torch.Tensor) or isinstance(
-                    t_val, torch.Tensor):
-                same = (s_val is None) == (t_val is None) and (
-                    s_val is None or (s_val.shape == t_val.shape
-                                      and torch.allclose(s_val, t_val)))
-            else:
-                same = s_val == t_val
-            if not same:
-                def show(v):
-                    return v.flatten().tolist() if isinstance(
-                        v, torch.Tensor) else v
-                raise ValueError(
-                    'teacher and student data preprocessors differ in '
-                    f'{attr.strip("_")}: teacher {show(t_val)} vs student '
-                    f'{show(s_val)}. The teacher sees the student\'s '
-                    'preprocessed inputs, so mean/std/bgr_to_rgb must match: '
-                    'copy the teacher\'s data_preprocessor into the student '
-                    'config.')
-        if not check_num_classes:
-            return
-        s_cls = {n: m.num_classes for n, m in self.student.named_modules()
-                 if isinstance(getattr(m, 'num_classes', None), int)}
-        t_cls = {n: m.num_classes for n, m in self.teacher.named_modules()
-                 if isinstance(getattr(m, 'num_classes', None), int)}
-        for name in sorted(set(s_cls) & set(t_cls)):
-            if s_cls[name] != t_cls[name]:
-                raise ValueError(
-                    f'class counts differ: teacher {name}.num_classes='
-                    f'{t_cls[name]}, student {name}.num_classes='
-                    f'{s_cls[name]}. Train the teacher on the student\'s '
-                    'dataset, or set teacher.check_num_classes=False to '
-                    'distil features only (no response KD).')
+        """Same task type, preprocessing (and classes) for teacher and
+        student (see :func:`.teacher.check_compatible`)."""
+        from .teacher import check_compatible
+        check_compatible(self.student, self.teacher, check_num_classes)
 
     def _parse_features(self, features, probe_size) -> List[FeaturePair]:
         if isinstance(features, str):
@@ -601,7 +569,18 @@ class LipschitzDistiller(BaseModel):
                 data_samples=None,
                 mode: str = 'tensor') -> ForwardResults:
         if mode == 'loss':
-            return self.loss(inputs, data_samples)
+            if not self.nan_guard:
+                return self.loss(inputs, data_samples)
+            from .guard import check_losses_finite, reraise_for_input
+            try:
+                losses = self.loss(inputs, data_samples)
+            except FloatingPointError as e:  # say so when the input is bad
+                better = reraise_for_input(e, inputs)
+                if better is not None:
+                    raise better from None
+                raise
+            check_losses_finite(losses, inputs)  # the task losses too
+            return losses
         return self.student(inputs, data_samples, mode=mode)
 
     def loss(self, inputs: torch.Tensor, data_samples) -> dict:
@@ -713,12 +692,8 @@ class LipschitzDistiller(BaseModel):
                     ('teacher', self.teacher_recorder, pair.teacher)):
                 if not bool(torch.isfinite(rec.get(spec)).all()):
                     bad_feats.append(f'{role} {spec.key}')
-        raise FloatingPointError(
-            f'non-finite distillation loss {bad_losses}; non-finite '
-            f'features: {bad_feats or "none (the loss itself overflowed)"}. '
-            'The step was stopped before the optimizer update, so the '
-            'weights and the checkpoints in work_dir are intact. Fixes: '
-            'lower the learning rate or the distillation loss_weight, clip '
-            'gradients (optim_wrapper.clip_grad=dict(max_norm=35)), check '
-            'the teacher checkpoint, or resume from the last checkpoint. '
-            'Set model.nan_guard=False to disable this check.')
+        from .guard import non_finite_loss_error
+        raise non_finite_loss_error(
+            'distillation loss', bad_losses,
+            f'; non-finite features: '
+            f'{bad_feats or "none (the loss itself overflowed)"}')

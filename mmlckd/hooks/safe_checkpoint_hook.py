@@ -1,0 +1,284 @@
+"""A CheckpointHook whose checkpoints survive a crash."""
+import os
+import os.path as osp
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.fileio.backends import LocalBackend
+from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
+from mmengine.runner.checkpoint import find_latest_checkpoint
+
+from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_write,
+                                         check_checkpoint_file,
+                                         compare_state_dicts,
+                                         describe_mismatch, fsync_dir,
+                                         sidecar_path, state_dict_from,
+                                         verify_checksum, write_checksum)
+from mmlckd.registry import HOOKS
+
+__all__ = ['SafeCheckpointHook', 'non_finite_tensors', 'last_finite_ckpt']
+
+
+def non_finite_tensors(state: dict) -> list:
+    """Names of the floating-point tensors of ``state`` holding NaN/Inf."""
+    bad = []
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and \
+                not bool(torch.isfinite(v).all()):
+            bad.append(k)
+    return bad
+
+
+def last_finite_ckpt(message_hub=None):
+    """The last checkpoint :class:`SafeCheckpointHook` wrote (it writes only
+    finite states), or None."""
+    if message_hub is None:
+        from mmengine.logging import MessageHub
+        message_hub = MessageHub.get_current_instance()
+    return message_hub.runtime_info.get('last_ckpt', None)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook``, made crash-safe.
+
+    * Each checkpoint is written to a temporary file in ``out_dir``,
+      fsynced, and renamed into place; only then is ``last_checkpoint``
+      updated (atomically too), and only then are checkpoints beyond
+      ``max_keep_ckpts`` deleted. A kill at any point leaves the previous
+      checkpoint and a ``last_checkpoint`` that names a complete file.
+    * A SHA-256 sidecar (``<ckpt>.sha256``) is written next to each one.
+    * ``load_from`` is checked the same way (readable, complete, SHA-256).
+    * Before resuming, the checkpoint is checked: it must exist (``resume``
+      with nothing to resume is an error naming the work dir), be a
+      complete checkpoint, match its SHA-256, and hold this model's weights
+      (keys and shapes).
+    * A state holding NaN/Inf is never written (``save_non_finite=False``):
+      an error is logged and the previous checkpoint stays the latest.
+    * No non-finite update is applied (``guard_updates=True``): right before
+      each ``optimizer.step()`` the gradients are checked (one host sync)
+      and a NaN/Inf gradient stops training with a FloatingPointError that
+      names the parameters and the last finite checkpoint. Off when the
+      model says ``nan_guard=False`` (``LipschitzDistiller``).
+
+    Same arguments as ``CheckpointHook``, plus:
+
+    Args:
+        save_non_finite (bool): write checkpoints even when weights are
+            NaN/Inf (with a warning). Default False.
+        verify_resume (bool): check the checkpoint before resuming.
+            Default True.
+        guard_updates (bool): stop before an optimizer step with NaN/Inf
+            gradients. Default True.
+    """
+
+    def __init__(self, *args, save_non_finite: bool = False,
+                 verify_resume: bool = True, guard_updates: bool = True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.save_non_finite = save_non_finite
+        self.verify_resume = verify_resume
+        self.guard_updates = guard_updates
+        self._handles = []
+
+    # ---------------------------------------------------------- grad guard
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if self._local() and is_main_process():
+            self._remove_stale_tmp(runner)
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        if not self.guard_updates or getattr(model, 'nan_guard',
+                                             True) is False:
+            return
+        wrapper = runner.optim_wrapper
+        wrappers = wrapper.values() if hasattr(wrapper, 'values') \
+            else [wrapper]
+        names = {id(p): n for n, p in model.named_parameters()}
+        for w in wrappers:
+            self._handles.append(w.optimizer.register_step_pre_hook(
+                self._make_grad_check(runner, names)))
+
+    def _remove_stale_tmp(self, runner) -> None:
+        """Temporary files of a write that a killed run left behind."""
+        if not osp.isdir(self.out_dir):
+            return
+        head, _, tail = self.filename_tmpl.partition('{}')
+        for name in os.listdir(self.out_dir):
+            if name.startswith('.' + head) and name.endswith(tail + '.tmp'):
+                os.remove(osp.join(self.out_dir, name))
+                runner.logger.info(f'removed {name}, left by an interrupted '
+                                   'checkpoint write')
+
+    def _make_grad_check(self, runner, names: dict):
+        def check(optimizer, args, kwargs):
+            grads = [p.grad for g in optimizer.param_groups
+                     for p in g['params'] if p.grad is not None]
+            if not grads:
+                return
+            norms = torch.stack(torch._foreach_norm(grads))
+            if bool(torch.isfinite(norms).all()):  # the one host sync
+                return
+            bad = [names.get(id(p), '?') for g in optimizer.param_groups
+                   for p in g['params'] if p.grad is not None
+                   and not bool(torch.isfinite(p.grad).all())]
+            raise FloatingPointError(
+                f'non-finite gradients at iteration {runner.iter + 1} in '
+                f'{len(bad)} parameters (e.g. {bad[:3]}): the optimizer step '
+                'was stopped, so no non-finite update was applied and none '
+                'will be saved; ' + (
+                    f'the last finite checkpoint is {self.last_ckpt}'
+                    if self.last_ckpt else
+                    'no checkpoint was written in this run yet') +
+                '. Fixes: lower the learning rate, clip gradients '
+                '(optim_wrapper.clip_grad=dict(max_norm=35)), check the '
+                'data, then resume from that checkpoint. Set '
+                'default_hooks.checkpoint.guard_updates=False to disable '
+                'this check.')
+        return check
+
+    def after_train(self, runner) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        super().after_train(runner)
+
+    # --------------------------------------------------------------- resume
+    def before_run(self, runner) -> None:
+        """Runs before ``runner.load_or_resume()``."""
+        if not self.verify_resume:
+            return
+        if not getattr(runner, '_resume', False):
+            path = getattr(runner, '_load_from', None)
+            if path and '://' not in path:  # load_from: a local file
+                check_load_from_checkpoint(runner, path)
+            return
+        path = runner._load_from
+        if path is None:
+            path = find_latest_checkpoint(runner.work_dir)
+            if path is None:
+                raise FileNotFoundError(
+                    f'resume requested but there is nothing to resume in the '
+                    f'work dir {osp.abspath(runner.work_dir)!r} (no '
+                    '"last_checkpoint" file there). Check --work-dir (or '
+                    'work_dir in the config), pass the checkpoint '
+                    'explicitly (--resume PATH), or drop --resume to start '
+                    'a fresh run.')
+        check_resume_checkpoint(runner, path)
+
+    # ----------------------------------------------------------------- save
+    def _local(self) -> bool:
+        return isinstance(self.file_backend, LocalBackend)
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        if not self._local():  # remote storage: mmengine's behaviour
+            return super()._save_checkpoint_with_step(runner, step, meta)
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        bad = non_finite_tensors(model.state_dict())
+        if bad:
+            msg = (f'the model holds non-finite values at step {step} '
+                   f'({len(bad)} tensors, e.g. {bad[:3]})')
+            if not self.save_non_finite:
+                runner.logger.error(
+                    f'{msg}: checkpoint NOT saved; the last finite '
+                    f'checkpoint is {self.last_ckpt or "none"}. Set '
+                    'default_hooks.checkpoint.save_non_finite=True to save '
+                    'such states anyway.')
+                return
+            runner.logger.warning(f'{msg}: saving it anyway '
+                                  '(save_non_finite=True)')
+
+        drop = []
+        if self.max_keep_ckpts > 0 and not (
+                self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                drop.append(self.keep_ckpt_ids.popleft())
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids',
+                                           list(self.keep_ckpt_ids))
+        ckpt_filename = self.filename_tmpl.format(step)
+        final = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        previous = self.last_ckpt
+        self.last_ckpt = final
+        runner.message_hub.update_info('last_ckpt', final)
+
+        tmp_name = f'.{ckpt_filename}.tmp'
+        tmp = osp.join(self.out_dir, tmp_name)
+        try:
+            runner.save_checkpoint(
+                self.out_dir,
+                tmp_name,
+                self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta,
+                by_epoch=self.by_epoch,
+                backend_args=self.backend_args,
+                **self.args)
+            if is_main_process():
+                self._commit(tmp, final)
+        except BaseException:
+            self.last_ckpt = previous
+            runner.message_hub.update_info('last_ckpt', previous)
+            if is_main_process() and osp.exists(tmp):
+                os.remove(tmp)
+            raise
+        if not is_main_process():
+            return
+        line = final.encode()
+        atomic_write(osp.join(runner.work_dir, 'last_checkpoint'),
+                     lambda f: f.write(line))
+        for old in drop:  # only now that the new one is complete
+            if old == step:
+                continue
+            path = self.file_backend.join_path(self.out_dir,
+                                               self.filename_tmpl.format(old))
+            for p in (path, sidecar_path(path)):
+                if osp.isfile(p):
+                    os.remove(p)
+
+    @staticmethod
+    def _commit(tmp: str, final: str) -> None:
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        if osp.exists(sidecar_path(final)):
+            os.remove(sidecar_path(final))
+        from mmlckd.compat.checkpoint_io import sha256_file
+        digest = sha256_file(tmp)
+        os.replace(tmp, final)
+        fsync_dir(osp.dirname(osp.abspath(final)))
+        write_checksum(final, digest)
+
+
+def check_load_from_checkpoint(runner, path: str) -> None:
+    """``load_from`` (weights only, non-strict as in mmengine): a readable,
+    complete checkpoint that matches its SHA-256."""
+    from mmlckd.compat import safe_torch_load
+    role = 'load_from checkpoint'
+    check_checkpoint_file(path, role)
+    verify_checksum(path, role, log=runner.logger.info)
+    state_dict_from(safe_torch_load(path, role=role), path, role)
+
+
+def check_resume_checkpoint(runner, path: str) -> None:
+    """Fail, in words, when ``path`` cannot resume ``runner``'s model."""
+    from mmlckd.compat import safe_torch_load
+    role = 'resume checkpoint'
+    check_checkpoint_file(path, role)  # missing/empty/text
+    verify_checksum(path, role, log=runner.logger.info)
+    ckpt = safe_torch_load(path, role=role)  # truncated, unsafe
+    state = state_dict_from(ckpt, path, role)
+    model = runner.model.module if is_model_wrapper(runner.model) \
+        else runner.model
+    missing, unexpected, mismatched = compare_state_dicts(
+        model.state_dict(), state)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f'{role} {path!r} was not written by this model (config '
+            f'{getattr(runner.cfg, "filename", None) or "in memory"}): ' +
+            describe_mismatch(missing, unexpected, mismatched) +
+            '. Resume only from a checkpoint of the same config; to start '
+            'from other weights use load_from (--cfg-options load_from=...) '
+            'without --resume.')

@@ -1,0 +1,95 @@
+"""The distiller's NaN guard: which values went non-finite, why (the input,
+a task loss, a distillation term) and where the last finite checkpoint is.
+
+The guard stops a step *before* the optimizer update (losses are checked in
+the forward; ``mmlckd.SafeCheckpointHook`` also checks the gradients right
+before ``optimizer.step``), so the weights stay those of the last finite
+step and no non-finite state is written.
+"""
+from typing import Dict, List, Optional
+
+import torch
+
+__all__ = ['last_finite_checkpoint', 'check_inputs_finite',
+           'check_losses_finite', 'non_finite_loss_error']
+
+_DISABLE = 'Set model.nan_guard=False to disable this check.'
+
+
+def last_finite_checkpoint() -> str:
+    """The last checkpoint written in this process (SafeCheckpointHook
+    writes finite states only), as words for a message."""
+    try:
+        from mmengine.logging import MessageHub
+        hub = MessageHub.get_current_instance()
+        path = hub.runtime_info.get('last_ckpt', None)
+    except Exception:  # no runner (model-level use)
+        path = None
+    return (f'the last finite checkpoint is {path}' if path else
+            'no checkpoint was written in this run yet')
+
+
+def check_inputs_finite(inputs) -> None:
+    """Raise when the (preprocessed) input batch holds NaN/Inf."""
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        return
+    finite = torch.isfinite(inputs)
+    if bool(finite.all()):
+        return
+    n_bad = int((~finite).sum())
+    per_image = (~finite).flatten(1).any(1).nonzero().flatten().tolist() \
+        if inputs.dim() > 1 else []
+    raise FloatingPointError(
+        f'the input batch is non-finite: {n_bad} NaN/Inf values (images '
+        f'{per_image[:8]} of the batch) after the data preprocessor. The '
+        'model is fine; the data is not: check the images (a corrupted '
+        'file, a NaN produced by a transform) and the data_preprocessor '
+        'mean/std (a std of 0 divides by zero). The step was stopped '
+        f'before the optimizer update; {last_finite_checkpoint()}. '
+        + _DISABLE)
+
+
+def non_finite_loss_error(kind: str, bad: List[str],
+                          detail: str = '') -> FloatingPointError:
+    return FloatingPointError(
+        f'non-finite {kind} {bad}{detail}. The step was stopped before the '
+        'optimizer update, so no non-finite update was applied; '
+        f'{last_finite_checkpoint()}. Fixes: lower the learning rate or '
+        'the distillation loss_weight, clip gradients '
+        '(optim_wrapper.clip_grad=dict(max_norm=35)), check the teacher '
+        'checkpoint, then resume from that checkpoint. ' + _DISABLE)
+
+
+def check_losses_finite(losses: Dict[str, torch.Tensor], inputs=None
+                        ) -> None:
+    """One host sync: every ``loss*`` value finite, else a
+    FloatingPointError naming the non-finite ones (or the input, when
+    the input batch itself is non-finite)."""
+    items = [(k, v) for k, v in losses.items() if 'loss' in k]
+    values = []
+    for _, v in items:
+        if isinstance(v, torch.Tensor):
+            values.append(v.detach().float().sum())
+        elif isinstance(v, (list, tuple)):
+            values.extend(x.detach().float().sum() for x in v
+                          if isinstance(x, torch.Tensor))
+    if not values or bool(torch.isfinite(torch.stack(values)).all()):
+        return
+    check_inputs_finite(inputs)
+    bad = []
+    for k, v in items:
+        vs = v if isinstance(v, (list, tuple)) else [v]
+        if any(isinstance(x, torch.Tensor) and not bool(
+                torch.isfinite(x.detach()).all()) for x in vs):
+            bad.append(k)
+    raise non_finite_loss_error('loss', bad, ' (task or distillation)')
+
+
+def reraise_for_input(err: FloatingPointError, inputs) -> Optional[
+        FloatingPointError]:
+    """A guard error, reworded when the cause is the input batch."""
+    try:
+        check_inputs_finite(inputs)
+    except FloatingPointError as e:
+        return e
+    return None

@@ -1,0 +1,78 @@
+"""Build-time checks of :class:`LipschitzDistiller` settings that would
+otherwise train silently with no (or a wrong) distillation signal. Each
+check has a named option that allows the setting on purpose."""
+from typing import Optional, Sequence
+
+__all__ = ['validate_distiller']
+
+
+def _negative_weights(loss_cfgs: dict) -> list:
+    bad = []
+    for name, cfg in loss_cfgs.items():
+        cfgs = cfg if isinstance(cfg, (list, tuple)) else [cfg]
+        for i, c in enumerate(cfgs):
+            if not isinstance(c, dict):
+                continue
+            w = c.get('loss_weight', None)
+            if isinstance(w, (int, float)) and w < 0:
+                where = name if not isinstance(cfg, (list, tuple)) \
+                    else f'{name}[{i}]'
+                bad.append(f'{where}.loss_weight={w}')
+    return bad
+
+
+def validate_distiller(model, features, shapes: Sequence[tuple],
+                       loss_cfgs: dict,
+                       allow_empty_features: bool = False,
+                       allow_negative_weights: bool = False,
+                       allow_resize: bool = False,
+                       probe_size: Optional[tuple] = None) -> None:
+    """Raise ValueError on settings that silently defeat distillation.
+
+    * ``features=[]`` while a feature / Lipschitz loss is set (or nothing
+      else is distilled): the run would train the student alone.
+    * a negative ``loss_weight``: the term is maximised (total losses of
+      -10^4 and a diverging student).
+    * a feature pair whose student and teacher maps differ in spatial size
+      at probe time: usually stages paired one off (stride 4 vs 8), which
+      the losses would silently resize.
+    """
+    empty = isinstance(features, (list, tuple)) and len(features) == 0
+    uses_features = model.lipschitz_loss is not None or \
+        model.feature_loss is not None
+    if empty and (uses_features or not model.response_cfgs) and \
+            not allow_empty_features:
+        terms = [n for n, m in (('lipschitz_loss', model.lipschitz_loss),
+                                ('feature_loss', model.feature_loss))
+                 if m is not None]
+        raise ValueError(
+            'features=[] distils no features, so ' +
+            (f'{" and ".join(terms)} would do nothing' if terms else
+             'nothing is distilled at all') +
+            ' and the student trains alone. Use features=\'backbone\' (the '
+            'default), list the modules to distil, or set ' +
+            (f'{" and ".join(terms)}=None' if terms else 'response=[...]') +
+            '; pass allow_empty_features=True if this is intended.')
+    bad = _negative_weights(loss_cfgs)
+    if bad and not allow_negative_weights:
+        raise ValueError(
+            f'negative loss weights {bad}: a negative weight maximises that '
+            'term (the total loss runs to large negative values and the '
+            'student diverges). Use weights >= 0 (0 switches a term off, '
+            'or set the loss to None); pass allow_negative_weights=True if '
+            'this is intended.')
+    if allow_resize:
+        return
+    off = []
+    for pair, (s_shape, t_shape) in zip(model.pairs, shapes):
+        if tuple(s_shape[2:]) != tuple(t_shape[2:]):
+            off.append(f'{pair.student.key} {tuple(s_shape[2:])} vs '
+                       f'{pair.teacher.key} {tuple(t_shape[2:])}')
+    if off:
+        raise ValueError(
+            f'{len(off)} feature pairs differ in spatial size between '
+            f'student and teacher at probe time: {off[:4]}. The stages are '
+            'probably paired one off (e.g. stride 4 with stride 8): check '
+            'features= and the backbones\' out_indices/strides. Pass '
+            'allow_resize=True to let the losses resize the student\'s '
+            'maps on purpose.')

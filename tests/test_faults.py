@@ -1,0 +1,666 @@
+"""Faults a user or an operator hits (issue 11): each ends in a clear message
+or correct behaviour, and no checkpoint, history or result is lost.
+
+The table in docs/reliability.md lists every case with its test here.
+Toy runs (tests/fault_toys.py) go through the real tools and mmengine's
+Runner; model-level cases use the tiny detectors of tests/tiny_models.py.
+"""
+import errno
+import importlib.util
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import mmlckd  # noqa: F401
+from mmlckd.compat import safe_torch_load
+from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_torch_save,
+                                         sha256_file, verify_checksum)
+
+REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+TESTS = osp.dirname(osp.abspath(__file__))
+pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
+
+
+@pytest.fixture(autouse=True)
+def _tests_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(TESTS)
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'mmlckd_faults_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dump(cfg: dict, path) -> str:
+    Config(cfg).dump(str(path))
+    return str(path)
+
+
+def _run_tool(args, env_extra=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep +
+               os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable] + args, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _unsafe_hint(text: str) -> bool:
+    return 'weights_only=False' in text or 'weights_only` set to `False' \
+        in text
+
+
+# --------------------------------------------------------------- data loss
+@pytest.mark.slow
+def test_kill9_while_writing_checkpoint_then_resume(tmp_path):
+    """kill -9 in the middle of writing iter_2.pth with max_keep_ckpts=1 (the
+    demo's value): iter_1.pth and a last_checkpoint naming it survive, and
+    --resume continues to the same weights as an uninterrupted run."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'work'
+    cfg = _dump(toy_cfg(work, max_iters=3), tmp_path / 'toy.py')
+    killed = _run_tool(['tools/train.py', cfg],
+                       env_extra=dict(MMLCKD_TEST_KILL_AT_SAVE='2'))
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr
+    assert 'KILLED while writing' in killed.stdout
+    # the previous checkpoint is intact and is what last_checkpoint names
+    last = (work / 'last_checkpoint').read_text().strip()
+    assert osp.basename(last) == 'iter_1.pth'
+    assert osp.getsize(last) > 0
+    assert safe_torch_load(last)['meta']['iter'] == 1
+    assert verify_checksum(last) is True
+    assert not (work / 'iter_2.pth').exists()
+
+    assert (work / '.iter_2.pth.tmp').exists()  # the interrupted write
+
+    resumed = _run_tool(['tools/train.py', cfg, '--resume'])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+    assert 'removed .iter_2.pth.tmp' in resumed.stdout + resumed.stderr
+    assert not list(work.glob('.*.tmp'))
+    assert 'Load checkpoint from' in resumed.stdout + resumed.stderr
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_3.pth']
+    assert verify_checksum(str(work / 'iter_3.pth')) is True
+
+    straight = tmp_path / 'straight'
+    cfg2 = _dump(toy_cfg(straight, max_iters=3), tmp_path / 'toy2.py')
+    ok = _run_tool(['tools/train.py', cfg2])
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    got = safe_torch_load(str(work / 'iter_3.pth'))['state_dict']
+    want = safe_torch_load(str(straight / 'iter_3.pth'))['state_dict']
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def _train_in_process(cfg: dict, tmp_path, *extra, name='cfg.py'):
+    train = _tool('train')
+    return train.main([_dump(cfg, tmp_path / name)] + list(extra))
+
+
+@pytest.mark.slow
+def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    runner = _train_in_process(toy_cfg(work, max_iters=3), tmp_path)
+    assert 'SafeCheckpointHook' in [type(h).__name__ for h in runner.hooks]
+    names = sorted(p.name for p in work.iterdir()
+                   if p.is_file() and p.suffix != '.py')
+    assert names == ['iter_3.pth', 'iter_3.pth.sha256', 'last_checkpoint']
+    line = (work / 'iter_3.pth.sha256').read_text().split()
+    assert line == [sha256_file(str(work / 'iter_3.pth')), 'iter_3.pth']
+
+
+def test_project_configs_use_the_safe_checkpoint_hook():
+    from mmlckd.utils.runner import use_safe_checkpoints
+    for folder in ('configs/detection', 'configs/segmentation'):
+        for name in sorted(os.listdir(osp.join(REPO, folder))):
+            cfg = Config.fromfile(osp.join(REPO, folder, name))
+            assert cfg.default_hooks.checkpoint.type == \
+                'mmlckd.SafeCheckpointHook', name
+            assert 'mmlckd' in cfg.custom_imports.imports, name
+    for name in ('synvoc_det_runtime.py', 'synvoc_seg_runtime.py'):
+        cfg = Config.fromfile(osp.join(REPO, 'configs/demo', name))
+        assert cfg.default_hooks.checkpoint.type == \
+            'mmlckd.SafeCheckpointHook'
+    # tools upgrade stock configs too
+    cfg = Config(dict(default_hooks=dict(checkpoint=dict(
+        type='CheckpointHook', interval=3))))
+    assert use_safe_checkpoints(cfg)
+    assert cfg.default_hooks.checkpoint == dict(
+        type='mmlckd.SafeCheckpointHook', interval=3)
+    src = open(osp.join(REPO, 'mmlckd/demo/runner.py')).read()
+    assert "type='CheckpointHook'" not in src
+
+
+@pytest.mark.slow
+def test_fresh_run_in_used_work_dir_keeps_old_history(tmp_path):
+    """A fresh run (no --resume) where a finished run left its
+    lipschitz.jsonl moves the old history aside (timestamped) instead of
+    cutting it down to the new run's iterations."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+
+    def cfg(iters):
+        c = toy_cfg(work, max_iters=iters)
+        c['model']['type'] = 'FaultToyDistiller'
+        c['custom_hooks'] = [dict(type='mmlckd.LipschitzMonitorHook')]
+        return c
+
+    def iters(path):
+        return [json.loads(line)['iter'] for line in open(path)]
+
+    _train_in_process(cfg(3), tmp_path)
+    assert iters(work / 'lipschitz.jsonl') == [1, 2, 3]
+    _train_in_process(cfg(1), tmp_path, name='again.py')  # fresh, same dir
+    assert iters(work / 'lipschitz.jsonl') == [1]
+    kept = [p for p in work.glob('lipschitz.*.jsonl')]
+    assert len(kept) == 1 and re.fullmatch(
+        r'lipschitz\.\d{8}_\d{6}\.jsonl', kept[0].name), kept
+    assert iters(kept[0]) == [1, 2, 3]
+    # a resumed run keeps its own history (up to the resumed iteration)
+    _train_in_process(cfg(2), tmp_path, '--resume', name='resume.py')
+    assert iters(work / 'lipschitz.jsonl') == [1, 2]
+    assert len(list(work.glob('lipschitz.*.jsonl'))) == 1
+
+
+# ----------------------------------------------------- resume: clear errors
+@pytest.mark.slow
+def test_resume_with_nothing_to_resume_names_the_work_dir(tmp_path):
+    from fault_toys import toy_cfg
+    typo = tmp_path / 'wrok_dir'
+    with pytest.raises(SystemExit, match='nothing to resume.*wrok_dir'):
+        _train_in_process(toy_cfg(typo), tmp_path, '--resume')
+    assert not (typo / 'iter_1.pth').exists()
+    # the hook says so too when a Runner is built without the tool
+    from mmengine.runner import Runner
+    cfg = toy_cfg(typo, hook='mmlckd.SafeCheckpointHook')
+    cfg.update(resume=True, load_from=None)
+    with pytest.raises(FileNotFoundError, match='nothing to resume in the '
+                       'work dir .*wrok_dir'):
+        Runner.from_cfg(Config(cfg)).train()
+    assert not (typo / 'iter_1.pth').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', ['empty', 'text', 'other_model',
+                                  'corrupted'])
+def test_resume_from_a_bad_checkpoint_is_a_clear_error(tmp_path, kind):
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    _train_in_process(toy_cfg(work, max_iters=1), tmp_path)
+    ckpt = work / 'iter_1.pth'
+    if kind == 'empty':
+        ckpt.write_bytes(b'')
+        (work / 'iter_1.pth.sha256').unlink()
+        want = r'empty \(0 bytes\)'
+    elif kind == 'text':
+        ckpt.write_text('this is not a checkpoint\n')
+        (work / 'iter_1.pth.sha256').unlink()
+        want = 'text file'
+    elif kind == 'corrupted':  # finite bytes changed, still loadable zip
+        data = bytearray(ckpt.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        ckpt.write_bytes(bytes(data))
+        want = 'SHA-256'
+    else:  # a checkpoint of a different model (width 16 instead of 8)
+        other = tmp_path / 'o'
+        _train_in_process(toy_cfg(other, max_iters=1, width=16), tmp_path,
+                          name='o.py')
+        ckpt = other / 'iter_1.pth'
+        want = r'not written by this model.*size mismatch'
+    with pytest.raises(SystemExit, match=want) as info:
+        _train_in_process(toy_cfg(work, max_iters=2), tmp_path, '--resume',
+                          str(ckpt), name='r.py')
+    assert str(ckpt) in str(info.value)
+    assert not _unsafe_hint(str(info.value))
+
+
+@pytest.mark.slow
+def test_load_from_a_text_file_is_a_clear_error(tmp_path):
+    from fault_toys import toy_cfg
+    notes = tmp_path / 'notes.pth'
+    notes.write_text('epoch 12: mAP 0.71\n')
+    with pytest.raises(SystemExit, match='load_from checkpoint .*notes.pth'
+                       '.* is a text file') as e:
+        _train_in_process(toy_cfg(tmp_path / 'w'), tmp_path,
+                          '--cfg-options', f'load_from={notes}')
+    assert not _unsafe_hint(str(e.value))
+
+
+# ------------------------------------------------- checkpoint file errors
+def test_text_or_truncated_checkpoint_never_suggests_unsafe_loading(
+        tmp_path):
+    text = tmp_path / 'notes.pth'
+    text.write_text('hello\n')
+    with pytest.raises(CheckpointError, match='text file') as e:
+        safe_torch_load(str(text))
+    assert not _unsafe_hint(str(e.value))
+    good = tmp_path / 'good.pth'
+    torch.save(dict(state_dict=dict(w=torch.ones(100))), good)
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match='truncated or corrupted') as e:
+        safe_torch_load(str(cut))
+    assert not _unsafe_hint(str(e.value))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('echo pwned',))
+
+    evil = tmp_path / 'evil.pth'
+    torch.save(dict(x=Evil()), evil)
+    with pytest.raises(CheckpointError, match='does not load') as e:
+        safe_torch_load(str(evil))
+    assert not _unsafe_hint(str(e.value))
+
+
+def test_export_student_of_a_bare_tensor(tmp_path):
+    path = tmp_path / 'tensor.pth'
+    torch.save(torch.ones(3), path)
+    export = _tool('export_student')
+    with pytest.raises(SystemExit, match='bare tensor') as e:
+        export.main([str(path), str(tmp_path / 'out.pth')])
+    assert 'AttributeError' not in str(e.value)
+
+
+def test_export_full_disk_message_no_tmp_left(tmp_path, monkeypatch):
+    """A full disk (simulated: torch's zip writer fails as it does on
+    ENOSPC) during tools/export_student.py: 'no space left on device at
+    <path>', the destination untouched, no temporary file left."""
+    src = tmp_path / 'kd.pth'
+    torch.save(dict(state_dict={'student.w': torch.ones(3)}), src)
+    dest = tmp_path / 'student.pth'
+    dest.write_bytes(b'old')
+
+    def full(obj, f, *a, **k):
+        f.write(b'x' * 10)
+        raise RuntimeError('[enforce fail at inline_container.cc:778] . '
+                           'PytorchStreamWriter failed writing file '
+                           'data/0: file write failed / unexpected pos 64')
+
+    export = _tool('export_student')
+    # torch's zip-writer error alone is not taken for a full disk...
+    monkeypatch.setattr(torch, 'save', full)
+    with pytest.raises(RuntimeError, match='unexpected pos'):
+        export.main([str(src), str(dest)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['kd.pth',
+                                                          'student.pth']
+    # ... only when the disk is full as well
+
+    class _Full:
+        f_bavail, f_frsize = 0, 4096
+
+    monkeypatch.setattr(os, 'statvfs', lambda path: _Full())
+    with pytest.raises(SystemExit, match='no space left on device at .*'
+                       'student.pth'):
+        export.main([str(src), str(dest)])
+    assert dest.read_bytes() == b'old'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['kd.pth',
+                                                          'student.pth']
+    with pytest.raises(OSError) as err:  # the API raises ENOSPC itself
+        atomic_torch_save(dict(a=1), str(dest))
+    assert err.value.errno == errno.ENOSPC
+
+
+def _can_mount_tmpfs():
+    return hasattr(os, 'geteuid') and os.geteuid() == 0 and \
+        sys.platform.startswith('linux')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason='needs root (tmpfs)')
+def test_export_student_on_a_full_disk(tmp_path):
+    """A real full disk: a 1 MiB tmpfs and a ~4 MiB student."""
+    mnt = tmp_path / 'small'
+    mnt.mkdir()
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs',
+                        str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f'cannot mount a tmpfs here: {r.stderr.strip()}')
+    try:
+        src = tmp_path / 'kd.pth'
+        torch.save(dict(state_dict={'student.w': torch.zeros(1 << 20),
+                                    'connectors.0.w': torch.zeros(1)}), src)
+        export = _tool('export_student')
+        with pytest.raises(SystemExit, match='no space left on device at'):
+            export.main([str(src), str(mnt / 'student.pth')])
+        assert os.listdir(mnt) == []
+    finally:
+        subprocess.run(['umount', str(mnt)])
+
+
+# ------------------------------------------------------------ tools/test.py
+def _toy_test_cfg(tmp_path, width=8):
+    from fault_toys import toy_cfg
+    cfg = toy_cfg(tmp_path / 'eval', width=width)
+    return _dump(cfg, tmp_path / f'toy_w{width}.py')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', ['distillation_ckpt', 'other_width',
+                                  'missing_keys', 'corrupted'])
+def test_test_tool_refuses_a_checkpoint_that_does_not_fit(tmp_path, kind):
+    """mmengine only warns on missing/unexpected/mismatched keys and then
+    evaluates random weights; tools/test.py stops with file, config, fix."""
+    from mmengine.registry import MODELS
+    import fault_toys  # noqa: F401
+    cfg_path = _toy_test_cfg(tmp_path)
+    model = MODELS.build(dict(type='FaultToyModel', width=8))
+    state = model.state_dict()
+    ckpt = tmp_path / f'{kind}.pth'
+    if kind == 'distillation_ckpt':
+        torch.save(dict(state_dict={**{f'student.{k}': v
+                                       for k, v in state.items()},
+                                    'connectors.0.weight': torch.ones(1)}),
+                   ckpt)
+        want = r'distillation checkpoint.*export_student.py.*' \
+            'distillation config'
+    elif kind == 'other_width':
+        other = MODELS.build(dict(type='FaultToyModel', width=16))
+        torch.save(dict(state_dict=other.state_dict()), ckpt)
+        want = r'does not fit the model of .*toy_w8.py.*3 size mismatches'
+    elif kind == 'missing_keys':
+        torch.save(dict(state_dict={k: v for k, v in state.items()
+                                    if k.startswith('fc1')}), ckpt)
+        want = r'2 missing keys, e.g. fc2'
+    else:
+        atomic_torch_save(dict(state_dict=state), str(ckpt))
+        data = bytearray(ckpt.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        ckpt.write_bytes(bytes(data))
+        want = 'does not match its recorded SHA-256'
+    test = _tool('test')
+    with pytest.raises(SystemExit, match=want) as e:
+        test.main([cfg_path, str(ckpt), '--work-dir', str(tmp_path / 'e')])
+    assert str(ckpt) in str(e.value)
+
+
+# ------------------------------------------------------- NaN guard (Runner)
+@pytest.mark.slow
+def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
+    """lr 1e6: the update that makes the model non-finite is stopped
+    before optimizer.step, the message names the last finite checkpoint,
+    and every checkpoint on disk is finite."""
+    from mmlckd.hooks.safe_checkpoint_hook import non_finite_tensors
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    cfg = toy_cfg(work, max_iters=8, lr=1e6, max_keep_ckpts=10)
+    with pytest.raises(FloatingPointError) as e:
+        _train_in_process(cfg, tmp_path)
+    msg = str(e.value)
+    m = re.search(r'non-finite gradients at iteration (\d+)', msg)
+    assert m, msg
+    k = int(m.group(1))
+    assert k >= 2
+    assert f'the last finite checkpoint is {work}/iter_{k - 1}.pth' in msg
+    assert 'no non-finite update was applied' in msg
+    saved = sorted(p.name for p in work.glob('*.pth'))
+    assert saved == sorted(f'iter_{i}.pth' for i in range(1, k))
+    for name in saved:
+        assert non_finite_tensors(
+            safe_torch_load(str(work / name))['state_dict']) == []
+
+
+@pytest.mark.slow
+def test_guard_off_nan_state_is_not_saved_silently(tmp_path, caplog):
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    cfg = toy_cfg(work, max_iters=3)
+    cfg['model']['nan_guard'] = False  # as LipschitzDistiller(nan_guard=)
+    cfg['train_dataloader']['dataset']['nan_at'] = 5  # batch 2
+    runner = _train_in_process(cfg, tmp_path)
+    assert runner.iter == 3
+    # iteration 2 made the weights NaN: neither iter_2 nor iter_3 written
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    assert (work / 'last_checkpoint').read_text().endswith('iter_1.pth')
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'checkpoint NOT saved' in log and 'iter_1.pth' in log
+
+
+def test_student_export_refuses_a_non_finite_student(tmp_path):
+    from mmengine.logging import MMLogger
+    from mmlckd.hooks import StudentExportHook
+
+    class _Model(torch.nn.Module):
+        teacher = None
+        distill_weight = 1.0
+
+        def student_state_dict(self):
+            return {'w': torch.tensor([1.0, float('nan')])}
+
+    class _Runner:
+        work_dir = str(tmp_path)
+        model = _Model()
+        epoch, iter = 0, 3
+        logger = MMLogger.get_instance('faults_export')
+
+    StudentExportHook().after_train(_Runner())
+    assert not (tmp_path / 'student_final.pth').exists()
+
+
+# ------------------------------------------------------- output confinement
+@pytest.mark.parametrize('bad', ['/tmp/student.pth', '../student.pth',
+                                 'a/../../student.pth'])
+def test_hook_output_paths_stay_in_the_work_dir(bad):
+    from mmlckd.hooks import LipschitzMonitorHook, StudentExportHook
+    with pytest.raises(ValueError, match='inside the work dir'):
+        StudentExportHook(filename=bad)
+    with pytest.raises(ValueError, match='inside the work dir'):
+        LipschitzMonitorHook(out_file=bad.replace('.pth', '.jsonl'))
+    StudentExportHook(filename='export/student.pth')  # a subfolder is fine
+
+
+# -------------------------------------------------------------- checksums
+def test_checksum_written_verified_and_foreign_files_load_with_info(
+        tmp_path):
+    from mmlckd.apis import export_student
+    src = tmp_path / 'kd.pth'
+    torch.save(dict(state_dict={'student.w': torch.arange(1000.)}), src)
+    path = export_student(str(src), str(tmp_path / 'x.pth'))
+    lines = []
+    assert verify_checksum(path, log=lines.append) is True
+    assert 'SHA-256 verified' in lines[-1]
+    foreign = str(tmp_path / 'foreign.pth')
+    torch.save(dict(state_dict=dict(w=torch.ones(3))), foreign)
+    assert verify_checksum(foreign, 'teacher checkpoint',
+                           log=lines.append) is False
+    assert 'no SHA-256 recorded' in lines[-1] and foreign in lines[-1]
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 2] ^= 1  # a finite corrupted weight: still loads
+    open(path, 'wb').write(bytes(data))
+    safe_torch_load(path)
+    with pytest.raises(CheckpointError, match='recorded SHA-256'):
+        verify_checksum(path)
+
+
+# ------------------------------------------- distiller (tiny mmdet models)
+def _build(student, teacher, scope='mmdet', checkpoint=None,
+           teacher_scope=None, **kw):
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(scope)
+    teacher_cfg = dict(config=dict(model=teacher,
+                                   default_scope=teacher_scope or scope),
+                       checkpoint=checkpoint)
+    teacher_cfg.update(kw.pop('teacher_kw', {}))
+    return MODELS.build(dict(type='mmlckd.LipschitzDistiller',
+                             student=student, teacher=teacher_cfg,
+                             probe_input_size=(64, 64), **kw))
+
+
+def _det(**kw):
+    from tiny_models import det_model
+    return det_model('retinanet', **kw)
+
+
+@pytest.mark.parametrize('kind', ['width', 'num_classes'])
+def test_teacher_checkpoint_of_another_architecture_is_one_message(
+        tmp_path, kind):
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    other = _det(base=16)  # the teacher config is base=32
+    if kind == 'num_classes':
+        other = _det(base=32)
+        other.bbox_head.num_classes = 10
+    path = tmp_path / 'teacher.pth'
+    torch.save(dict(state_dict=MODELS.build(other).state_dict()), path)
+    with pytest.raises(RuntimeError) as e:
+        _build(_det(), _det(base=32), checkpoint=str(path))
+    msg = str(e.value)
+    assert msg.startswith('the teacher checkpoint') and str(path) in msg
+    assert 'inline teacher.config' in msg and 'size mismatch' in msg
+    n = int(re.search(r'(\d+) size mismatches', msg).group(1))
+    assert n >= (2 if kind == 'num_classes' else 50)
+    assert msg.count('(model ') == min(n, 3)  # examples, not n lines
+    assert '\n' not in msg and len(msg) < 1200
+
+
+def test_segmentor_teacher_of_a_detector_is_named():
+    from tiny_models import seg_model
+    teacher = seg_model(base=32)
+    teacher.data_preprocessor.pop('size', None)
+    with pytest.raises(ValueError, match='the teacher is a segmentor') as e:
+        _build(_det(), teacher, teacher_scope='mmseg')
+    assert 'channel_conversion' not in str(e.value)
+
+
+def test_channel_conversion_compared_under_one_name():
+    """mmseg keeps bgr_to_rgb in ``channel_conversion``, mmengine/mmdet in
+    ``_channel_conversion``: the same setting must compare equal."""
+    from mmdet.models.data_preprocessors import DetDataPreprocessor
+    from mmseg.models.data_preprocessor import SegDataPreProcessor
+    from mmlckd.models.distillers.teacher import preprocessor_settings
+    kw = dict(mean=[1., 2., 3.], std=[4., 5., 6.], bgr_to_rgb=True)
+    det, seg = DetDataPreprocessor(**kw), SegDataPreProcessor(**kw)
+    assert preprocessor_settings(det)['bgr_to_rgb'] is True
+    assert preprocessor_settings(seg)['bgr_to_rgb'] is True
+    seg2 = SegDataPreProcessor(**dict(kw, bgr_to_rgb=False))
+    assert preprocessor_settings(seg2)['bgr_to_rgb'] is False
+
+
+def test_empty_features_is_an_error_unless_allowed():
+    with pytest.raises(ValueError, match=r'features=\[\].*'
+                       'allow_empty_features=True'):
+        _build(_det(), _det(base=32), features=[])
+    model = _build(_det(), _det(base=32), features=[],
+                   allow_empty_features=True)
+    assert model.pairs == []
+
+
+def test_negative_loss_weights_are_an_error_unless_allowed():
+    neg = dict(type='mmlckd.OFDLoss', loss_weight=-1e-4)
+    with pytest.raises(ValueError, match=r'feature_loss.loss_weight=-0.0001'
+                       '.*allow_negative_weights=True'):
+        _build(_det(), _det(base=32), feature_loss=neg)
+    _build(_det(), _det(base=32), feature_loss=neg,
+           allow_negative_weights=True)
+
+
+def test_stride_mismatched_feature_pairs_are_an_error_unless_allowed():
+    off = [dict(student='backbone.layer1', teacher='backbone.layer2'),
+           dict(student='backbone.layer2', teacher='backbone.layer3')]
+    with pytest.raises(ValueError, match=r'2 feature pairs differ in spatial '
+                       r'size.*\(16, 16\).*\(8, 8\).*allow_resize=True'):
+        _build(_det(), _det(base=32), features=off)
+    model = _build(_det(), _det(base=32), features=off, allow_resize=True)
+    assert len(model.pairs) == 2
+
+
+def test_nan_in_the_input_batch_is_named_as_such():
+    from tiny_models import det_batch
+    model = _build(_det(), _det(base=32))
+    model.train()
+    inputs, samples = det_batch(model)
+    inputs[1, 0, 5, 5] = float('nan')
+    with pytest.raises(FloatingPointError) as e:
+        model(inputs, samples, mode='loss')
+    msg = str(e.value)
+    assert 'the input batch is non-finite' in msg and 'images [1]' in msg
+    assert 'data_preprocessor' in msg and 'std' in msg
+    assert 'learning rate' not in msg
+
+
+def test_nan_guard_checks_the_task_losses_too():
+    """A NaN task loss with finite distillation terms (the guard used to
+    look at the distillation terms only)."""
+    from tiny_models import det_batch
+    model = _build(_det(), _det(base=32))
+    model.train()
+    inputs, samples = det_batch(model)
+    h = model.student.bbox_head.retina_cls.register_forward_hook(
+        lambda m, a, out: out * float('nan'))
+    try:
+        with pytest.raises(FloatingPointError,
+                           match=r"non-finite loss \['loss_cls'\].*"
+                           'before the optimizer update'):
+            model(inputs, samples, mode='loss')
+    finally:
+        h.remove()
+    model.nan_guard = False  # off: no check
+    h = model.student.bbox_head.retina_cls.register_forward_hook(
+        lambda m, a, out: out * float('nan'))
+    losses = model(inputs, samples, mode='loss')
+    h.remove()
+    assert not all(bool(torch.isfinite(v).all()) for v in losses['loss_cls'])
+
+
+def test_teacher_checkpoint_with_finite_corrupted_weights(tmp_path):
+    """Written by the project (SHA-256 sidecar), then altered: refused."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    state = MODELS.build(_det(base=32)).state_dict()
+    path = tmp_path / 'teacher.pth'
+    atomic_torch_save(dict(state_dict=state), str(path))
+    _build(_det(), _det(base=32), checkpoint=str(path))  # verified: fine
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match='teacher checkpoint .*'
+                       'does not match its recorded SHA-256'):
+        _build(_det(), _det(base=32), checkpoint=str(path))
+
+
+@pytest.mark.slow
+def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path):
+    """The issue's case on a tiny RetinaNet distillation: the guard stops
+    the first non-finite step before its update, names the last finite
+    checkpoint, and every checkpoint written is finite."""
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner
+    from mmlckd.hooks.safe_checkpoint_hook import non_finite_tensors
+    from test_engine import tiny_cfg
+    init_default_scope('mmdet')
+    torch.manual_seed(1)
+    teacher = tmp_path / 'teacher.pth'
+    torch.save(dict(state_dict=MODELS.build(_det(base=32)).state_dict()),
+               teacher)
+    work = tmp_path / 'w'
+    cfg = tiny_cfg(voc_devkit, work, str(teacher), max_iters=4)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    cfg.default_hooks.checkpoint = dict(type='mmlckd.SafeCheckpointHook',
+                                        interval=1, by_epoch=False)
+    cfg.optim_wrapper.optimizer.lr = 1e6
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(FloatingPointError, match='before the optimizer '
+                       'update') as e:
+        runner.train()
+    saved = sorted(work.glob('iter_*.pth'))
+    assert saved, 'at least the first (finite) step is checkpointed'
+    assert f'the last finite checkpoint is {saved[-1]}' in str(e.value)
+    assert runner.iter == len(saved)  # the failing step was not counted
+    for path in saved:
+        assert non_finite_tensors(
+            safe_torch_load(str(path))['state_dict']) == []
+    # no optimizer update applied: the parameters are finite (buffers such
+    # as BN running stats were updated by the failing forward itself, which
+    # is why the message points to the checkpoint to resume from)
+    params = dict(runner.model.named_parameters())
+    assert non_finite_tensors(params) == []
