@@ -2,7 +2,6 @@
 VOC generation, mmengine Runner training of teacher / baseline / LONDON
 student, VOCMetric test, reports), tiny data and 2 iterations per model."""
 import json
-import os
 import os.path as osp
 import subprocess
 import sys

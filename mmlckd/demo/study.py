@@ -82,18 +82,24 @@ class Job:
         return osp.join(base, self.regime, self.row, f'seed{self.seed}')
 
 
-def plan_jobs(regimes: Sequence[str], rows: Sequence[str],
-              seeds: Sequence[int],
+def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
               data_seeds: Sequence[int]) -> List[List[Job]]:
-    """Two phases: the teachers, then every student run."""
+    """Two phases: the teachers, then every student run, regime by regime
+    (in the order given) and data seed by data seed. ``rows`` is a list, or
+    a dict ``regime -> list``."""
+    def rows_of(regime):
+        return rows[regime] if isinstance(rows, dict) else rows
+
     teachers, students = [], []
     for data_seed in data_seeds:
         for task in dict.fromkeys(REGIMES[r]['task'] for r in regimes):
-            if any(row != 'baseline' for row in rows):
+            if any(row != 'baseline' for r in regimes
+                   if REGIMES[r]['task'] == task for row in rows_of(r)):
                 teachers.append(Job(task, data_seed, 0))
-        for regime in regimes:
+    for regime in regimes:
+        for data_seed in data_seeds:
             for seed in seeds:
-                for row in rows:
+                for row in rows_of(regime):
                     students.append(Job(REGIMES[regime]['task'], data_seed,
                                         seed, regime, row))
     return [teachers, students]

@@ -32,7 +32,7 @@ weighted term and returns them for the logs (``gnorm_<term>`` and
 ``gshare_<term>``, the norm divided by the sum of all norms). The names
 avoid the substring ``loss``, which mmengine would add to the total loss.
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.nn as nn
