@@ -19,7 +19,6 @@ model definitions, which the build test covers, including the distiller's
 probe forward through the recorded layers of both nets).
 """
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from mmengine.registry import MODELS, DefaultScope
 import mmlckd  # noqa: F401
 from mmlckd.compat import safe_torch_load
 from mmlckd.testing import tiny_model_cfg, tiny_voc_cfg
+from tool_modules import load_tool
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
@@ -249,14 +249,6 @@ def test_config_builds(path):
     assert 'teacher.' not in ''.join(model.state_dict())
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'mmlckd_tools_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _finite(record, key):
     assert key in record, f'{key} missing from {sorted(record)}'
     assert math.isfinite(record[key]), (key, record[key])
@@ -271,7 +263,7 @@ def test_distill_recipe_trains_and_evaluates(family, voc_root, tmp_path):
     tiny_voc_cfg(cfg, data_root=voc_root, work_dir=work_dir)
     tiny = str(tmp_path / 'tiny.py')
     cfg.dump(tiny)
-    runner = _load_tool('train').main([tiny])
+    runner = load_tool('train').main([tiny])
 
     # losses and sigmas of both iterations (LipschitzMonitorHook)
     with open(osp.join(work_dir, 'lipschitz.jsonl')) as f:
@@ -322,7 +314,7 @@ def test_distill_recipe_trains_and_evaluates(family, voc_root, tmp_path):
 
     if family == 'detection':
         # tools/test.py evaluates the distillation checkpoint, student only
-        metrics = _load_tool('test').main(
+        metrics = load_tool('test').main(
             [tiny, osp.join(work_dir, 'iter_2.pth'), '--work-dir',
              str(tmp_path / 'test')])
         assert 'pascal_voc/mAP' in metrics

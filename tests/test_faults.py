@@ -6,7 +6,6 @@ Toy runs (tests/fault_toys.py) go through the real tools and mmengine's
 Runner; model-level cases use the tiny detectors of tests/tiny_models.py.
 """
 import errno
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -22,6 +21,7 @@ import mmlckd  # noqa: F401
 from mmlckd.compat import safe_torch_load
 from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_torch_save,
                                          sha256_file, verify_checksum)
+from tool_modules import load_tool
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 TESTS = osp.dirname(osp.abspath(__file__))
@@ -31,14 +31,6 @@ pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 @pytest.fixture(autouse=True)
 def _tests_on_path(monkeypatch):
     monkeypatch.syspath_prepend(TESTS)
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'mmlckd_faults_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _dump(cfg: dict, path) -> str:
@@ -101,7 +93,7 @@ def test_kill9_while_writing_checkpoint_then_resume(tmp_path):
 
 
 def _train_in_process(cfg: dict, tmp_path, *extra, name='cfg.py'):
-    train = _tool('train')
+    train = load_tool('train')
     return train.main([_dump(cfg, tmp_path / name)] + list(extra))
 
 
@@ -265,7 +257,7 @@ def test_text_or_truncated_checkpoint_never_suggests_unsafe_loading(
 def test_export_student_of_a_bare_tensor(tmp_path):
     path = tmp_path / 'tensor.pth'
     torch.save(torch.ones(3), path)
-    export = _tool('export_student')
+    export = load_tool('export_student')
     with pytest.raises(SystemExit, match='bare tensor') as e:
         export.main([str(path), str(tmp_path / 'out.pth')])
     assert 'AttributeError' not in str(e.value)
@@ -286,7 +278,7 @@ def test_export_full_disk_message_no_tmp_left(tmp_path, monkeypatch):
                            'PytorchStreamWriter failed writing file '
                            'data/0: file write failed / unexpected pos 64')
 
-    export = _tool('export_student')
+    export = load_tool('export_student')
     # torch's zip-writer error alone is not taken for a full disk...
     monkeypatch.setattr(torch, 'save', full)
     with pytest.raises(RuntimeError, match='unexpected pos'):
@@ -329,7 +321,7 @@ def test_export_student_on_a_full_disk(tmp_path):
         src = tmp_path / 'kd.pth'
         torch.save(dict(state_dict={'student.w': torch.zeros(1 << 20),
                                     'connectors.0.w': torch.zeros(1)}), src)
-        export = _tool('export_student')
+        export = load_tool('export_student')
         with pytest.raises(SystemExit, match='no space left on device at'):
             export.main([str(src), str(mnt / 'student.pth')])
         assert os.listdir(mnt) == []
@@ -377,7 +369,7 @@ def test_test_tool_refuses_a_checkpoint_that_does_not_fit(tmp_path, kind):
         data[len(data) // 2] ^= 0xFF
         ckpt.write_bytes(bytes(data))
         want = 'does not match its recorded SHA-256'
-    test = _tool('test')
+    test = load_tool('test')
     with pytest.raises(SystemExit, match=want) as e:
         test.main([cfg_path, str(ckpt), '--work-dir', str(tmp_path / 'e')])
     assert str(ckpt) in str(e.value)

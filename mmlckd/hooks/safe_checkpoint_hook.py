@@ -30,6 +30,23 @@ def non_finite_tensors(state: dict) -> list:
     return bad
 
 
+def refuse_non_finite(state: dict, what: str, logger, allow: bool,
+                      refused: str) -> bool:
+    """True if ``state`` holds NaN/Inf and ``allow`` is False: logs the
+    error ``'<what> holds non-finite values (...): <refused>'`` then. With
+    ``allow`` a warning is logged and False returned (save anyway)."""
+    bad = non_finite_tensors(state)
+    if not bad:
+        return False
+    msg = (f'{what} holds non-finite values ({len(bad)} tensors, e.g. '
+           f'{bad[:3]})')
+    if not allow:
+        logger.error(f'{msg}: {refused}')
+        return True
+    logger.warning(f'{msg}: saving it anyway (save_non_finite=True)')
+    return False
+
+
 def last_finite_ckpt(message_hub=None):
     """The last checkpoint :class:`SafeCheckpointHook` wrote (it writes only
     finite states), or None."""
@@ -176,19 +193,13 @@ class SafeCheckpointHook(CheckpointHook):
             return super()._save_checkpoint_with_step(runner, step, meta)
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
-        bad = non_finite_tensors(model.state_dict())
-        if bad:
-            msg = (f'the model holds non-finite values at step {step} '
-                   f'({len(bad)} tensors, e.g. {bad[:3]})')
-            if not self.save_non_finite:
-                runner.logger.error(
-                    f'{msg}: checkpoint NOT saved; the last finite '
-                    f'checkpoint is {self.last_ckpt or "none"}. Set '
-                    'default_hooks.checkpoint.save_non_finite=True to save '
-                    'such states anyway.')
-                return
-            runner.logger.warning(f'{msg}: saving it anyway '
-                                  '(save_non_finite=True)')
+        if refuse_non_finite(
+                model.state_dict(), f'the model at step {step}',
+                runner.logger, self.save_non_finite,
+                'checkpoint NOT saved; the last finite checkpoint is '
+                f'{self.last_ckpt or "none"}. Set default_hooks.checkpoint.'
+                'save_non_finite=True to save such states anyway.'):
+            return
 
         drop = []
         if self.max_keep_ckpts > 0 and not (

@@ -34,20 +34,16 @@ class StudentExportHook(Hook):
     @master_only
     def after_train(self, runner) -> None:
         from mmlckd.apis import save_student
-        from .safe_checkpoint_hook import non_finite_tensors
+        from .safe_checkpoint_hook import refuse_non_finite
         model = get_distiller(runner, type(self).__name__)
         path = osp.join(runner.work_dir, self.filename)
-        bad = non_finite_tensors(model.student_state_dict())
-        if bad:
-            msg = (f'the student holds non-finite values ({len(bad)} '
-                   f'tensors, e.g. {bad[:3]})')
-            if not self.save_non_finite:
-                runner.logger.error(
-                    f'{msg}: {path} NOT exported. Export an earlier finite '
-                    'checkpoint with tools/export_student.py, or set '
-                    'save_non_finite=True on StudentExportHook.')
-                return
-            runner.logger.warning(f'{msg}: exporting anyway')
+        if refuse_non_finite(
+                model.student_state_dict(), 'the student', runner.logger,
+                self.save_non_finite,
+                f'{path} NOT exported. Export an earlier finite checkpoint '
+                'with tools/export_student.py, or set save_non_finite=True '
+                'on StudentExportHook.'):
+            return
         save_student(model, path, meta=dict(
             epoch=runner.epoch, iter=runner.iter,
             dataset_meta=getattr(runner.train_dataloader.dataset,

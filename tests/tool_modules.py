@@ -1,0 +1,15 @@
+"""Import a script of ``tools/`` as a module (under a name that cannot
+shadow the standard library, e.g. ``tools/test.py`` is not ``test``)."""
+import importlib.util
+import os.path as osp
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a fresh module ``mmlckd_tool_<name>``."""
+    spec = importlib.util.spec_from_file_location(
+        f'mmlckd_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
