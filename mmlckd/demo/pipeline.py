@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
     total = time.perf_counter() - t_start
     markdown = study_markdown(table, names, header) + ''.join(
         f'\n![{osp.basename(p)}]({osp.basename(p)})\n' for p in plots) + \
-        f'\nTotal wall time: {total:.0f} s.\n'
+        f'\nWall time of this invocation: {total:.0f} s (runs finished ' \
+        'earlier in this work dir are reused, not retrained).\n'
     out = dict(synthetic_data=True, quick=args.quick, argv=args.argv,
                iters=opts['iters'], jobs=jobs, total_wall_time_s=total,
                table=table, plots=plots)

@@ -6,7 +6,8 @@ from typing import Dict, List, Optional
 
 from .study import REGIMES, ROW_NAMES
 
-__all__ = ['study_markdown', 'write_results', 'plot_run', 'read_jsonl']
+__all__ = ['study_markdown', 'summary_markdown', 'write_results',
+           'plot_run', 'read_jsonl']
 
 _DISTILL_KEYS = ('loss_lipschitz', 'loss_feat', 'loss_kd')
 
@@ -30,7 +31,7 @@ def _verdict(stat: dict) -> str:
 def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
                    header: str) -> str:
     """One table per (regime, data seed), in the order of ``REGIMES``."""
-    lines = [header, '']
+    lines = [header, '', summary_markdown(table), '']
     cells = sorted(table.values(), key=lambda c: (
         list(REGIMES).index(c['regime']), c['data_seed']))
     for cell in cells:
@@ -59,6 +60,30 @@ def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
                 f'{"--" if diff is None else _pm(diff, 2)} | '
                 f'{"--" if diff is None else _verdict(diff)} |')
         lines.append('')
+    return '\n'.join(lines)
+
+
+def summary_markdown(table: Dict[str, dict]) -> str:
+    """One line per (regime, data seed): the baseline and every row's
+    paired difference to it (mean ± SE over seeds, * beyond 2 SE)."""
+    rows = [r for r in ROW_NAMES if r != 'baseline' and any(
+        r in c['rows'] for c in table.values())]
+    head = ('| regime | data seed | teacher | student alone | ' +
+            ' | '.join(f'{ROW_NAMES[r]} minus alone' for r in rows) + ' |')
+    lines = [head, '|' + '---|' * (4 + len(rows))]
+    cells = sorted(table.values(), key=lambda c: (
+        list(REGIMES).index(c['regime']), c['data_seed']))
+    for c in cells:
+        teacher = '--' if c['teacher'] is None else f'{c["teacher"]:.1f}'
+        diffs = []
+        for r in rows:
+            d = c['rows'].get(r, {}).get('vs_baseline')
+            mark = '' if d is None else (
+                ' (better)' if d['gain'] else ' (worse)' if d['loss'] else '')
+            diffs.append('not run' if d is None else _pm(d, 1) + mark)
+        base = c['rows']['baseline']['metric']
+        lines.append(f'| {c["regime"]} | {c["data_seed"]} | {teacher} | '
+                     f'{_pm(base)} | ' + ' | '.join(diffs) + ' |')
     return '\n'.join(lines)
 
 
