@@ -212,6 +212,43 @@ def test_ddp_two_cpu_processes_match_single_process(voc_devkit, teacher_ckpt,
             assert got[key] == pytest.approx(rec[key], rel=1e-4), (rank, key)
 
 
+def test_ddp_ranks_fix_identical_balanced_weights(voc_devkit, teacher_ckpt,
+                                                  tmp_path):
+    """2 ranks on different samples, default (balanced) loss weights: the
+    calibration statistics are averaged over the ranks, so both fix the
+    same positive weights (without the all-reduce they would differ), and
+    the replicas stay identical."""
+    work = tmp_path / 'ddp_bal'
+    cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=3,
+                   batch_size=1, shuffle=False)
+    cfg.model.lipschitz_loss = dict(type='mmlckd.LipschitzLoss')
+    cfg.model.feature_loss = dict(type='mmlckd.OFDLoss')
+    cfg.model.balance = dict(iters=2, log_interval=1)
+    cfg_path = tmp_path / 'ddp_bal_cfg.py'
+    cfg.dump(str(cfg_path))
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()),
+               PYTHONPATH=osp.dirname(__file__) + os.pathsep + REPO,
+               OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), str(cfg_path),
+         '2', '--work-dir', str(work)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = _records(work, 0), _records(work, 1)
+    assert len(r0) == len(r1) == 3
+    assert r0[0]['img_ids'] != r1[0]['img_ids']
+    # the ranks' own gradient norms differ (different samples) ...
+    assert r0[0]['gnorm_task'] != pytest.approx(r1[0]['gnorm_task'],
+                                                rel=1e-3)
+    # ... but the weights fixed after the calibration are the same
+    for key in ('weight_lipschitz', 'weight_feat'):
+        assert r0[1][key] == r1[1][key] == 0.0  # still calibrating
+        assert r0[2][key] > 0
+        assert r0[2][key] == pytest.approx(r1[2][key], rel=1e-6)
+    assert r0[2]['param_sum'] == pytest.approx(r1[2]['param_sum'],
+                                               rel=1e-9)
+
+
 def test_test_tool_runs_student_only(voc_devkit, teacher_ckpt, tmp_path):
     """tools/test.py on a distillation config + checkpoint: only the student
     is built (the teacher checkpoint may be gone), and VOCMetric runs."""
