@@ -157,6 +157,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _dist_train(cfg, cfg_path, work_dir):
+    """``tools/dist_train.sh cfg 2`` (gloo, one thread per rank); returns
+    the dumped config path and the environment used."""
+    cfg.dump(str(cfg_path))
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()),
+               PYTHONPATH=osp.dirname(__file__) + os.pathsep + REPO,
+               OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), str(cfg_path),
+         '2', '--work-dir', str(work_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cfg_path, env
+
+
 def test_ddp_two_cpu_processes_match_single_process(voc_devkit, teacher_ckpt,
                                                     tmp_path):
     """2 ranks x batch 1 (gloo) vs single-process runs on each rank's
@@ -165,16 +180,7 @@ def test_ddp_two_cpu_processes_match_single_process(voc_devkit, teacher_ckpt,
     ddp_dir = tmp_path / 'ddp'
     cfg = tiny_cfg(voc_devkit, ddp_dir, teacher_ckpt, max_iters=2,
                    batch_size=1, shuffle=False)
-    cfg_path = tmp_path / 'ddp_cfg.py'
-    cfg.dump(str(cfg_path))
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()),
-               PYTHONPATH=osp.dirname(__file__) + os.pathsep + REPO,
-               OMP_NUM_THREADS='1')
-    proc = subprocess.run(
-        ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), str(cfg_path),
-         '2', '--work-dir', str(ddp_dir)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cfg_path, env = _dist_train(cfg, tmp_path / 'ddp_cfg.py', ddp_dir)
     r0, r1 = _records(ddp_dir, 0), _records(ddp_dir, 1)
     assert len(r0) == len(r1) == 2
     assert r0[0]['img_ids'] != r1[0]['img_ids']  # each rank its own data
@@ -224,16 +230,7 @@ def test_ddp_ranks_fix_identical_balanced_weights(voc_devkit, teacher_ckpt,
     cfg.model.lipschitz_loss = dict(type='mmlckd.LipschitzLoss')
     cfg.model.feature_loss = dict(type='mmlckd.OFDLoss')
     cfg.model.balance = dict(iters=2, log_interval=1)
-    cfg_path = tmp_path / 'ddp_bal_cfg.py'
-    cfg.dump(str(cfg_path))
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()),
-               PYTHONPATH=osp.dirname(__file__) + os.pathsep + REPO,
-               OMP_NUM_THREADS='1')
-    proc = subprocess.run(
-        ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), str(cfg_path),
-         '2', '--work-dir', str(work)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _dist_train(cfg, tmp_path / 'ddp_bal_cfg.py', work)
     r0, r1 = _records(work, 0), _records(work, 1)
     assert len(r0) == len(r1) == 3
     assert r0[0]['img_ids'] != r1[0]['img_ids']
