@@ -131,6 +131,7 @@ from mmengine.registry import DATASETS, MODELS, init_default_scope  # noqa
 import mmlckd  # noqa: E402,F401
 from mmlckd.datasets import make_synthetic_voc  # noqa: E402
 from mmlckd.utils import load_config  # noqa: E402
+from mmlckd.models.distillers import lipschitz_maps  # noqa: E402
 
 MiB = 1024.0**2
 
@@ -453,10 +454,12 @@ class Bench:
                  for p in d.pairs]
         t_feats = [d.teacher_recorder.get(p.teacher) for p in d.pairs]
         with torch.no_grad(), self.autocast():
-            s_lip = [c(s) for c, s in zip(d.connectors, s_raw)] \
-                if len(d.connectors) and d.lipschitz_on == 'connector' \
-                else s_raw
-        leaves = [s.detach().requires_grad_() for s in s_lip]
+            s_conn = [c(s) for c, s in zip(d.connectors, s_raw)] \
+                if len(d.connectors) else s_raw
+        # the distiller's own wiring of the student maps (outputs, inputs)
+        s_out, s_in = lipschitz_maps(s_raw, s_conn, d.lipschitz_on)
+        leaves = [s.detach().requires_grad_() for s in s_out]
+        inputs = [s.detach().requires_grad_() for s in s_in]
         d.student_recorder.clear()
         d.teacher_recorder.clear()
         groups = [idx for idx in d._groups().values() if len(idx) >= 2]
@@ -468,9 +471,9 @@ class Bench:
             total = 0.
             with self.autocast():
                 for key, idx in zip(keys, groups):
-                    total = total + loss_fn([leaves[i] for i in idx],
-                                            [t_feats[i] for i in idx],
-                                            key=key)
+                    total = total + loss_fn(
+                        [leaves[i] for i in idx], [t_feats[i] for i in idx],
+                        key=key, student_inputs=[inputs[i] for i in idx])
             if torch.is_tensor(total):
                 total.backward()
 
