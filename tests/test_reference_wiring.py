@@ -21,7 +21,6 @@ from mmengine.registry import MODELS, init_default_scope
 import mmlckd  # noqa: F401
 from mmlckd.models import LipschitzLoss, OFDConnector
 from mmlckd.models.distillers import LossBalancer, lipschitz_maps
-from mmlckd.models.distillers.balance import task_loss
 from tiny_models import det_batch, det_model
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
@@ -237,8 +236,8 @@ def test_distiller_defaults_balance_every_term_by_gradient():
         assert all(p.grad is not None for p in model.connectors.parameters())
     losses = model(inputs, samples, mode='loss')
     params = model._student_params()
-    task = task_loss({k: v for k, v in losses.items()
-                      if k not in ('loss_lipschitz', 'loss_feat')})
+    task = model.parse_losses({k: v for k, v in losses.items()
+                               if k not in ('loss_lipschitz', 'loss_feat')})[0]
     g_task = torch.sqrt(sum(g.square().sum() for g in torch.autograd.grad(
         task, params, retain_graph=True, allow_unused=True)
         if g is not None))
@@ -267,3 +266,27 @@ def test_explicit_weights_bypass_the_balancer():
     assert model.lipschitz_loss.loss_weight == 1e-3
     with pytest.raises(ValueError, match='balance=None'):
         _distiller(balance=None)
+
+
+def test_balanced_weights_apply_outside_training_too():
+    """A loss computed in eval mode or under no_grad (e.g. a validation
+    loss) uses the balancer's current weights, not the raw terms."""
+    model = _distiller(balance=dict(iters=1, log_interval=0))
+    inputs, samples = det_batch(model)
+    model.eval()
+    with torch.no_grad():
+        losses = model(inputs, samples, mode='loss')
+    assert float(losses['loss_lipschitz']) == 0  # not calibrated yet
+    assert not model.balancer.calibrated  # no_grad/eval does not calibrate
+    model.train()
+    model(inputs, samples, mode='loss')  # the one calibration step
+    weight = float(model.balancer.weights[0])
+    assert weight > 0
+    model.eval()
+    with torch.no_grad():
+        weighted = float(model(inputs, samples,
+                               mode='loss')['loss_lipschitz'])
+        model.balancer.weights.fill_(1.0)  # the unweighted term, for scale
+        raw = float(model(inputs, samples, mode='loss')['loss_lipschitz'])
+    assert weighted == pytest.approx(weight * raw, rel=1e-3)
+    assert abs(weight - 1.0) > 0.1  # so the two differ

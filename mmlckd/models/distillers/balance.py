@@ -40,25 +40,9 @@ from mmengine.dist import all_reduce, get_world_size
 from mmengine.logging import print_log
 from torch import Tensor
 
-__all__ = ['LossBalancer', 'task_loss', 'short_name']
+__all__ = ['LossBalancer', 'short_name']
 
 Fraction = Union[float, Dict[str, float]]
-
-
-def task_loss(losses: Dict[str, Union[Tensor, List[Tensor]]]) -> Tensor:
-    """The total of the task losses, as mmengine's ``parse_losses`` sums
-    them (every entry whose key contains ``'loss'``)."""
-    total = None
-    for key, value in losses.items():
-        if 'loss' not in key:
-            continue
-        value = sum(v.mean() for v in value) if isinstance(
-            value, (list, tuple)) else value.mean()
-        total = value if total is None else total + value
-    if total is None:
-        raise ValueError('the student returned no loss (no key containing '
-                         f'"loss" in {sorted(losses)})')
-    return total
 
 
 def short_name(term: str) -> str:
@@ -162,7 +146,8 @@ class LossBalancer(nn.Module):
         """One training step: calibrate if due, return the logs.
 
         Args:
-            task (Tensor): the task loss total (with grad).
+            task (Tensor): the task loss total (with grad), as mmengine's
+                ``parse_losses`` sums the student's losses.
             terms (dict): every distillation term (with grad), keyed by
                 name; the auto ones unweighted, the others as applied.
             params (Sequence[Tensor]): the student's trainable parameters.

@@ -43,7 +43,7 @@ from mmengine.registry import DefaultScope
 from mmlckd.registry import MODELS
 from mmlckd.utils import load_config
 from ..recorders import FeatureRecorder, RecordSpec, StopForward, get_module
-from .balance import LossBalancer, task_loss
+from .balance import LossBalancer
 
 __all__ = ['LipschitzDistiller', 'FeaturePair', 'lipschitz_maps']
 
@@ -599,13 +599,14 @@ class LipschitzDistiller(BaseModel):
             raise KeyError(f'distillation loss names {sorted(clash)} clash '
                            'with the student\'s own loss names')
         weights = {}
-        if self.balancer is not None and self.training and \
-                torch.is_grad_enabled():
+        if self.balancer is not None:
             # this step's weights: those fixed by the previous steps (0
-            # during the calibration, including its last step)
+            # during the calibration, including its last step), also for a
+            # loss computed outside training
             weights = self.balancer.weight_of()
-            logs.update(self.balancer(task_loss(losses), distill,
-                                      self._student_params()))
+            if self.training and torch.is_grad_enabled():
+                logs.update(self.balancer(self.parse_losses(losses)[0],
+                                          distill, self._student_params()))
         w = self.distill_weight
         for k, v in distill.items():
             if k in weights:
