@@ -24,15 +24,15 @@ class KDLoss(nn.Module):
     * ``mode='pixel'``, ``activation='sigmoid'``: every class is an
       independent Bernoulli (for sigmoid classifiers such as RetinaNet); the
       per-position KL is the SUM of the per-class binary KLs.
-
-    Mapping to mmdet's ``KnowledgeDistillationKLDivLoss`` (softmax, used by
-    ``LD``/``KnowledgeDistillationSingleStageDetector``): mmdet averages the
-    KL over the C classes of each position (``reduction='mean'`` of
-    ``F.kl_div`` per element, then ``.mean(1)``) where this loss sums it, so
-    mmdet's ``loss_weight=w`` equals ``loss_weight=w / C`` here.
     * ``mode='channel'``: channel-wise distillation (CWD, Shu et al. 2021):
       softmax over the spatial positions of each channel, KL averaged over
       ``B * C``. Needs 4-D logits and ``activation='softmax'``.
+
+    Mapping to mmdet's ``KnowledgeDistillationKLDivLoss`` (softmax, used by
+    ``LD``/``KnowledgeDistillationSingleStageDetector``): mmdet takes
+    ``F.kl_div(..., reduction='none').mean(1)``, the mean of the per-class
+    terms over the C classes of each position, where this loss sums them,
+    so mmdet's ``loss_weight=w`` equals ``loss_weight=w / C`` here.
 
     Logits are divided by ``temperature`` and the loss is multiplied by
     ``temperature ** 2``, then by ``loss_weight``. Student logits of another
