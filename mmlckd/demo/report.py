@@ -32,8 +32,7 @@ def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
                    header: str) -> str:
     """One table per (regime, data seed), in the order of ``REGIMES``."""
     lines = [header, '', summary_markdown(table), '']
-    cells = sorted(table.values(), key=lambda c: (
-        list(REGIMES).index(c['regime']), c['data_seed']))
+    cells = _ordered(table)
     for cell in cells:
         regime = REGIMES[cell['regime']]
         metric = metric_names[regime['task']]
@@ -63,6 +62,12 @@ def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
     return '\n'.join(lines)
 
 
+def _ordered(table: Dict[str, dict]) -> List[dict]:
+    """The (regime, data seed) cells in the order of ``REGIMES``."""
+    return sorted(table.values(), key=lambda c: (
+        list(REGIMES).index(c['regime']), c['data_seed']))
+
+
 def summary_markdown(table: Dict[str, dict]) -> str:
     """One line per (regime, data seed): the baseline and every row's
     paired difference to it (mean ± SE over seeds, * beyond 2 SE)."""
@@ -71,8 +76,7 @@ def summary_markdown(table: Dict[str, dict]) -> str:
     head = ('| regime | data seed | teacher | student alone | ' +
             ' | '.join(f'{ROW_NAMES[r]} minus alone' for r in rows) + ' |')
     lines = [head, '|' + '---|' * (4 + len(rows))]
-    cells = sorted(table.values(), key=lambda c: (
-        list(REGIMES).index(c['regime']), c['data_seed']))
+    cells = _ordered(table)
     for c in cells:
         teacher = '--' if c['teacher'] is None else f'{c["teacher"]:.1f}'
         diffs = []

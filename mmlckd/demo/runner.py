@@ -9,15 +9,12 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.registry import MODELS as ROOT_MODELS
-from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from mmlckd.utils.runner import prepare_distill_cfg
 from .tasks import DemoTask, config_dir
 
-__all__ = ['DemoRunner', 'LossCurveHook', 'build_cfg', 'train_and_test',
-           'model_complexity']
+__all__ = ['DemoRunner', 'LossCurveHook', 'build_cfg', 'train_and_test']
 
 
 class DemoRunner(Runner):
@@ -177,37 +174,3 @@ def train_and_test(cfg: Config, extra_hooks=()) -> dict:
         checkpoint=ckpt if osp.exists(ckpt) else None,
         connector_params=connector_params,
         work_dir=cfg.work_dir)
-
-
-def model_complexity(task: DemoTask, role: str) -> dict:
-    """Parameters and FLOPs (one ``input_size`` image, ``mode='tensor'``
-    forward, mmengine's counter: one multiply-add = one FLOP) of the model
-    that is deployed for ``role`` -- the student alone for ``london``."""
-    cfg = Config.fromfile(osp.join(config_dir(), task.configs[role]))
-    model_cfg = cfg.model.student if role == 'london' else cfg.model
-    with DefaultScope.overwrite_default_scope(task.scope):
-        model = ROOT_MODELS.build(model_cfg)
-    model.eval()
-    params = sum(p.numel() for p in model.parameters())
-    flops = None
-    try:
-        from mmengine.analysis import FlopAnalyzer
-
-        class _Tensor(torch.nn.Module):
-
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m(x, mode='tensor')
-
-        x = torch.zeros(1, 3, *task.input_size)
-        analyzer = FlopAnalyzer(_Tensor(model), (x, ))
-        analyzer.unsupported_ops_warnings(False)
-        analyzer.uncalled_modules_warnings(False)
-        with torch.no_grad():
-            flops = float(analyzer.total())
-    except Exception as err:  # FLOPs are informative only
-        print(f'[demo] FLOP count failed for {role}: {err!r}', flush=True)
-    return dict(params=int(params), flops=flops)

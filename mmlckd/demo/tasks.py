@@ -11,14 +11,6 @@ from mmlckd.datasets import VOC_CLASSES
 
 __all__ = ['DemoTask', 'TASKS', 'DATA_FULL', 'DATA_QUICK', 'config_dir']
 
-#: The three models of every task, in training order.
-ROLES = ('teacher', 'student', 'london')
-ROLE_NAMES = {
-    'teacher': 'teacher',
-    'student': 'student (baseline)',
-    'london': 'student + LONDON',
-}
-
 #: Synthetic VOC used by the default run (one dataset for both tasks): all
 #: 20 VOC classes (20 colours, 5 shapes; classes sharing a shape whose hues
 #: are 36 degrees apart make classification non-trivial), up to 6 objects per
@@ -43,60 +35,33 @@ DATA_QUICK = dict(DATA_FULL, num_trainval_07=8, num_test_07=4,
 
 @dataclass
 class DemoTask:
-    name: str
-    title: str
-    scope: str  # mmdet / mmseg
     configs: Dict[str, str]  # role -> file name in configs/demo
-    arch: Dict[str, str]  # role -> short description for the table
     metric_key: str  # key in the test metrics
     metric_name: str  # column title
     metric_scale: float  # multiply to get percent
-    data_desc: str  # train / test split description
-    iters: int  # default schedule (iterations)
-    quick_iters: int = 2
-    input_size: tuple = (128, 128)
     extra: dict = field(default_factory=dict)
 
 
 TASKS = {
     'det':
     DemoTask(
-        name='det',
-        title='Detection: RetinaNet, synthetic VOC0712 -> VOC2007 test',
-        scope='mmdet',
         configs=dict(
             teacher='retinanet_r18w32_synvoc_teacher.py',
             student='retinanet_r18w16_synvoc_student.py',
             london='retinanet_r18w16_synvoc_london.py'),
-        arch=dict(
-            teacher='RetinaNet R18w32, FPN/head 64',
-            student='RetinaNet R18w16, FPN/head 32',
-            london='RetinaNet R18w16, FPN/head 32'),
         metric_key='pascal_voc/mAP',
         metric_name='mAP@0.5 (%)',
         metric_scale=100.0,
-        data_desc='train VOC07+12 trainval, test VOC07 test, VOCMetric '
-        '(11-point AP@0.5)',
-        iters=600,
         extra=dict(data_subdir='VOCdevkit')),
     'seg':
     DemoTask(
-        name='seg',
-        title='Segmentation: FCN, synthetic VOC2012 (+aug) -> VOC2012 val',
-        scope='mmseg',
         configs=dict(
             teacher='fcn_r18w32_synvoc_teacher.py',
             student='fcn_r18w16_synvoc_student.py',
             london='fcn_r18w16_synvoc_london.py'),
-        arch=dict(
-            teacher='FCN R18-D8 (width 32)',
-            student='FCN R18-D8 (width 16)',
-            london='FCN R18-D8 (width 16)'),
         metric_key='mIoU',
         metric_name='mIoU (%)',
         metric_scale=1.0,
-        data_desc='train VOC12 train + aug, test VOC12 val, IoUMetric',
-        iters=400,
         extra=dict(data_subdir='VOCdevkit/VOC2012')),
 }
 
