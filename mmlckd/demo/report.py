@@ -1,9 +1,9 @@
 """The demo's report: Markdown / JSON tables and the training plot."""
 import json
-import os
 import os.path as osp
 from typing import Dict, List, Optional
 
+from mmlckd.compat.checkpoint_io import atomic_write
 from .study import REGIMES, ROW_NAMES
 
 __all__ = ['study_markdown', 'summary_markdown', 'write_results',
@@ -97,10 +97,8 @@ def write_results(out_dir: str, results: dict, markdown: str) -> dict:
                  markdown=osp.join(out_dir, 'results.md'))
     for key, text in (('json', json.dumps(results, indent=1, default=str)),
                       ('markdown', markdown + '\n')):
-        tmp = paths[key] + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, paths[key])
+        data = text.encode('utf-8')
+        atomic_write(paths[key], lambda f: f.write(data))
     return paths
 
 

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from typing import Dict, List, Optional, Sequence
 
+from mmlckd.compat.checkpoint_io import atomic_write
+
 __all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'run_jobs', 'summarize',
            'paired']
 
@@ -125,14 +127,16 @@ def _subset_train_data(cfg, fraction: float, data_root: str) -> int:
 
 
 def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
+    """The run's config and the number of training images it keeps (-1:
+    all)."""
     from .runner import build_cfg
     from .tasks import TASKS
-    task = TASKS[job.task]
-    role = 'teacher' if job.row is None else (
-        'student' if ROWS[job.row] is None else 'london')
-    iters = opts['iters'][job.task] if job.row is not None else \
-        opts['teacher_iters'][job.task]
-    cfg = build_cfg(task, role, seed=job.seed, iters=iters,
+    if job.row is None:
+        role, iters = 'teacher', opts['teacher_iters'][job.task]
+    else:
+        role = 'student' if ROWS[job.row] is None else 'london'
+        iters = opts['iters'][job.task]
+    cfg = build_cfg(TASKS[job.task], role, seed=job.seed, iters=iters,
                     work_dir=job.run_dir(opts['work_dir']),
                     data_root=opts['data_roots'][job.data_seed],
                     teacher_ckpt=teacher_ckpt,
@@ -140,16 +144,14 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
     for key in ('train_dataloader', 'test_dataloader'):
         cfg[key].num_workers = 0  # one process = one core
         cfg[key].persistent_workers = False
-    if job.row is not None:
-        cfg.train_dataloader.batch_size = opts['student_batch']
     if role == 'london':
         cfg.model.update(ROWS[job.row])
         cfg.model.balance = dict(log_interval=opts['share_interval'])
-    kept = -1
-    if job.row is not None:
-        fraction = REGIMES[job.regime]['label_fraction']
-        kept = _subset_train_data(cfg, fraction, cfg.data_root)
-    return cfg, kept
+    if role == 'teacher':
+        return cfg, -1
+    cfg.train_dataloader.batch_size = opts['student_batch']
+    return cfg, _subset_train_data(
+        cfg, REGIMES[job.regime]['label_fraction'], cfg.data_root)
 
 
 def _run_one(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
@@ -158,10 +160,10 @@ def _run_one(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
     torch.set_num_threads(1)
     from .metrics import KeepTestResultsHook, bootstrap_se
     from .runner import train_and_test
+    from .tasks import TASKS
     cfg, kept = _build_job_cfg(job, opts, teacher_ckpt)
     keep = KeepTestResultsHook()
     out = train_and_test(cfg, extra_hooks=[keep])
-    from .tasks import TASKS
     task = TASKS[job.task]
     out['metric'] = float(out['metrics'][task.metric_key]) * \
         task.metric_scale
@@ -180,10 +182,8 @@ def _worker(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
             return json.load(f)
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     out = _run_one(job, opts, teacher_ckpt)
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, path)
+    text = json.dumps(out, indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
     return out
 
 
