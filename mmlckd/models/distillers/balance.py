@@ -158,25 +158,21 @@ class LossBalancer(nn.Module):
         self.step += 1
         calibrating = not self.calibrated and bool(self.terms)
         share_due = self.log_interval > 0 and step % self.log_interval == 0
+        names = ['task'] + list(terms)  # the rows of ``norms``
         norms = None
         if (calibrating and self.by == 'grad') or share_due:
-            names = list(terms)
-            norms = grad_norms([task] + [terms[k] for k in names], params)
-            if share_due:
-                applied = norms.clone()
-                for i, k in enumerate(names):
-                    if k in self.terms:  # auto term: applied with its weight
-                        applied[i + 1] *= weights[k]
-                total = applied.sum().clamp(min=1e-12)
-                logs['gnorm_task'] = applied[0]
-                logs['gshare_task'] = applied[0] / total
-                for i, k in enumerate(names):
-                    logs[f'gnorm_{short_name(k)}'] = applied[i + 1]
-                    logs[f'gshare_{short_name(k)}'] = applied[i + 1] / total
+            norms = grad_norms([task] + list(terms.values()), params)
+        if share_due:
+            # auto terms count as applied, i.e. times their current weight
+            applied = norms * torch.stack(
+                [weights.get(k, norms.new_ones(())) for k in names])
+            total = applied.sum().clamp(min=1e-12)
+            for k, norm in zip(names, applied):
+                logs[f'gnorm_{short_name(k)}'] = norm
+                logs[f'gshare_{short_name(k)}'] = norm / total
         if calibrating:
             if self.by == 'grad':
-                idx = [0] + [1 + list(terms).index(t) for t in self.terms]
-                stats = norms[idx]
+                stats = norms[[names.index(t) for t in ['task'] + self.terms]]
             else:
                 stats = torch.stack([task.detach().float()] + [
                     terms[t].detach().float() for t in self.terms])
