@@ -44,8 +44,8 @@ class LipschitzMonitorHook(Hook):
     def __init__(self,
                  interval: int = 1,
                  out_file: Optional[str] = 'lipschitz.jsonl',
-                 keys: Sequence[str] = ('sigma_', 'loss', 'distill_weight', 'gshare_',
-                                        'gnorm_', 'weight_')):
+                 keys: Sequence[str] = ('sigma_', 'loss', 'distill_weight',
+                                        'gshare_', 'gnorm_', 'weight_')):
         self.interval = interval
         if out_file:
             check_work_dir_relative(out_file, 'out_file',

@@ -6,7 +6,6 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
-from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_write,
@@ -16,6 +15,7 @@ from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_write,
                                          sidecar_path, state_dict_from,
                                          verify_checksum, write_checksum)
 from mmlckd.registry import HOOKS
+from .utils import unwrap_model
 
 __all__ = ['SafeCheckpointHook', 'non_finite_tensors', 'last_finite_ckpt']
 
@@ -104,8 +104,7 @@ class SafeCheckpointHook(CheckpointHook):
         super().before_train(runner)
         if self._local() and is_main_process():
             self._remove_stale_tmp(runner)
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = unwrap_model(runner)
         if not self.guard_updates or getattr(model, 'nan_guard',
                                              True) is False:
             return
@@ -191,8 +190,7 @@ class SafeCheckpointHook(CheckpointHook):
     def _save_checkpoint_with_step(self, runner, step, meta):
         if not self._local():  # remote storage: mmengine's behaviour
             return super()._save_checkpoint_with_step(runner, step, meta)
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = unwrap_model(runner)
         if refuse_non_finite(
                 model.state_dict(), f'the model at step {step}',
                 runner.logger, self.save_non_finite,
@@ -281,8 +279,7 @@ def check_resume_checkpoint(runner, path: str) -> None:
     verify_checksum(path, role, log=runner.logger.info)
     ckpt = safe_torch_load(path, role=role)  # truncated, unsafe
     state = state_dict_from(ckpt, path, role)
-    model = runner.model.module if is_model_wrapper(runner.model) \
-        else runner.model
+    model = unwrap_model(runner)
     missing, unexpected, mismatched = compare_state_dicts(
         model.state_dict(), state)
     if missing or unexpected or mismatched:

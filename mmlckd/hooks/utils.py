@@ -1,10 +1,15 @@
 from mmengine.model import is_model_wrapper
 
 
+def unwrap_model(runner):
+    """``runner.model`` without its DDP/FSDP wrapper."""
+    return runner.model.module if is_model_wrapper(runner.model) \
+        else runner.model
+
+
 def get_distiller(runner, hook_name: str):
     """The (unwrapped) distiller of ``runner``, or a clear error."""
-    model = runner.model.module if is_model_wrapper(runner.model) \
-        else runner.model
+    model = unwrap_model(runner)
     if not hasattr(model, 'teacher') or not hasattr(model, 'distill_weight'):
         raise TypeError(
             f'{hook_name} needs model.type=\'mmlckd.LipschitzDistiller\' '

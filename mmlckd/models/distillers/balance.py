@@ -225,6 +225,6 @@ class LossBalancer(nn.Module):
             parts.append(f'{term}={float(self.weights[i]):.4g} '
                          f'({self.by} {stat:.4g} vs task {task:.4g}, '
                          f'fraction {self.fractions[i]:g})')
-        print_log('loss balance: weights fixed after '
-                  f'{self.iters} steps (statistics of the last {steps}): ' + '; '.join(parts),
+        print_log(f'loss balance: weights fixed after {self.iters} steps '
+                  f'(statistics of the last {steps}): ' + '; '.join(parts),
                   logger='current')
