@@ -17,7 +17,7 @@ from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_write,
 from mmlckd.registry import HOOKS
 from .utils import unwrap_model
 
-__all__ = ['SafeCheckpointHook', 'non_finite_tensors', 'last_finite_ckpt']
+__all__ = ['SafeCheckpointHook', 'non_finite_tensors', 'refuse_non_finite']
 
 
 def non_finite_tensors(state: dict) -> list:
@@ -45,15 +45,6 @@ def refuse_non_finite(state: dict, what: str, logger, allow: bool,
         return True
     logger.warning(f'{msg}: saving it anyway (save_non_finite=True)')
     return False
-
-
-def last_finite_ckpt(message_hub=None):
-    """The last checkpoint :class:`SafeCheckpointHook` wrote (it writes only
-    finite states), or None."""
-    if message_hub is None:
-        from mmengine.logging import MessageHub
-        message_hub = MessageHub.get_current_instance()
-    return message_hub.runtime_info.get('last_ckpt', None)
 
 
 @HOOKS.register_module()
