@@ -3,7 +3,7 @@
 * ``synthetic_voc`` (session): a factory ``synthetic_voc(**kwargs) -> summary``
   that generates (once per session and argument set) a synthetic VOCdevkit in
   a temporary folder; defaults to the tiny :data:`SMALL_VOC` set, any
-  :func:`mmlckd.datasets.make_synthetic_voc` argument can be overridden.
+  :func:`mmlckd.testing.make_synthetic_voc` argument can be overridden.
 * ``voc_summary`` / ``voc_root`` / ``voc_devkit`` (session): the default tiny
   dataset (8 trainval-07, 4 test-07, 8 trainval-12 of which 4 val-12; 64..96
   px), its generator root (the folder that holds ``VOCdevkit``) and the
@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from mmlckd.datasets import make_synthetic_voc
+from mmlckd.testing import make_synthetic_voc
 
 SMALL_VOC = dict(
     num_trainval_07=8,

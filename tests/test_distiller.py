@@ -10,7 +10,7 @@ from mmengine.registry import MODELS, init_default_scope
 import mmlckd  # noqa: F401
 from mmlckd.apis import save_student
 from mmlckd.hooks import DistillWeightHook
-from tiny_models import det_batch, det_model, seg_batch, seg_model
+from mmlckd.testing import det_batch, det_model, seg_batch, seg_model
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 

@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 import mmlckd  # noqa: F401
 from mmlckd.utils.runner import prepare_distill_cfg
 import rank_dump_hook  # noqa: F401  (registers RankDumpHook in-process)
-from tiny_models import det_model
+from mmlckd.testing import det_model
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')

@@ -3,7 +3,7 @@ or correct behaviour, and no checkpoint, history or result is lost.
 
 The table in docs/reliability.md lists every case with its test here.
 Toy runs (tests/fault_toys.py) go through the real tools and mmengine's
-Runner; model-level cases use the tiny detectors of tests/tiny_models.py.
+Runner; model-level cases use the tiny detectors of mmlckd/testing/models.py.
 """
 import errno
 import json
@@ -488,7 +488,7 @@ def _build(student, teacher, scope='mmdet', checkpoint=None,
 
 
 def _det(**kw):
-    from tiny_models import det_model
+    from mmlckd.testing import det_model
     return det_model('retinanet', **kw)
 
 
@@ -515,7 +515,7 @@ def test_teacher_checkpoint_of_another_architecture_is_one_message(
 
 
 def test_segmentor_teacher_of_a_detector_is_named():
-    from tiny_models import seg_model
+    from mmlckd.testing import seg_model
     teacher = seg_model(base=32)
     teacher.data_preprocessor.pop('size', None)
     with pytest.raises(ValueError, match='the teacher is a segmentor') as e:
@@ -566,7 +566,7 @@ def test_stride_mismatched_feature_pairs_are_an_error_unless_allowed():
 
 
 def test_nan_in_the_input_batch_is_named_as_such():
-    from tiny_models import det_batch
+    from mmlckd.testing import det_batch
     model = _build(_det(), _det(base=32))
     model.train()
     inputs, samples = det_batch(model)
@@ -582,7 +582,7 @@ def test_nan_in_the_input_batch_is_named_as_such():
 def test_nan_guard_checks_the_task_losses_too():
     """A NaN task loss with finite distillation terms (the guard used to
     look at the distillation terms only)."""
-    from tiny_models import det_batch
+    from mmlckd.testing import det_batch
     model = _build(_det(), _det(base=32))
     model.train()
     inputs, samples = det_batch(model)

@@ -21,7 +21,7 @@ from mmengine.registry import MODELS, init_default_scope
 import mmlckd  # noqa: F401
 from mmlckd.models import LipschitzLoss, OFDConnector
 from mmlckd.models.distillers import LossBalancer, lipschitz_maps
-from tiny_models import det_batch, det_model
+from mmlckd.testing import det_batch, det_model
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 

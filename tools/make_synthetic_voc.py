@@ -13,17 +13,11 @@ expect as ``data_root='data/VOCdevkit/'``); a matching existing dataset is
 reused unless ``--overwrite``.
 """
 import argparse
-import os.path as osp
 import sys
 import time
 
-try:
-    from mmlckd.datasets import (VOC_CLASSES, DatasetExistsError,
-                                 make_synthetic_voc)
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    from mmlckd.datasets import (VOC_CLASSES, DatasetExistsError,
-                                 make_synthetic_voc)
+from mmlckd.testing import (VOC_CLASSES, DatasetExistsError,
+                            make_synthetic_voc)
 
 
 def parse_args(argv=None):

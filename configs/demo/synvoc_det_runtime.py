@@ -1,5 +1,5 @@
 # Shared settings of the mmlckd end-to-end detection demo (tools/demo.py):
-# the synthetic VOC0712 data (mmlckd.datasets.make_synthetic_voc, all 20 VOC
+# the synthetic VOC0712 data (mmlckd.testing.make_synthetic_voc, all 20 VOC
 # classes), 128 px inputs, an iteration-based schedule and the runtime.
 # Every model config of the demo inherits this file, so the teacher, the
 # baseline student and the distilled student see the same data, pipeline,

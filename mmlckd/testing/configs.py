@@ -1,8 +1,9 @@
-"""Shrink full-size recipes (``configs/``) into smoke-test configs.
+"""Config shrinking: full-size recipes (``configs/``) into configs that
+build offline and train a few iterations on a CPU.
 
-For tests, the demo and benchmarks: a loaded recipe is rewritten *in place*
-so that it trains a couple of iterations on tiny images of a (synthetic)
-VOCdevkit on a CPU, without downloading anything::
+Every function edits a config (or a model config dict) *in place* and
+returns it. The steps compose; :func:`tiny_voc_cfg` applies them all for a
+smoke run of a VOC recipe::
 
     from mmengine.config import Config
     from mmlckd.testing import tiny_voc_cfg
@@ -11,9 +12,11 @@ VOCdevkit on a CPU, without downloading anything::
     tiny_voc_cfg(cfg, data_root='/tmp/voc', work_dir='/tmp/wd')
     cfg.dump('/tmp/tiny.py')   # usable by tools/train.py, tools/dist_train.sh
 
-The model architecture is kept (depths, widths, heads); only the
-initialisation, the norm layers, the data and the schedule change. See
-:func:`tiny_voc_cfg` for the full list.
+Model steps: :func:`tiny_model_cfg` (random init, BN, fixed input size,
+a distiller's teacher inlined) and :func:`narrow_model_cfg` (narrow
+ResNet widths, same architecture). Run steps: :func:`set_voc_data_root`,
+:func:`single_process_loaders`, :func:`iter_schedule`,
+:func:`drop_validation`.
 """
 import copy
 import os
@@ -25,8 +28,10 @@ from mmengine.config import Config, ConfigDict
 from mmlckd.utils import load_config
 
 __all__ = [
-    'strip_pretrained', 'sync_bn_to_bn', 'tiny_model_cfg', 'tiny_voc_cfg',
-    'resolve_teacher_config', 'DISTILLER_TYPES'
+    'strip_pretrained', 'sync_bn_to_bn', 'narrow_model_cfg',
+    'tiny_model_cfg', 'resolve_teacher_config', 'set_voc_data_root',
+    'single_process_loaders', 'iter_schedule', 'drop_validation',
+    'tiny_voc_cfg', 'DISTILLER_TYPES'
 ]
 
 DISTILLER_TYPES = ('LipschitzDistiller', 'mmlckd.LipschitzDistiller')
@@ -109,6 +114,47 @@ def resolve_teacher_config(path: str, cfg_filename: Optional[str] = None
            if cfg_filename else '') + '; run from the repository root.')
 
 
+def narrow_model_cfg(model: dict, base: int = 16, width: int = 32,
+                     depth: Optional[int] = None) -> dict:
+    """In place: the same architecture with narrow layers.
+
+    The ResNet backbone gets ``base`` base (and stem) channels (and
+    ``depth`` when given); the FPN neck, RetinaNet / RPN / RoI heads get
+    ``width`` channels (two-stage RPN proposals capped at 200 / 100 boxes);
+    a DeepLabV3+ decode head gets ``width`` channels (``width // 2``, at
+    least 4, for its low-level branch), its auxiliary head ``width``.
+    Returns ``model``.
+    """
+    bb = model['backbone']
+    if depth is not None:
+        bb['depth'] = depth
+    bb['base_channels'] = base
+    if 'stem_channels' in bb or bb.get('type') == 'ResNetV1c':
+        bb['stem_channels'] = base
+    expansion = 1 if bb['depth'] in (18, 34) else 4
+    chans = [base * expansion * 2**i for i in range(4)]
+    if model.get('neck'):
+        model['neck'].update(in_channels=chans, out_channels=width)
+    if model.get('bbox_head'):
+        model['bbox_head'].update(in_channels=width, feat_channels=width,
+                                  stacked_convs=1)
+    if model.get('rpn_head'):
+        model['rpn_head'].update(in_channels=width, feat_channels=width)
+        model['roi_head']['bbox_roi_extractor']['out_channels'] = width
+        model['roi_head']['bbox_head'].update(in_channels=width,
+                                              fc_out_channels=2 * width)
+        model['train_cfg']['rpn_proposal'].update(nms_pre=200,
+                                                  max_per_img=100)
+        model['test_cfg']['rpn'].update(nms_pre=200, max_per_img=100)
+    if model.get('decode_head'):
+        model['decode_head'].update(
+            in_channels=chans[3], c1_in_channels=chans[0], channels=width,
+            c1_channels=max(width // 2, 4))
+    if model.get('auxiliary_head'):
+        model['auxiliary_head'].update(in_channels=chans[2], channels=width)
+    return model
+
+
 def _tiny_teacher(teacher: dict, cfg_filename, checkpoint, size_hw):
     """Load the teacher config, shrink its model like the student's and
     return an inline ``dict(model=..., default_scope=...)``."""
@@ -161,6 +207,7 @@ def tiny_model_cfg(model: dict,
     return model
 
 
+# ------------------------------------------------------------------ data
 def _devkit(data_root: str) -> str:
     """The ``VOCdevkit`` folder of ``data_root`` (it or its child)."""
     data_root = osp.abspath(data_root)
@@ -179,10 +226,37 @@ def _retarget(path: str, devkit: str) -> str:
     if 'VOCdevkit' not in parts:
         raise ValueError(
             f'data_root {path!r} is not inside a VOCdevkit folder; '
-            'tiny_voc_cfg only handles the VOC recipes')
+            'only VOC configs can be moved to another VOCdevkit')
     rest = parts[parts.index('VOCdevkit') + 1:]
     new = osp.join(devkit, *rest)
     return new + '/' if path.endswith('/') else new
+
+
+def _walk_data(cfg_dict: dict, fn) -> None:
+    """``fn(d)`` on every dict of the config outside ``model`` (the loaders
+    and top-level variables such as mmseg's ``dataset_train``)."""
+    for key, value in cfg_dict.items():
+        if key != 'model':
+            _walk(value, fn)
+
+
+def set_voc_data_root(cfg: Config, data_root: str) -> Config:
+    """In place: every ``data_root`` under ``.../VOCdevkit/...`` (the
+    top-level one and those of every dataset outside ``model``) moves to the
+    ``VOCdevkit`` of ``data_root`` (the folder holding ``VOCdevkit``, e.g.
+    the root made by :func:`mmlckd.testing.make_synthetic_voc`, or the
+    ``VOCdevkit`` folder itself); what follows ``VOCdevkit`` is kept.
+    Returns ``cfg``."""
+    devkit = _devkit(data_root)
+
+    def fn(d):
+        if isinstance(d.get('data_root', None), str):
+            d['data_root'] = _retarget(d['data_root'], devkit)
+
+    if isinstance(cfg.get('data_root', None), str):
+        cfg.data_root = _retarget(cfg.data_root, devkit)
+    _walk_data(cfg._cfg_dict, fn)
+    return cfg
 
 
 def _tiny_pipeline(pipeline: Sequence[dict], scale_wh, crop_hw) -> None:
@@ -207,29 +281,118 @@ def _tiny_pipeline(pipeline: Sequence[dict], scale_wh, crop_hw) -> None:
                 _tiny_pipeline(flat, scale_wh, crop_hw)
 
 
-def _tiny_data(cfg_dict: dict, devkit: Optional[str], scale_wh, crop_hw,
+def _tiny_data(cfg_dict: dict, scale_wh, crop_hw,
                repeat_times: Optional[int]) -> None:
-    """Every dataset / pipeline anywhere in the config (the loaders and the
-    top-level variables such as mmseg's ``dataset_train``)."""
+    """Every pipeline and ``RepeatDataset`` outside ``model``."""
 
     def fn(d):
         kind = str(d.get('type', '')).split('.')[-1]
         if kind == 'RepeatDataset' and repeat_times is not None:
             d['times'] = repeat_times
-        root = d.get('data_root', None)
-        if devkit is not None and isinstance(root, str):
-            d['data_root'] = _retarget(root, devkit)
         if isinstance(d.get('pipeline', None), (list, tuple)):
             _tiny_pipeline(d['pipeline'], scale_wh, crop_hw)
 
     for key, value in cfg_dict.items():
         if key.endswith('pipeline') and isinstance(value, (list, tuple)):
             _tiny_pipeline(value, scale_wh, crop_hw)
-        elif key == 'data_root' and devkit is not None and isinstance(
-                value, str):
-            cfg_dict[key] = _retarget(value, devkit)
-        elif key != 'model':
-            _walk(value, fn)
+    _walk_data(cfg_dict, fn)
+
+
+def single_process_loaders(cfg: Config,
+                           batch_size: Optional[int] = None) -> Config:
+    """In place: every data loader loads in the main process
+    (``num_workers=0``, no persistent workers); ``batch_size``, when given,
+    becomes the training batch size. Returns ``cfg``."""
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(name, None)
+        if not loader:
+            continue
+        if batch_size is not None and name == 'train_dataloader':
+            loader['batch_size'] = batch_size
+        loader['num_workers'] = 0
+        loader['persistent_workers'] = False
+    return cfg
+
+
+def iter_schedule(cfg: Config, max_iters: int,
+                  val_interval: Optional[int] = None) -> Config:
+    """In place: an ``IterBasedTrainLoop`` of ``max_iters`` iterations,
+    validating every ``val_interval`` (default: once, at the end).
+    Returns ``cfg``."""
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop',
+        max_iters=max_iters,
+        val_interval=max_iters if val_interval is None else val_interval)
+    return cfg
+
+
+def drop_validation(cfg: Config) -> Config:
+    """In place: no validation loop, loader or evaluator. Returns ``cfg``."""
+    cfg.val_dataloader = None
+    cfg.val_cfg = None
+    cfg.val_evaluator = None
+    return cfg
+
+
+# --------------------------------------------------------- tiny_voc_cfg
+def _iter_schedulers(cfg: Config) -> None:
+    """Epoch-based LR schedulers dropped, iteration-based ones kept."""
+    scheds = cfg.get('param_scheduler', None)
+    if isinstance(scheds, dict):
+        scheds = [scheds]
+    if scheds:
+        kept = [s for s in scheds if not s.get('by_epoch', True)]
+        cfg.param_scheduler = kept or None
+    cfg.log_processor = dict(cfg.get('log_processor', None) or {},
+                             by_epoch=False)
+
+
+def _tiny_hooks(cfg: Config, max_iters: int) -> None:
+    """Default and mmlckd hooks for a ``max_iters`` smoke run (see
+    :func:`tiny_voc_cfg`)."""
+    hooks = cfg.get('default_hooks', None) or {}
+    if 'logger' in hooks and hooks['logger']:
+        hooks['logger']['interval'] = 1
+        hooks['logger']['log_metric_by_epoch'] = False
+    if 'checkpoint' in hooks and hooks['checkpoint']:
+        hooks['checkpoint'].update(by_epoch=False, interval=max_iters)
+    if 'visualization' in hooks and hooks['visualization']:
+        hooks['visualization']['draw'] = False
+    cfg.default_hooks = hooks
+    custom = []
+    for h in cfg.get('custom_hooks', None) or []:
+        h = dict(h)
+        kind = str(h.get('type', '')).split('.')[-1]
+        if kind == 'TeacherSanityCheckHook':
+            h.update(min_score=0.0, max_batches=1)
+        elif kind == 'DistillWeightHook':
+            h['warmup'] = min(h.get('warmup', 0), max_iters // 2)
+            h['connector_warmup'] = min(h.get('connector_warmup', 0),
+                                        max_iters // 2)
+            h['by_epoch'] = False
+            if h.get('stop_at', None) is not None:
+                h['stop_at'] = min(h['stop_at'], max_iters)
+        elif kind == 'LipschitzMonitorHook':
+            h['interval'] = 1
+        custom.append(h)
+    if custom:
+        cfg.custom_hooks = custom
+
+
+def _tiny_model_and_sizes(cfg: Config, crop_hw, teacher_checkpoint) -> None:
+    """The model (see :func:`tiny_model_cfg`), the top-level sizes and
+    every top-level leftover (e.g. ``student = _base_.model``)."""
+    tiny_model_cfg(cfg.model, teacher_checkpoint=teacher_checkpoint,
+                   size_hw=crop_hw, cfg_filename=cfg.filename)
+    if isinstance(cfg.get('data_preprocessor', None), dict) and \
+            cfg.data_preprocessor.get('size', None) is not None:
+        cfg.data_preprocessor['size'] = crop_hw
+    if cfg.get('crop_size', None) is not None:
+        cfg.crop_size = crop_hw
+    for key in list(cfg.keys()):
+        if key != 'model':
+            strip_pretrained(cfg[key])
+            sync_bn_to_bn(cfg[key])
 
 
 def tiny_voc_cfg(cfg: Config,
@@ -247,10 +410,7 @@ def tiny_voc_cfg(cfg: Config,
     Args:
         cfg: a config of ``configs/`` (or a stock mmdet/mmseg VOC config):
             detector, segmentor or ``LipschitzDistiller``.
-        data_root: the folder holding ``VOCdevkit`` (e.g. the root made by
-            :func:`mmlckd.datasets.make_synthetic_voc`) or the ``VOCdevkit``
-            folder itself. Every dataset ``data_root`` under
-            ``.../VOCdevkit/...`` is moved there (detection's
+        data_root: see :func:`set_voc_data_root` (detection's
             VOC2007+VOC2012 concat in a ``RepeatDataset``, segmentation's
             ``train``+``aug`` concat, val/test sets). ``None``: data paths
             are left alone (e.g. to build the model only).
@@ -283,82 +443,18 @@ def tiny_voc_cfg(cfg: Config,
     """
     scale_wh = tuple(img_scale)
     crop_hw = (scale_wh[1], scale_wh[0])
-    tiny_model_cfg(cfg.model, teacher_checkpoint=teacher_checkpoint,
-                   size_hw=crop_hw, cfg_filename=cfg.filename)
-    if isinstance(cfg.get('data_preprocessor', None), dict) and \
-            cfg.data_preprocessor.get('size', None) is not None:
-        cfg.data_preprocessor['size'] = crop_hw
-    if cfg.get('crop_size', None) is not None:
-        cfg.crop_size = crop_hw
-    # top-level leftovers too (e.g. `student = _base_.model`, `norm_cfg`)
-    for key in list(cfg.keys()):
-        if key != 'model':
-            strip_pretrained(cfg[key])
-            sync_bn_to_bn(cfg[key])
-
-    # data
-    devkit = _devkit(data_root) if data_root is not None else None
-    _tiny_data(cfg._cfg_dict, devkit, scale_wh, crop_hw, repeat_times)
-    for name, bs in (('train_dataloader', batch_size),
-                     ('val_dataloader', None), ('test_dataloader', None)):
-        loader = cfg.get(name, None)
-        if not loader:
-            continue
-        if bs is not None:
-            loader['batch_size'] = bs
-        loader['num_workers'] = 0
-        loader['persistent_workers'] = False
-
-    # schedule
-    cfg.train_cfg = dict(
-        type='IterBasedTrainLoop',
-        max_iters=max_iters,
-        val_interval=max_iters)
+    _tiny_model_and_sizes(cfg, crop_hw, teacher_checkpoint)
+    if data_root is not None:
+        set_voc_data_root(cfg, data_root)
+    _tiny_data(cfg._cfg_dict, scale_wh, crop_hw, repeat_times)
+    single_process_loaders(cfg, batch_size)
+    iter_schedule(cfg, max_iters)
     if not val:
-        cfg.val_dataloader = None
-        cfg.val_cfg = None
-        cfg.val_evaluator = None
+        drop_validation(cfg)
     elif cfg.get('val_cfg', None) is None:
         cfg.val_cfg = dict(type='ValLoop')
-    scheds = cfg.get('param_scheduler', None)
-    if isinstance(scheds, dict):
-        scheds = [scheds]
-    if scheds:
-        kept = [s for s in scheds if not s.get('by_epoch', True)]
-        cfg.param_scheduler = kept or None
-    cfg.log_processor = dict(cfg.get('log_processor', None) or {},
-                             by_epoch=False)
-
-    # hooks
-    hooks = cfg.get('default_hooks', None) or {}
-    if 'logger' in hooks and hooks['logger']:
-        hooks['logger']['interval'] = 1
-        hooks['logger']['log_metric_by_epoch'] = False
-    if 'checkpoint' in hooks and hooks['checkpoint']:
-        hooks['checkpoint'].update(by_epoch=False, interval=max_iters)
-    if 'visualization' in hooks and hooks['visualization']:
-        hooks['visualization']['draw'] = False
-    cfg.default_hooks = hooks
-    custom = []
-    for h in cfg.get('custom_hooks', None) or []:
-        h = dict(h)
-        kind = str(h.get('type', '')).split('.')[-1]
-        if kind == 'TeacherSanityCheckHook':
-            h.update(min_score=0.0, max_batches=1)
-        elif kind == 'DistillWeightHook':
-            h['warmup'] = min(h.get('warmup', 0), max_iters // 2)
-            h['connector_warmup'] = min(h.get('connector_warmup', 0),
-                                        max_iters // 2)
-            h['by_epoch'] = False
-            if h.get('stop_at', None) is not None:
-                h['stop_at'] = min(h['stop_at'], max_iters)
-        elif kind == 'LipschitzMonitorHook':
-            h['interval'] = 1
-        custom.append(h)
-    if custom:
-        cfg.custom_hooks = custom
-
-    # runtime
+    _iter_schedulers(cfg)
+    _tiny_hooks(cfg, max_iters)
     env = cfg.get('env_cfg', None) or {}
     env['cudnn_benchmark'] = False
     cfg.env_cfg = env

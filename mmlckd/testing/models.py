@@ -1,10 +1,15 @@
-"""Tiny random-init versions of the recipe models (stock configs, shrunk),
-and fake batches, for fast model-level tests. No downloads."""
+"""Tiny random-init versions of the recipe models (stock configs, shrunk
+by :mod:`mmlckd.testing.configs`), and fake batches, for fast model-level
+tests. No downloads."""
 import copy
 
 import torch
 
 from mmlckd.utils import load_config
+from .configs import narrow_model_cfg, tiny_model_cfg
+
+__all__ = ['DET_CFGS', 'SEG_CFG', 'det_model', 'seg_model', 'det_batch',
+           'seg_batch']
 
 DET_CFGS = {
     'retinanet': 'mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py',
@@ -13,46 +18,18 @@ DET_CFGS = {
 SEG_CFG = 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-20k_voc12aug-512x512.py'
 
 
-def _resnet(backbone, depth, base):
-    backbone.update(depth=depth, base_channels=base, init_cfg=None)
-    if 'stem_channels' in backbone or backbone.get('type') == 'ResNetV1c':
-        backbone['stem_channels'] = base
-    expansion = 1 if depth in (18, 34) else 4
-    return [base * expansion * 2**i for i in range(4)]
-
-
 def det_model(kind='retinanet', depth=18, base=16, width=32):
     """A tiny detector config dict (20 VOC classes)."""
     model = copy.deepcopy(load_config(DET_CFGS[kind]).model)
-    chans = _resnet(model.backbone, depth, base)
-    model.neck.update(in_channels=chans, out_channels=width)
-    if kind == 'retinanet':
-        model.bbox_head.update(in_channels=width, feat_channels=width,
-                               stacked_convs=1)
-    else:
-        model.rpn_head.update(in_channels=width, feat_channels=width)
-        model.roi_head.bbox_roi_extractor.out_channels = width
-        model.roi_head.bbox_head.update(in_channels=width,
-                                        fc_out_channels=2 * width)
-        model.train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=100)
-        model.test_cfg.rpn.update(nms_pre=200, max_per_img=100)
-    return model
+    tiny_model_cfg(model)
+    return narrow_model_cfg(model, base=base, width=width, depth=depth)
 
 
 def seg_model(depth=18, base=16, size=64):
     """A tiny DeepLabV3+ config dict (21 VOC classes, BN instead of SyncBN)."""
-    cfg = load_config(SEG_CFG)
-    model = copy.deepcopy(cfg.model)
-    chans = _resnet(model.backbone, depth, base)
-    model.backbone.norm_cfg = dict(type='BN', requires_grad=True)
-    model.pretrained = None
-    model.data_preprocessor.size = (size, size)
-    model.decode_head.update(in_channels=chans[3], c1_in_channels=chans[0],
-                             channels=16, c1_channels=8,
-                             norm_cfg=dict(type='BN', requires_grad=True))
-    model.auxiliary_head.update(in_channels=chans[2], channels=16,
-                                norm_cfg=dict(type='BN', requires_grad=True))
-    return model
+    model = copy.deepcopy(load_config(SEG_CFG).model)
+    tiny_model_cfg(model, size_hw=(size, size))
+    return narrow_model_cfg(model, base=base, width=16, depth=depth)
 
 
 def det_batch(model, batch=2, size=64, num_classes=20, seed=0):
