@@ -9,7 +9,7 @@ setup:
 	@bash tools/setup_env.sh >/dev/null
 
 demo:
-	@PY=$$(bash tools/setup_env.sh | tail -n1) && "$$PY" tools/demo.py $(ARGS)
+	@PY=$$(bash tools/setup_env.sh | tail -n1) && "$$PY" -m demo $(ARGS)
 
 test:
 	@PY=$$(bash tools/setup_env.sh | tail -n1) && "$$PY" -m pytest -q tests $(ARGS)

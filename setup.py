@@ -20,7 +20,7 @@ setup(
     'for OpenMMLab (MMDetection 3.x / MMSegmentation 1.x)',
     long_description=readme(),
     long_description_content_type='text/markdown',
-    packages=find_packages(exclude=('tests', 'benchmarks', 'configs', 'tools')),
+    packages=find_packages(include=('mmlckd', 'mmlckd.*')),
     python_requires='>=3.8',
     install_requires=[
         'mmengine==0.10.7', 'mmcv>=2.0.0,<2.2.0', 'mmdet==3.3.0',

@@ -15,7 +15,7 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 @pytest.fixture(scope='module')
 def quick_demo(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('demo')
-    cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--quick',
+    cmd = [sys.executable, '-m', 'demo', '--quick',
            '--regimes', 'det-scarce', 'seg', '--rows', 'baseline',
            'london+ofd', '--data-seeds', '1', '--work-dir', str(work_dir)]
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,

@@ -128,7 +128,7 @@ def test_project_configs_use_the_safe_checkpoint_hook():
     assert use_safe_checkpoints(cfg)
     assert cfg.default_hooks.checkpoint == dict(
         type='mmlckd.SafeCheckpointHook', interval=3)
-    src = open(osp.join(REPO, 'mmlckd/demo/runner.py')).read()
+    src = open(osp.join(REPO, 'demo/runner.py')).read()
     assert "type='CheckpointHook'" not in src
 
 

@@ -1,7 +1,7 @@
 # Segmentation demo distilled student: fcn_r18w16_synvoc_student.py trained
 # by mmlckd.LipschitzDistiller with the frozen fcn_r18w32_synvoc_teacher.py
 # (pre-ReLU outputs of the four backbone stages, OFD connectors).
-# tools/demo.py --task seg sets teacher.checkpoint.
+# python -m demo sets teacher.checkpoint.
 _base_ = ['./fcn_r18w16_synvoc_student.py']
 
 student = _base_.model

@@ -6,8 +6,8 @@
 # both nets (the distiller's default); the student's go through OFD
 # connectors (1x1 conv + BN, 16/32/64/128 -> 32/64/128/256 channels).
 #
-# tools/demo.py trains the teacher first and sets teacher.checkpoint. The
-# default below is where `python tools/demo.py` leaves the seed-0 teacher, so
+# python -m demo trains the teacher first and sets teacher.checkpoint. The
+# default below is where `python -m demo` leaves the seed-0 teacher, so
 # after a demo run this file also trains alone:
 #   python tools/train.py configs/demo/retinanet_r18w16_synvoc_london.py
 _base_ = ['./retinanet_r18w16_synvoc_student.py']

@@ -1,9 +1,9 @@
-# Shared settings of the mmlckd end-to-end detection demo (tools/demo.py):
+# Shared settings of the mmlckd end-to-end detection demo (python -m demo):
 # the synthetic VOC0712 data (mmlckd.testing.make_synthetic_voc, all 20 VOC
 # classes), 128 px inputs, an iteration-based schedule and the runtime.
 # Every model config of the demo inherits this file, so the teacher, the
 # baseline student and the distilled student see the same data, pipeline,
-# schedule and seed. tools/demo.py overrides data_root, work_dir, seed and
+# schedule and seed. python -m demo overrides data_root, work_dir, seed and
 # (for --quick / --iters) max_iters; the files also run with tools/train.py.
 default_scope = 'mmdet'
 custom_imports = dict(imports=['mmlckd'], allow_failed_imports=False)

@@ -1,8 +1,8 @@
 # Shared settings of the mmlckd end-to-end segmentation demo
-# (tools/demo.py --task seg): the synthetic VOC2012 (+ SBD-style aug) of
+# (python -m demo): the synthetic VOC2012 (+ SBD-style aug) of
 # mmlckd.testing.make_synthetic_voc (all 20 VOC classes + background),
 # 128 px crops, an iteration-based schedule and the runtime.
-# tools/demo.py overrides data_root, work_dir, seed and the schedule.
+# python -m demo overrides data_root, work_dir, seed and the schedule.
 default_scope = 'mmseg'
 custom_imports = dict(imports=['mmlckd'], allow_failed_imports=False)
 

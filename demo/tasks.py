@@ -4,10 +4,10 @@ The models live in real config files under ``configs/demo/`` (they also run
 with ``tools/train.py``); the demo only overrides paths, seed and schedule.
 """
 import os.path as osp
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict
 
-from mmlckd.datasets import VOC_CLASSES
+from mmlckd.testing import VOC_CLASSES
 
 __all__ = ['DemoTask', 'TASKS', 'DATA_FULL', 'DATA_QUICK', 'config_dir']
 
@@ -39,7 +39,6 @@ class DemoTask:
     metric_key: str  # key in the test metrics
     metric_name: str  # column title
     metric_scale: float  # multiply to get percent
-    extra: dict = field(default_factory=dict)
 
 
 TASKS = {
@@ -51,8 +50,7 @@ TASKS = {
             london='retinanet_r18w16_synvoc_london.py'),
         metric_key='pascal_voc/mAP',
         metric_name='mAP@0.5 (%)',
-        metric_scale=100.0,
-        extra=dict(data_subdir='VOCdevkit')),
+        metric_scale=100.0),
     'seg':
     DemoTask(
         configs=dict(
@@ -61,17 +59,11 @@ TASKS = {
             london='fcn_r18w16_synvoc_london.py'),
         metric_key='mIoU',
         metric_name='mIoU (%)',
-        metric_scale=1.0,
-        extra=dict(data_subdir='VOCdevkit/VOC2012')),
+        metric_scale=1.0),
 }
 
 
 def config_dir() -> str:
-    """``configs/demo`` of the repository that holds this package."""
-    here = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-    path = osp.join(here, 'configs', 'demo')
-    if not osp.isdir(path):
-        raise FileNotFoundError(
-            f'demo configs not found at {path}: run the demo from a '
-            'checkout of the mmlckd repository (pip install -e .)')
-    return path
+    """``configs/demo`` of the repository that holds this demo."""
+    here = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    return osp.join(here, 'configs', 'demo')

@@ -29,6 +29,7 @@ from multiprocessing import get_context
 from typing import Dict, List, Optional, Sequence
 
 from mmlckd.compat.checkpoint_io import atomic_write
+from mmlckd.testing import single_process_loaders
 
 __all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'run_jobs', 'summarize',
            'paired']
@@ -141,9 +142,7 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
                     data_root=opts['data_roots'][job.data_seed],
                     teacher_ckpt=teacher_ckpt,
                     log_interval=opts['log_interval'], quick=opts['quick'])
-    for key in ('train_dataloader', 'test_dataloader'):
-        cfg[key].num_workers = 0  # one process = one core
-        cfg[key].persistent_workers = False
+    single_process_loaders(cfg)  # one process = one core
     if role == 'london':
         cfg.model.update(ROWS[job.row])
         cfg.model.balance = dict(log_interval=opts['share_interval'])

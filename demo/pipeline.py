@@ -1,6 +1,6 @@
 """The end-to-end demo: synthetic VOC -> teachers -> students with and
 without distillation (paired by seed) -> VOC metrics -> tables and plots.
-Entry point: ``python tools/demo.py`` (see :func:`parse_args`)."""
+Entry point: ``python -m demo`` (see :func:`parse_args`)."""
 import argparse
 import os
 import os.path as osp
@@ -28,7 +28,7 @@ STUDY = dict(regimes=['det-scarce', 'seg', 'det'],
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from .study import REGIMES, ROWS
     p = argparse.ArgumentParser(
-        prog='tools/demo.py',
+        prog='python -m demo',
         description='LONDON distillation demo on a synthetic PASCAL VOC '
         '(generated locally; nothing is downloaded): teachers, then '
         'students with and without distillation, paired by seed, tested '
@@ -73,7 +73,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def _data_roots(args, work_dir: str) -> dict:
-    from mmlckd.datasets import DatasetExistsError, make_synthetic_voc
+    from mmlckd.testing import DatasetExistsError, make_synthetic_voc
     from .tasks import DATA_FULL, DATA_QUICK
     roots = {}
     for data_seed in args.data_seeds:
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     table = summarize(results)
     header = (
         '## mmlckd demo: distilled students vs the student alone\n\n'
-        'SYNTHETIC data (mmlckd.datasets.make_synthetic_voc), not the real '
+        'SYNTHETIC data (mmlckd.testing.make_synthetic_voc), not the real '
         'PASCAL VOC. Every distilled student uses the distiller\'s default, '
         'automatically balanced loss weights. "minus baseline" pairs each '
         'student seed with the baseline of the same seed; SE is the '
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
         f'iterations at batch {opts["student_batch"]}; teachers: '
         f'{opts["teacher_iters"]["det"]} / {opts["teacher_iters"]["seg"]} '
         'iterations at batch 8. '
-        f'Command: `python tools/demo.py {" ".join(args.argv)}`. Device: '
+        f'Command: `python -m demo {" ".join(args.argv)}`. Device: '
         f'{platform.machine()} CPU, {os.cpu_count()} cores, {jobs} runs in '
         'parallel with one torch thread each.')
     names = {t: TASKS[t].metric_name for t in TASKS}

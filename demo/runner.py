@@ -11,6 +11,8 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
+from mmlckd.testing import (drop_validation, iter_schedule,
+                            set_voc_data_root, single_process_loaders)
 from mmlckd.utils.runner import prepare_distill_cfg
 from .tasks import DemoTask, config_dir
 
@@ -59,25 +61,12 @@ class LossCurveHook(Hook):
             f.write(json.dumps(rec) + '\n')
 
 
-def _set_key_everywhere(node, key: str, value) -> None:
-    """Set ``key`` in every (nested) dict of ``node`` that has it."""
-    if isinstance(node, dict):
-        if key in node:
-            node[key] = value
-        for v in node.values():
-            _set_key_everywhere(v, key, value)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            _set_key_everywhere(v, key, value)
-
-
 def _set_schedule(cfg: Config, iters: int) -> None:
     """``iters`` iterations: linear warm-up (<= 50 iterations, 10%) then
     cosine decay of the config's learning rate; no validation during
     training (the demo tests once at the end)."""
     warmup = max(1, min(50, iters // 10))
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
-                         val_interval=iters + 1)
+    iter_schedule(cfg, iters, val_interval=iters + 1)
     lr = cfg.optim_wrapper.optimizer.lr
     scheds = [dict(type='LinearLR', start_factor=0.01, by_epoch=False,
                    begin=0, end=warmup)]
@@ -100,17 +89,8 @@ def build_cfg(task: DemoTask,
     """The config of ``role`` (teacher / student / london) of ``task`` with
     the demo's data root, seed, schedule and work dir."""
     cfg = Config.fromfile(osp.join(config_dir(), task.configs[role]))
-    root = data_root
-    if task.extra.get('data_subdir'):
-        root = osp.join(root, task.extra['data_subdir'])
-    root = root.rstrip('/') + '/'
-    for key in ('train_dataloader', 'test_dataloader'):
-        _set_key_everywhere(cfg[key], 'data_root', root)
-    cfg.data_root = root
-    # evaluation: once, with runner.test(), after training
-    cfg.val_dataloader = None
-    cfg.val_cfg = None
-    cfg.val_evaluator = None
+    set_voc_data_root(cfg, data_root)
+    drop_validation(cfg)  # the demo tests once, with runner.test()
     _set_schedule(cfg, iters)
     cfg.randomness = dict(seed=int(seed), deterministic=False)
     cfg.work_dir = work_dir
@@ -124,10 +104,7 @@ def build_cfg(task: DemoTask,
     # runs of this process and write to the first run's folder)
     cfg.visualizer.pop('name', None)
     if quick:  # smoke run: small batches, no worker processes
-        cfg.train_dataloader.batch_size = 2
-        for key in ('train_dataloader', 'test_dataloader'):
-            cfg[key].num_workers = 0
-            cfg[key].persistent_workers = False
+        single_process_loaders(cfg, batch_size=2)
     if role == 'london':
         if teacher_ckpt is None:
             raise ValueError('the LONDON student needs teacher_ckpt')
