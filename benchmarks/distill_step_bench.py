@@ -1,96 +1,17 @@
 """Benchmark one LONDON distillation train step against its parts.
 
-For each model (full-size architectures, random init, no checkpoint):
+Times, side by side and interleaved, (a) the plain student's train step,
+(b) the teacher's early-stopped no-grad forward and (c) the distiller's
+train step, plus the distillation terms and the Lipschitz term alone, for
+RetinaNet, Faster R-CNN and DeepLabV3+ (the recipes of ``configs/``, random
+init), and prints ``overhead = t_distill / (t_student + t_teacher)``,
+``memory = peak_distill / (peak_student + teacher_weights_and_activations)``
+and a batch / image-size sweep of the terms' share of the step.
+``benchmarks/README.md`` defines every mode and ratio and keeps the measured
+tables.
 
-* ``retinanet``      RetinaNet R-50 FPN (teacher) -> R-18 FPN (student),
-* ``faster_rcnn``    Faster R-CNN R-101 FPN -> R-18 FPN,
-* ``deeplabv3plus``  DeepLabV3+ R-101-D8 -> R-18-D8 (the six OFD features),
-
-built from the recipes in ``configs/detection`` / ``configs/segmentation``
-(the stock ``mmdet::``/``mmseg::`` configs with the backbone depth changed if
-a recipe is missing; SyncBN -> BN, pretrained init removed), the following
-modes are timed side by side, *interleaved* (every round runs each mode once,
-in an order rotated from round to round, so that load changes on the machine
-hit all modes alike), and the medians over ``--steps`` rounds after
-``--warmup`` rounds are reported:
-
-(a) ``student``: the plain student's train step, i.e. ``forward(mode='loss')``
-    + ``parse_losses`` + ``zero_grad`` + ``backward`` + ``SGD.step`` (momentum
-    0.9, weight decay 1e-4), exactly what mmengine's ``OptimWrapper`` does;
-(b) ``teacher``: the teacher's forward under ``no_grad`` with the distiller's
-    teacher recorder active, i.e. only as deep as the recorded layers need
-    (the recorder raises ``StopForward`` after the deepest one);
-(c) ``distill``: the distiller's train step (``LipschitzDistiller.loss``:
-    teacher forward + student forward + distillation terms, then backward and
-    SGD step over the student *and* the connectors).
-
-Also timed, to explain (c) - (a) - (b): ``terms``: the distillation terms
-alone, ``LipschitzDistiller._distill_losses`` (connectors + OFD + Lipschitz +
-the nan_guard check) forward + backward, on recorded features that were
-turned into detached leaves (the student/teacher forwards that produce them
-are run before the timer starts); ``lipschitz``: ``LipschitzLoss`` alone
-(forward + backward) on detached connector outputs; ``guard``: the nan_guard
-check alone; with ``--guard-ablation`` also (c) with ``nan_guard=False``.
-The timed section of every mode ends with a device sync on GPU. On GPU the
-host-device syncs of one student step, one distill step and of the
-distillation terms alone are counted (``torch.cuda.set_sync_debug_mode``)
-and printed with their ``file:line``; ``--profile`` prints the time spent in
-``aten::clone`` in one distill step.
-
-Definitions of the printed ratios::
-
-    overhead = t_distill / (t_student + t_teacher)
-
-with t_* the median per-step times of (c), (a), (b). By default the wall
-clock is used (``--clock wall``); ``--clock cpu`` uses the process CPU time
-(all threads), which is far less sensitive to other processes on a shared
-CPU. Both are always printed.
-
-    memory = peak_distill / (peak_student + teacher_weights_and_activations)
-
-* on CPU, each term is measured in its own child process, forked from the
-  benchmark process after the data was prepared and before any full-size
-  model was built (a common baseline; one step of each mode on a tiny
-  version of each model runs first, so that lazy imports and one-time
-  library set-up are not counted); the child resets its RSS high-water mark
-  (``/proc/self/clear_refs``), records ``base = VmRSS``, then:
-  ``peak_student``  = VmHWM - base over: build the plain student + SGD,
-  ``--mem-steps`` train steps;
-  ``peak_distill``  = VmHWM - base over: build the distiller + SGD,
-  ``--mem-steps`` train steps;
-  ``teacher_weights_and_activations`` = the teacher's parameter + buffer
-  bytes + (VmHWM - VmRSS) over ``--mem-steps`` teacher forwards of mode (b)
-  (measured after the distiller was built; so the probe forwards and the
-  student of that child are not counted).
-  Children run with one thread (GNU OpenMP is not fork-safe with more)
-  and with glibc's mmap threshold fixed at 64 KiB (``mallopt``), so that
-  freed tensors go back to the OS at once and VmHWM follows the live
-  tensors rather than heap fragmentation (``--malloc-default`` keeps
-  glibc's adaptive threshold: the peaks then vary by +-20% from run to run
-  for the same code).
-* on GPU the same three measurements run one after the other in this
-  process with ``torch.cuda.max_memory_allocated`` (reset between them) in
-  place of VmHWM and ``torch.cuda.memory_allocated`` in place of VmRSS.
-
-Scaling sweep (``--sweep-model``, default ``retinanet``; ``--no-sweep`` to
-skip): for every batch size in ``--batches`` and image size in ``--sizes``,
-the distiller's train step (c) is timed with ``terms`` and ``lipschitz``
-(interleaved, as above); printed: the share of the step spent in the
-distillation terms (connectors + OFD + Lipschitz, forward + backward,
-measured directly as described for ``terms``, not by subtraction) and in
-the Lipschitz term alone, warm (2 power iterations from the stored vectors)
-and cold (the first step: ``cold_iters`` iterations), and the worst cases.
-
-Data: a synthetic PASCAL VOC (:func:`mmlckd.datasets.make_synthetic_voc`,
-VOC-like image sizes 333..500 px, 1..4 objects) in a temporary folder, read
-by the recipes' own dataset classes and train pipelines, except that the
-resize is a fixed ``Resize(scale=(S, S), keep_ratio=False)`` (detection) /
-``Resize(S, S)`` + ``RandomCrop(S, S)`` (segmentation) so that every batch
-is S x S; then collated and run through the model's data preprocessor
-(normalisation, padding) *before* timing. A few batches are prepared and
-cycled.
-
-Usage::
+Usage (with mmlckd installed, or ``PYTHONPATH=.`` from the repository
+root)::
 
     python benchmarks/distill_step_bench.py                  # CPU, minutes
     python benchmarks/distill_step_bench.py --quick          # seconds (CI)
@@ -109,7 +30,6 @@ import math
 import os
 import os.path as osp
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -117,22 +37,17 @@ import time
 import traceback
 import warnings
 from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import DATASETS, MODELS, init_default_scope
+
+from mmlckd.models.distillers import lipschitz_maps
+from mmlckd.testing import make_synthetic_voc, narrow_model_cfg, tiny_model_cfg
+from mmlckd.utils import load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-from mmengine.config import Config, ConfigDict  # noqa: E402
-from mmengine.dataset import pseudo_collate  # noqa: E402
-from mmengine.registry import DATASETS, MODELS, init_default_scope  # noqa
-
-import mmlckd  # noqa: E402,F401
-from mmlckd.datasets import make_synthetic_voc  # noqa: E402
-from mmlckd.utils import load_config  # noqa: E402
-from mmlckd.models.distillers import lipschitz_maps  # noqa: E402
-
 MiB = 1024.0**2
 
 MODEL_SPECS = {
@@ -142,145 +57,45 @@ MODEL_SPECS = {
         recipe='configs/detection/'
         'london_retinanet_r101_r18_fpn_8xb2-1x_voc0712.py',
         # the recipe's teacher is R-101: the R-50 teacher of this benchmark
-        teacher='mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py',
-        stock='mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py',
-        depths=(18, 50)),
+        teacher='mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py'),
     'faster_rcnn': dict(
         title='Faster R-CNN R101 -> R18',
         scope='mmdet',
         recipe='configs/detection/'
         'london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py',
-        teacher=None,
-        stock='mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_voc0712.py',
-        depths=(18, 101)),
+        teacher=None),
     'deeplabv3plus': dict(
         title='DeepLabV3+ R101-D8 -> R18-D8',
         scope='mmseg',
         recipe='configs/segmentation/london_deeplabv3plus_r101-d8_r18-d8_'
         '4xb4-40k_voc12aug-512x512.py',
-        teacher=None,
-        stock='mmseg::deeplabv3plus/'
-        'deeplabv3plus_r50-d8_4xb4-20k_voc12aug-512x512.py',
-        depths=(18, 101)),
+        teacher=None),
 }
 DATASET_TYPES = ('VOCDataset', 'PascalVOCDataset')
 
 
 # --------------------------------------------------------------- configs
-def _walk(cfg, fn):
-    """Apply ``fn`` to every dict inside a (nested) config."""
-    if isinstance(cfg, dict):
-        fn(cfg)
-        for v in cfg.values():
-            _walk(v, fn)
-    elif isinstance(cfg, (list, tuple)):
-        for v in cfg:
-            _walk(v, fn)
-
-
-def _prepare_model_cfg(model: dict, size: int) -> None:
-    """SyncBN -> BN, no pretrained weights, fixed seg input size."""
-
-    def fix(d):
-        if d.get('type') == 'SyncBN':
-            d['type'] = 'BN'
-        if 'init_cfg' in d and isinstance(d['init_cfg'], dict) and \
-                d['init_cfg'].get('type') == 'Pretrained':
-            d['init_cfg'] = None
-
-    _walk(model, fix)
-    if 'pretrained' in model:
-        model['pretrained'] = None
-    pre = model.get('data_preprocessor')
-    if pre is not None and 'size' in pre:
-        pre['size'] = (size, size)
-
-
-def _shrink(model: dict, base: int, width: int) -> None:
-    """Tiny widths for --quick (same architecture and depth)."""
-    bb = model['backbone']
-    bb['base_channels'] = base
-    if bb.get('type') == 'ResNetV1c' or 'stem_channels' in bb:
-        bb['stem_channels'] = base
-    exp = 1 if bb['depth'] in (18, 34) else 4
-    chans = [base * exp * 2**i for i in range(4)]
-    if model.get('neck'):
-        model['neck'].update(in_channels=chans, out_channels=width)
-    if model.get('bbox_head'):
-        model['bbox_head'].update(
-            in_channels=width, feat_channels=width, stacked_convs=1)
-    if model.get('rpn_head'):
-        model['rpn_head'].update(in_channels=width, feat_channels=width)
-        model['roi_head']['bbox_roi_extractor']['out_channels'] = width
-        model['roi_head']['bbox_head'].update(
-            in_channels=width, fc_out_channels=2 * width)
-        model['train_cfg']['rpn_proposal'].update(nms_pre=200,
-                                                  max_per_img=100)
-    if model.get('decode_head'):
-        model['decode_head'].update(
-            in_channels=chans[3], c1_in_channels=chans[0], channels=width,
-            c1_channels=max(width // 2, 4))
-    if model.get('auxiliary_head'):
-        model['auxiliary_head'].update(in_channels=chans[2], channels=width)
-
-
-def _resolve(path: str) -> str:
-    if '::' in path or osp.isfile(path):
-        return path
-    return osp.join(ROOT, path)
-
-
 def build_cfgs(name: str, size: int, quick: bool):
-    """(distiller cfg, dataset cfg, data preprocessor cfg, recipe used)."""
+    """(distiller cfg, dataset cfg, data preprocessor cfg, recipe used):
+    the recipe's distiller built offline (:func:`tiny_model_cfg`: random
+    init, BN, ``size`` x ``size`` segmentor input), narrow with
+    ``--quick`` (same architectures and depths)."""
     spec = MODEL_SPECS[name]
     recipe = osp.join(ROOT, spec['recipe'])
-    if osp.isfile(recipe):
-        cfg = load_config(recipe)
-        dcfg = copy.deepcopy(cfg.model)
-        tpath = spec['teacher'] or _resolve(dcfg['teacher']['config'])
-        tcfg = load_config(tpath)
-        source = spec['recipe'] + (
-            f' (teacher: {spec["teacher"]})' if spec['teacher'] else '')
-    else:  # the stock config, depths changed (features='backbone')
-        cfg = load_config(spec['stock'])
-        s_depth, t_depth = spec['depths']
-        student = copy.deepcopy(cfg.model)
-        student['backbone']['depth'] = s_depth
-        _shrink_like_r18(student)
-        teacher = copy.deepcopy(cfg.model)
-        teacher['backbone']['depth'] = t_depth
-        tcfg = Config(dict(model=teacher, default_scope=spec['scope']))
-        dcfg = ConfigDict(
-            type='mmlckd.LipschitzDistiller', student=student,
-            teacher=dict(config=None), features='backbone',
-            lipschitz_loss=dict(type='mmlckd.LipschitzLoss',
-                                loss_weight=0.2),
-            feature_loss=dict(type='mmlckd.OFDLoss', loss_weight=1e-5))
-        source = f'{spec["stock"]} (depths {s_depth}/{t_depth})'
-    tmodel = copy.deepcopy(tcfg.model)
-    for model in (dcfg['student'], tmodel):
-        _prepare_model_cfg(model, size)
-        if quick:
-            _shrink(model, 8 if model is dcfg['student'] else 16, 16)
-    dcfg['teacher'] = dict(
-        config=Config(dict(model=tmodel,
-                           default_scope=tcfg.get('default_scope',
-                                                  spec['scope']))),
-        checkpoint=None)
+    cfg = load_config(recipe)
+    dcfg = copy.deepcopy(cfg.model)
+    if spec['teacher']:
+        dcfg['teacher']['config'] = spec['teacher']
+    tiny_model_cfg(dcfg, size_hw=(size, size), cfg_filename=recipe)
     dcfg['probe_input_size'] = (64, 64) if quick else (128, 128)
+    if quick:
+        narrow_model_cfg(dcfg['student'], base=8, width=16)
+        narrow_model_cfg(dcfg['teacher']['config']['model'], base=16,
+                         width=16)
+    source = spec['recipe'] + (
+        f' (teacher: {spec["teacher"]})' if spec['teacher'] else '')
     dataset = _find_dataset(cfg.train_dataloader.dataset)
     return dcfg, dataset, dcfg['student']['data_preprocessor'], source
-
-
-def _shrink_like_r18(model: dict) -> None:
-    """R-18 widths for a stock R-50 config (the fallback path)."""
-    if model.get('neck'):
-        model['neck']['in_channels'] = [64, 128, 256, 512]
-    if model.get('decode_head'):
-        model['decode_head'].update(in_channels=512, c1_in_channels=64,
-                                    c1_channels=12, channels=128)
-    if model.get('auxiliary_head'):
-        model['auxiliary_head'].update(in_channels=256, channels=64)
 
 
 def _find_dataset(cfg) -> dict:
@@ -293,25 +108,15 @@ def _find_dataset(cfg) -> dict:
 
 
 # ------------------------------------------------------------------ data
-class SyntheticVOC:
-    """A synthetic VOCdevkit in a temporary folder (removed on close)."""
-
-    def __init__(self, num_images: int, img_size, root: Optional[str]):
-        self._tmp = None
-        if root is None:
-            root = self._tmp = tempfile.mkdtemp(prefix='mmlckd_bench_')
-        self.summary = make_synthetic_voc(
-            root, num_trainval_07=num_images, num_test_07=0,
-            num_trainval_12=num_images + 2, num_val_12=2,
-            num_aug_extra_12=0, img_size=img_size, seed=0)
-        self.devkit = self.summary['devkit']
-
-    def close(self):
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+def make_voc(root: str, num_images: int, img_size) -> str:
+    """A synthetic VOCdevkit under ``root``; returns its path."""
+    return make_synthetic_voc(
+        root, num_trainval_07=num_images, num_test_07=0,
+        num_trainval_12=num_images + 2, num_val_12=2, num_aug_extra_12=0,
+        img_size=img_size, seed=0)['devkit']
 
 
-def make_batches(name: str, dataset_cfg: dict, pre_cfg: dict, voc,
+def make_batches(name: str, dataset_cfg: dict, pre_cfg: dict, devkit: str,
                  size: int, batch: int, n_batches: int, device):
     """Preprocessed (inputs, data_samples) batches of size ``size``."""
     scope = MODEL_SPECS[name]['scope']
@@ -319,9 +124,9 @@ def make_batches(name: str, dataset_cfg: dict, pre_cfg: dict, voc,
     ds = copy.deepcopy(dataset_cfg)
     ds.pop('_scope_', None)
     if scope == 'mmdet':
-        ds['data_root'] = voc.devkit + '/'
+        ds['data_root'] = devkit + '/'
     else:
-        ds['data_root'] = osp.join(voc.devkit, 'VOC2012')
+        ds['data_root'] = osp.join(devkit, 'VOC2012')
     pipeline = []
     for t in ds['pipeline']:
         t = dict(t)
@@ -734,13 +539,13 @@ def env_info(device, threads) -> dict:
                 loadavg_start=list(os.getloadavg()))
 
 
-def prepare_model(name, args, voc, device) -> dict:
+def prepare_model(name, args, devkit, device) -> dict:
     """Configs and preprocessed batches of one model (no model built)."""
     # the model registries import their packages lazily, at the first
     # build: import them here, so that no memory child counts the import
     importlib.import_module(MODEL_SPECS[name]['scope'] + '.models')
     dcfg, ds_cfg, pre_cfg, source = build_cfgs(name, args.size, args.quick)
-    batches = make_batches(name, ds_cfg, pre_cfg, voc, args.size,
+    batches = make_batches(name, ds_cfg, pre_cfg, devkit, args.size,
                            args.batch, args.n_batches, device)
     res = dict(model=name, title=MODEL_SPECS[name]['title'], config=source,
                size=args.size, batch=args.batch, warmup=args.warmup,
@@ -748,13 +553,13 @@ def prepare_model(name, args, voc, device) -> dict:
     return dict(name=name, dcfg=dcfg, batches=batches, res=res)
 
 
-def warm_up_runtime(name, voc, device) -> None:
+def warm_up_runtime(name, devkit, device) -> None:
     """One step of every mode on a tiny version of the model (64 px,
     narrow), in this process: the lazy imports and one-time library set-up
     (oneDNN, the optimizer's first step: tens of MiB) then happen here, not
     in the memory children, which inherit them."""
     dcfg, ds_cfg, pre_cfg, _ = build_cfgs(name, 64, True)
-    batches = make_batches(name, ds_cfg, pre_cfg, voc, 64, 2, 1, device)
+    batches = make_batches(name, ds_cfg, pre_cfg, devkit, 64, 2, 1, device)
     bench = Bench(name, dcfg, device, False)
     bench.student_step(batches[0])
     bench.teacher_fwd(batches[0])
@@ -883,7 +688,7 @@ def print_model(res, args, env):
             print(p['table'])
 
 
-def sweep(args, voc, device) -> dict:
+def sweep(args, devkit, device) -> dict:
     name = args.sweep_model
     rows = []
     dcfg = None
@@ -895,7 +700,7 @@ def sweep(args, voc, device) -> dict:
             bench = Bench(name, dcfg, device, args.amp,
                           parts=('distiller', ))
         for batch in args.batches:
-            batches = make_batches(name, ds_cfg, pre_cfg, voc, size, batch,
+            batches = make_batches(name, ds_cfg, pre_cfg, devkit, size, batch,
                                    1, device)
             try:
                 # cold start: the first step after a reset of the vectors
@@ -1062,6 +867,32 @@ def parse_args(argv=None):
     return args
 
 
+def run_all(args, devkit, device, env, out) -> None:
+    """All data first, then every memory measurement (children forked from
+    a process that has built no model yet, so that they all start from the
+    same heap), then the timings; results are added to ``out``."""
+    preps = [] if args.sweep_only else [
+        prepare_model(name, args, devkit, device) for name in args.models]
+    if preps and not args.no_memory:
+        for name in args.models:
+            warm_up_runtime(name, devkit, device)
+        for prep in preps:
+            memory_model(prep, args, device)
+    for prep in preps:
+        res = bench_model(prep, args, device)
+        res['ratios'] = ratios(res, args.clock)
+        out['models'].append(res)
+        print_model(res, args, env)
+        sys.stdout.flush()
+    if preps:
+        print_summary(out, args)
+    if not args.no_sweep:
+        print(f"\n== sweep {args.sweep_model} ...", flush=True)
+        sw = sweep(args, devkit, device)
+        print_sweep(sw, args)
+        out['sweep'] = sw
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -1077,35 +908,11 @@ def main(argv=None) -> dict:
           f" | clock {args.clock}", flush=True)
     n_img = max(args.batch * args.n_batches,
                 max(args.batches) if not args.no_sweep else 0, 4)
-    voc = SyntheticVOC(n_img, dict(min=64, max=96) if args.quick else
-                       dict(min=333, max=500), args.data_root)
     out = dict(env=env, args=vars(args), models=[])
-    try:
-        # all data first, then every memory measurement (children forked
-        # from a process that has built no model yet, so that they all
-        # start from the same heap), then the timings
-        preps = [] if args.sweep_only else [
-            prepare_model(name, args, voc, device) for name in args.models]
-        if preps and not args.no_memory:
-            for name in args.models:
-                warm_up_runtime(name, voc, device)
-            for prep in preps:
-                memory_model(prep, args, device)
-        for prep in preps:
-            res = bench_model(prep, args, device)
-            res['ratios'] = ratios(res, args.clock)
-            out['models'].append(res)
-            print_model(res, args, env)
-            sys.stdout.flush()
-        if preps:
-            print_summary(out, args)
-        if not args.no_sweep:
-            print(f"\n== sweep {args.sweep_model} ...", flush=True)
-            sw = sweep(args, voc, device)
-            print_sweep(sw, args)
-            out['sweep'] = sw
-    finally:
-        voc.close()
+    with tempfile.TemporaryDirectory(prefix='mmlckd_bench_') as tmp:
+        devkit = make_voc(args.data_root or tmp, n_img, dict(
+            min=64, max=96) if args.quick else dict(min=333, max=500))
+        run_all(args, devkit, device, env, out)
     env['loadavg_end'] = list(os.getloadavg())
     print(f"\nload average at the end: {env['loadavg_end']}")
     if args.json:
