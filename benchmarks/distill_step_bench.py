@@ -844,7 +844,11 @@ def parse_args(argv=None):
                    help='where to generate the synthetic VOC (default: a '
                    'temporary folder, removed at the end)')
     p.add_argument('--json', default=None, help='save the results here')
-    args = p.parse_args(argv)
+    return _with_defaults(p.parse_args(argv))
+
+
+def _with_defaults(args):
+    """The defaults that depend on ``--device`` and ``--quick``."""
     gpu = args.device == 'cuda'
     defaults = dict(size=320, batch=2, steps=5, warmup=2,
                     sizes=[256, 512, 1024] if gpu else [128, 256, 384, 512],

@@ -91,11 +91,55 @@ def _data_roots(args, work_dir: str) -> dict:
     return roots
 
 
+def _header(args: argparse.Namespace, opts: dict, jobs: int) -> str:
+    """The report's title and what every table shows."""
+    return (
+        '## mmlckd demo: distilled students vs the student alone\n\n'
+        'SYNTHETIC data (mmlckd.testing.make_synthetic_voc), not the real '
+        'PASCAL VOC. Every distilled student uses the distiller\'s default, '
+        'automatically balanced loss weights. "minus baseline" pairs each '
+        'student seed with the baseline of the same seed; SE is the '
+        'standard error over seeds; a verdict needs 2 SE. Students: '
+        f'{opts["iters"]["det"]} (det) / {opts["iters"]["seg"]} (seg) '
+        f'iterations at batch {opts["student_batch"]}; teachers: '
+        f'{opts["teacher_iters"]["det"]} / {opts["teacher_iters"]["seg"]} '
+        'iterations at batch 8. '
+        f'Command: `python -m demo {" ".join(args.argv)}`. Device: '
+        f'{platform.machine()} CPU, {os.cpu_count()} cores, {jobs} runs in '
+        'parallel with one torch thread each.')
+
+
+def _plots(args: argparse.Namespace, table: dict, work_dir: str) -> list:
+    """One training plot per regime (first data seed, a distilled student
+    and its baseline of the same seed); returns their paths."""
+    from .report import plot_run
+    from .study import REGIMES
+    plots = []
+    for regime in args.regimes:
+        cell = table.get(f'{regime}|{args.data_seeds[0]}')
+        rows = cell['rows'] if cell else {}
+        distilled = rows.get('london+ofd') or rows.get('london') or \
+            rows.get('ofd')
+        if not distilled:
+            continue
+        seed = min(distilled['run_dirs'])
+        path = osp.join(work_dir, f'{regime}_training.png')
+        try:
+            plots.append(plot_run(
+                path, f'{REGIMES[regime]["title"]} -- data seed '
+                f'{args.data_seeds[0]}, student seed {seed}, SYNTHETIC data',
+                distilled['run_dirs'][seed],
+                rows['baseline']['run_dirs'].get(seed)))
+        except Exception as err:  # a plot must not lose the results
+            print(f'[demo] plotting failed: {err!r}', flush=True)
+    return plots
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the demo described by ``args`` (see :func:`parse_args`)."""
     t_start = time.perf_counter()
-    from .report import plot_run, study_markdown, write_results
-    from .study import REGIMES, plan_jobs, run_jobs, summarize
+    from .report import study_markdown, write_results
+    from .study import plan_jobs, run_jobs, summarize
     from .tasks import TASKS
     work_dir = osp.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
@@ -115,39 +159,9 @@ def run(args: argparse.Namespace) -> dict:
           flush=True)
     results = run_jobs(phases, opts, jobs=jobs)
     table = summarize(results)
-    header = (
-        '## mmlckd demo: distilled students vs the student alone\n\n'
-        'SYNTHETIC data (mmlckd.testing.make_synthetic_voc), not the real '
-        'PASCAL VOC. Every distilled student uses the distiller\'s default, '
-        'automatically balanced loss weights. "minus baseline" pairs each '
-        'student seed with the baseline of the same seed; SE is the '
-        'standard error over seeds; a verdict needs 2 SE. Students: '
-        f'{opts["iters"]["det"]} (det) / {opts["iters"]["seg"]} (seg) '
-        f'iterations at batch {opts["student_batch"]}; teachers: '
-        f'{opts["teacher_iters"]["det"]} / {opts["teacher_iters"]["seg"]} '
-        'iterations at batch 8. '
-        f'Command: `python -m demo {" ".join(args.argv)}`. Device: '
-        f'{platform.machine()} CPU, {os.cpu_count()} cores, {jobs} runs in '
-        'parallel with one torch thread each.')
+    header = _header(args, opts, jobs)
     names = {t: TASKS[t].metric_name for t in TASKS}
-    plots = []
-    for regime in args.regimes:
-        cell = table.get(f'{regime}|{args.data_seeds[0]}')
-        rows = cell['rows'] if cell else {}
-        distilled = rows.get('london+ofd') or rows.get('london') or \
-            rows.get('ofd')
-        if not distilled:
-            continue
-        seed = min(distilled['run_dirs'])
-        path = osp.join(work_dir, f'{regime}_training.png')
-        try:
-            plots.append(plot_run(
-                path, f'{REGIMES[regime]["title"]} -- data seed '
-                f'{args.data_seeds[0]}, student seed {seed}, SYNTHETIC data',
-                distilled['run_dirs'][seed],
-                rows['baseline']['run_dirs'].get(seed)))
-        except Exception as err:  # a plot must not lose the results
-            print(f'[demo] plotting failed: {err!r}', flush=True)
+    plots = _plots(args, table, work_dir)
     total = time.perf_counter() - t_start
     markdown = study_markdown(table, names, header) + ''.join(
         f'\n![{osp.basename(p)}]({osp.basename(p)})\n' for p in plots) + \

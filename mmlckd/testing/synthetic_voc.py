@@ -225,11 +225,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def _render_image(rng: np.random.Generator, width: int, height: int,
-                  class_names: Sequence[str], max_objects: int) -> dict:
-    """Draw one image. Returns image, label maps and the object list."""
-    w_img, h_img = width, height
-    img = _background(rng, h_img, w_img)
+def _place_objects(rng: np.random.Generator, w_img: int, h_img: int,
+                   class_names: Sequence[str], max_objects: int):
+    """Object shapes and places: the instance map (-1: background, k: the
+    k-th object where visible) and ``dict(name, area)`` per object in
+    drawing order."""
     inst = np.full((h_img, w_img), -1, dtype=np.int16)
     m = min(w_img, h_img)
     lo, hi = max(14.0, 0.2 * m), max(15.0, 0.5 * m)
@@ -274,18 +274,12 @@ def _render_image(rng: np.random.Generator, width: int, height: int,
             mask = _shape_mask(shape, w, h)
             inst[y0:y0 + h, x0:x0 + w][mask] = 0
             objects.append(dict(name=name, area=int(mask.sum())))
+    return inst, objects
 
-    # Paint objects in drawing order (colours from the final visibility map).
-    for k, obj in enumerate(objects):
-        vis = inst == k
-        color = np.asarray(CLASS_STYLES[obj['name']]['color'], np.float64)
-        gain = rng.uniform(0.92, 1.06)
-        shade = rng.uniform(-6, 6) * np.linspace(-1, 1, h_img)[:, None]
-        obj_img = color[None, None, :] * gain + shade[..., None]
-        obj_img = obj_img + rng.normal(0, 3.0, size=(h_img, w_img, 3))
-        img[vis] = obj_img[vis]
-    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
+def _labels(inst: np.ndarray, objects: List[dict]) -> dict:
+    """The label maps and the annotated objects of an instance map."""
+    h_img, w_img = inst.shape
     seg_aug = np.zeros((h_img, w_img), dtype=np.uint8)
     out_objects = []
     for k, obj in enumerate(objects):
@@ -309,12 +303,29 @@ def _render_image(rng: np.random.Generator, width: int, height: int,
     seg[void] = 255
     seg_obj = (inst + 1).astype(np.uint8)
     seg_obj[void] = 255
-    return dict(
-        image=img,
-        seg=seg,
-        seg_obj=seg_obj,
-        seg_aug=seg_aug,
-        objects=out_objects)
+    return dict(seg=seg, seg_obj=seg_obj, seg_aug=seg_aug,
+                objects=out_objects)
+
+
+def _render_image(rng: np.random.Generator, width: int, height: int,
+                  class_names: Sequence[str], max_objects: int) -> dict:
+    """Draw one image. Returns image, label maps and the object list."""
+    w_img, h_img = width, height
+    img = _background(rng, h_img, w_img)
+    inst, objects = _place_objects(rng, w_img, h_img, class_names,
+                                   max_objects)
+    # Paint objects in drawing order (colours from the final visibility map).
+    for k, obj in enumerate(objects):
+        vis = inst == k
+        color = np.asarray(CLASS_STYLES[obj['name']]['color'], np.float64)
+        gain = rng.uniform(0.92, 1.06)
+        shade = rng.uniform(-6, 6) * np.linspace(-1, 1, h_img)[:, None]
+        obj_img = color[None, None, :] * gain + shade[..., None]
+        obj_img = obj_img + rng.normal(0, 3.0, size=(h_img, w_img, 3))
+        img[vis] = obj_img[vis]
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+    return dict(image=img, **_labels(inst, objects))
 
 
 # ----------------------------------------------------------------- writing
@@ -496,6 +507,101 @@ def _public_summary(root: str, summary: dict, reused: bool) -> dict:
 
 
 # ------------------------------------------------------------------- main
+def _normalise_args(num_trainval_07, num_test_07, num_trainval_12,
+                    num_val_12, img_size, seed, classes, max_objects,
+                    num_aug_extra_12) -> dict:
+    """Checked, normalised arguments of :func:`make_synthetic_voc` (what
+    its manifest records)."""
+    counts = dict(
+        num_trainval_07=num_trainval_07,
+        num_test_07=num_test_07,
+        num_trainval_12=num_trainval_12,
+        num_val_12=num_val_12,
+        max_objects=max_objects,
+        seed=seed)
+    for key, val in counts.items():
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool):
+            raise TypeError(f'{key} must be an int, got {val!r}')
+        if val < 0:
+            raise ValueError(f'{key} must be >= 0, got {val}')
+    if not 1 <= max_objects <= 254:  # SegmentationObject ids are uint8
+        raise ValueError(f'max_objects must be in [1, 254], got {max_objects}')
+    if num_val_12 > num_trainval_12:
+        raise ValueError('num_val_12 is a subset of num_trainval_12; got '
+                         f'{num_val_12} > {num_trainval_12}')
+    size_range = _norm_img_size(img_size)
+    class_names = _class_names(classes)
+    num_train_12 = num_trainval_12 - num_val_12
+    if num_aug_extra_12 is None:
+        num_aug_extra_12 = (max(1, num_train_12 // 4)
+                            if num_train_12 >= 2 else 0)
+    if not 0 <= int(num_aug_extra_12) <= num_train_12:
+        raise ValueError(f'num_aug_extra_12 must be in [0, {num_train_12}] '
+                         f'(the 2012 train images), got {num_aug_extra_12}')
+    return dict(
+        num_trainval_07=int(num_trainval_07),
+        num_test_07=int(num_test_07),
+        num_trainval_12=int(num_trainval_12),
+        num_val_12=int(num_val_12),
+        num_aug_extra_12=int(num_aug_extra_12),
+        img_size=size_range,
+        seed=int(seed),
+        classes=class_names,
+        max_objects=int(max_objects))
+
+
+def _class_names(classes: Optional[Sequence[str]]) -> List[str]:
+    """The names to draw (default all 20), checked against VOC's."""
+    if classes is None:
+        return list(VOC_CLASSES)
+    if isinstance(classes, str):
+        classes = [classes]
+    class_names = list(classes)
+    unknown = [c for c in class_names if c not in VOC_CLASSES]
+    if unknown or not class_names or len(set(class_names)) != len(
+            class_names):
+        raise ValueError(f'classes must be distinct names from '
+                         f'{VOC_CLASSES}; got {list(classes)!r}')
+    return class_names
+
+
+def _reuse_or_clean(root: str, devkit: str, manifest_path: str, args: dict,
+                    overwrite: bool) -> Optional[dict]:
+    """The summary of a matching, intact dataset under ``root`` (else None,
+    after removing a devkit of ours that must be regenerated). Raises
+    :class:`DatasetExistsError` for a different or a foreign dataset."""
+    manifest = _read_manifest(manifest_path) if osp.exists(
+        manifest_path) else None
+    if manifest is not None:
+        same = (manifest.get('version') == GENERATOR_VERSION
+                and manifest.get('args') == args)
+        complete = manifest.get('status') == 'complete'
+        if same and complete and not overwrite and _intact(
+                devkit, manifest['summary']):
+            return _public_summary(root, manifest['summary'], reused=True)
+        if complete and not same and not overwrite:
+            old = manifest.get('args', {})
+            diff = sorted(k for k in set(old) | set(args)
+                          if old.get(k) != args.get(k))
+            if manifest.get('version') != GENERATOR_VERSION:
+                diff.append('version')
+            raise DatasetExistsError(
+                f'{root} already holds a synthetic VOC dataset generated '
+                f'with different arguments (differing: {", ".join(diff)}). '
+                'Pass overwrite=True (CLI: --overwrite) to regenerate it, or '
+                'use another root.')
+        # Ours (incomplete, damaged, or overwrite requested): regenerate.
+        if osp.isdir(devkit):
+            shutil.rmtree(devkit)
+    elif osp.lexists(devkit) or osp.exists(manifest_path):
+        raise DatasetExistsError(
+            f'{root} contains a VOCdevkit (or {MANIFEST_NAME}) that was not '
+            'generated by mmlckd.testing.make_synthetic_voc; refusing to '
+            'reuse or delete it (even with overwrite=True). Remove it '
+            'yourself or choose another root.')
+    return None
+
+
 def make_synthetic_voc(root: str,
                        num_trainval_07: int = 64,
                        num_test_07: int = 32,
@@ -544,89 +650,18 @@ def make_synthetic_voc(root: str,
         DatasetExistsError: ``root`` holds a different synthetic dataset and
             ``overwrite`` is False, or a ``VOCdevkit`` not generated here.
     """
-    # ---- validate + normalise arguments
-    counts = dict(
-        num_trainval_07=num_trainval_07,
-        num_test_07=num_test_07,
-        num_trainval_12=num_trainval_12,
-        num_val_12=num_val_12,
-        max_objects=max_objects,
-        seed=seed)
-    for key, val in counts.items():
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool):
-            raise TypeError(f'{key} must be an int, got {val!r}')
-        if val < 0:
-            raise ValueError(f'{key} must be >= 0, got {val}')
-    if not 1 <= max_objects <= 254:  # SegmentationObject ids are uint8
-        raise ValueError(f'max_objects must be in [1, 254], got {max_objects}')
-    if num_val_12 > num_trainval_12:
-        raise ValueError('num_val_12 is a subset of num_trainval_12; got '
-                         f'{num_val_12} > {num_trainval_12}')
-    size_range = _norm_img_size(img_size)
-    if classes is None:
-        class_names = list(VOC_CLASSES)
-    else:
-        if isinstance(classes, str):
-            classes = [classes]
-        class_names = list(classes)
-        unknown = [c for c in class_names if c not in VOC_CLASSES]
-        if unknown or not class_names or len(set(class_names)) != len(
-                class_names):
-            raise ValueError(f'classes must be distinct names from '
-                             f'{VOC_CLASSES}; got {list(classes)!r}')
-    num_train_12 = num_trainval_12 - num_val_12
-    if num_aug_extra_12 is None:
-        num_aug_extra_12 = (max(1, num_train_12 // 4)
-                            if num_train_12 >= 2 else 0)
-    if not 0 <= int(num_aug_extra_12) <= num_train_12:
-        raise ValueError(f'num_aug_extra_12 must be in [0, {num_train_12}] '
-                         f'(the 2012 train images), got {num_aug_extra_12}')
-    args = dict(
-        num_trainval_07=int(num_trainval_07),
-        num_test_07=int(num_test_07),
-        num_trainval_12=int(num_trainval_12),
-        num_val_12=int(num_val_12),
-        num_aug_extra_12=int(num_aug_extra_12),
-        img_size=size_range,
-        seed=int(seed),
-        classes=class_names,
-        max_objects=int(max_objects))
-
+    args = _normalise_args(
+        num_trainval_07=num_trainval_07, num_test_07=num_test_07,
+        num_trainval_12=num_trainval_12, num_val_12=num_val_12,
+        img_size=img_size, seed=seed, classes=classes,
+        max_objects=max_objects, num_aug_extra_12=num_aug_extra_12)
     root = osp.abspath(os.fspath(root))
     devkit = osp.join(root, 'VOCdevkit')
     manifest_path = osp.join(root, MANIFEST_NAME)
 
-    # ---- reuse / refuse / clean up
-    manifest = _read_manifest(manifest_path) if osp.exists(
-        manifest_path) else None
-    if manifest is not None:
-        same = (manifest.get('version') == GENERATOR_VERSION
-                and manifest.get('args') == args)
-        complete = manifest.get('status') == 'complete'
-        if same and complete and not overwrite and _intact(
-                devkit, manifest['summary']):
-            return _public_summary(root, manifest['summary'], reused=True)
-        if complete and not same and not overwrite:
-            old = manifest.get('args', {})
-            diff = sorted(k for k in set(old) | set(args)
-                          if old.get(k) != args.get(k))
-            if manifest.get('version') != GENERATOR_VERSION:
-                diff.append('version')
-            raise DatasetExistsError(
-                f'{root} already holds a synthetic VOC dataset generated '
-                f'with different arguments (differing: {", ".join(diff)}). '
-                'Pass overwrite=True (CLI: --overwrite) to regenerate it, or '
-                'use another root.')
-        # Ours (incomplete, damaged, or overwrite requested): regenerate.
-        if osp.isdir(devkit):
-            shutil.rmtree(devkit)
-    elif osp.lexists(devkit) or osp.exists(manifest_path):
-        raise DatasetExistsError(
-            f'{root} contains a VOCdevkit (or {MANIFEST_NAME}) that was not '
-            'generated by mmlckd.testing.make_synthetic_voc; refusing to '
-            'reuse or delete it (even with overwrite=True). Remove it '
-            'yourself or choose another root.')
-
+    reused = _reuse_or_clean(root, devkit, manifest_path, args, overwrite)
+    if reused is not None:
+        return reused
     os.makedirs(root, exist_ok=True)
     _write_manifest(manifest_path, args, None, status='incomplete')
     summary = _generate(devkit, args)
@@ -651,10 +686,9 @@ def _write_manifest(path: str, args: dict, summary: Optional[dict],
     os.replace(tmp, path)
 
 
-def _generate(devkit: str, args: dict) -> dict:
-    seed = args['seed']
-    (wlo, whi), (hlo, hhi) = args['img_size']
-    split_rng = np.random.default_rng([seed, 7])
+def _splits(args: dict) -> dict:
+    """Per year: the image ids, the segmented ids and the split lists."""
+    split_rng = np.random.default_rng([args['seed'], 7])
 
     # VOC2007: ids 000001.. shared (interleaved) by trainval and test.
     n07 = args['num_trainval_07'] + args['num_test_07']
@@ -713,73 +747,88 @@ def _generate(devkit: str, args: dict) -> dict:
             }),
     }
 
-    summary = dict(classes=args['classes'], num_images=n07 + n12)
+    return years
+
+
+def _write_image(dirs: dict, year: str, idx: int, img_id: str,
+                 segmented: bool, args: dict) -> List[dict]:
+    """Render and write one image and its labels; returns its objects."""
+    (wlo, whi), (hlo, hhi) = args['img_size']
+    rng = np.random.default_rng([args['seed'], int(year), idx])
+    width = int(rng.integers(wlo, whi + 1))
+    height = int(rng.integers(hlo, hhi + 1))
+    out = _render_image(rng, width, height, args['classes'],
+                        args['max_objects'])
+    Image.fromarray(out['image']).save(
+        osp.join(dirs['img'], f'{img_id}.jpg'),
+        format='JPEG',
+        quality=_JPEG_QUALITY,
+        subsampling=0)
+    with open(
+            osp.join(dirs['ann'], f'{img_id}.xml'),
+            'w',
+            encoding='utf-8',
+            newline='\n') as f:
+        f.write(
+            _annotation_xml(year, f'{img_id}.jpg', width, height, segmented,
+                            out['objects']))
+    if segmented:
+        _save_png_p(osp.join(dirs['seg'], f'{img_id}.png'), out['seg'])
+        _save_png_p(osp.join(dirs['obj'], f'{img_id}.png'), out['seg_obj'])
+    if 'aug' in dirs:
+        _save_png_l(osp.join(dirs['aug'], f'{img_id}.png'), out['seg_aug'])
+    return out['objects']
+
+
+def _generate(devkit: str, args: dict) -> dict:
+    years = _splits(args)
+    summary = dict(classes=args['classes'],
+                   num_images=sum(len(y['ids']) for y in years.values()))
     for year, spec in years.items():
-        ydir = osp.join(devkit, f'VOC{year}')
-        dirs = dict(
-            img=osp.join(ydir, 'JPEGImages'),
-            ann=osp.join(ydir, 'Annotations'),
-            main=osp.join(ydir, 'ImageSets', 'Main'),
-            segl=osp.join(ydir, 'ImageSets', 'Segmentation'),
-            seg=osp.join(ydir, 'SegmentationClass'),
-            obj=osp.join(ydir, 'SegmentationObject'))
-        if year == '2012':
-            dirs['aug'] = osp.join(ydir, 'SegmentationClassAug')
-        for d in dirs.values():
-            os.makedirs(d, exist_ok=True)
-
-        all_objects = {}
-        for idx, img_id in enumerate(spec['ids']):
-            rng = np.random.default_rng([seed, int(year), idx])
-            width = int(rng.integers(wlo, whi + 1))
-            height = int(rng.integers(hlo, hhi + 1))
-            out = _render_image(rng, width, height, args['classes'],
-                                args['max_objects'])
-            segmented = img_id in spec['segmented']
-            Image.fromarray(out['image']).save(
-                osp.join(dirs['img'], f'{img_id}.jpg'),
-                format='JPEG',
-                quality=_JPEG_QUALITY,
-                subsampling=0)
-            with open(
-                    osp.join(dirs['ann'], f'{img_id}.xml'),
-                    'w',
-                    encoding='utf-8',
-                    newline='\n') as f:
-                f.write(
-                    _annotation_xml(year, f'{img_id}.jpg', width, height,
-                                    segmented, out['objects']))
-            if segmented:
-                _save_png_p(
-                    osp.join(dirs['seg'], f'{img_id}.png'), out['seg'])
-                _save_png_p(
-                    osp.join(dirs['obj'], f'{img_id}.png'), out['seg_obj'])
-            if 'aug' in dirs:
-                _save_png_l(
-                    osp.join(dirs['aug'], f'{img_id}.png'), out['seg_aug'])
-            all_objects[img_id] = out['objects']
-
-        lists = []
-        for split, ids in spec['main'].items():
-            _write_list(osp.join(dirs['main'], f'{split}.txt'), ids)
-            lists.append(f'ImageSets/Main/{split}.txt')
-        _write_class_lists(dirs['main'], spec['main'], all_objects)
-        for split, ids in spec['seg'].items():
-            _write_list(osp.join(dirs['segl'], f'{split}.txt'), ids)
-            lists.append(f'ImageSets/Segmentation/{split}.txt')
-
-        objs = [o for v in all_objects.values() for o in v]
-        info = dict(
-            num_images=len(spec['ids']),
-            main={k: len(v)
-                  for k, v in spec['main'].items()},
-            segmentation={k: len(v)
-                          for k, v in spec['seg'].items()},
-            num_segmentation_class=len(spec['segmented']),
-            num_objects=len(objs),
-            num_difficult=sum(o['difficult'] for o in objs),
-            lists=lists)
-        if year == '2012':
-            info['num_segmentation_class_aug'] = len(spec['ids'])
-        summary[f'VOC{year}'] = info
+        summary[f'VOC{year}'] = _write_year(devkit, year, spec, args)
     return summary
+
+
+def _write_year(devkit: str, year: str, spec: dict, args: dict) -> dict:
+    """One ``VOC<year>`` folder: images, labels and lists; its summary."""
+    ydir = osp.join(devkit, f'VOC{year}')
+    dirs = dict(
+        img=osp.join(ydir, 'JPEGImages'),
+        ann=osp.join(ydir, 'Annotations'),
+        main=osp.join(ydir, 'ImageSets', 'Main'),
+        segl=osp.join(ydir, 'ImageSets', 'Segmentation'),
+        seg=osp.join(ydir, 'SegmentationClass'),
+        obj=osp.join(ydir, 'SegmentationObject'))
+    if year == '2012':
+        dirs['aug'] = osp.join(ydir, 'SegmentationClassAug')
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+
+    all_objects = {}
+    for idx, img_id in enumerate(spec['ids']):
+        all_objects[img_id] = _write_image(
+            dirs, year, idx, img_id, img_id in spec['segmented'], args)
+
+    lists = []
+    for split, ids in spec['main'].items():
+        _write_list(osp.join(dirs['main'], f'{split}.txt'), ids)
+        lists.append(f'ImageSets/Main/{split}.txt')
+    _write_class_lists(dirs['main'], spec['main'], all_objects)
+    for split, ids in spec['seg'].items():
+        _write_list(osp.join(dirs['segl'], f'{split}.txt'), ids)
+        lists.append(f'ImageSets/Segmentation/{split}.txt')
+
+    objs = [o for v in all_objects.values() for o in v]
+    info = dict(
+        num_images=len(spec['ids']),
+        main={k: len(v)
+              for k, v in spec['main'].items()},
+        segmentation={k: len(v)
+                      for k, v in spec['seg'].items()},
+        num_segmentation_class=len(spec['segmented']),
+        num_objects=len(objs),
+        num_difficult=sum(o['difficult'] for o in objs),
+        lists=lists)
+    if year == '2012':
+        info['num_segmentation_class_aug'] = len(spec['ids'])
+    return info
