@@ -18,7 +18,10 @@ pytestmark = pytest.mark.slow
 
 
 def run_bench(script, *args, timeout=600):
-    env = dict(os.environ, PYTHONWARNINGS='ignore')
+    # the benchmarks import this checkout's mmlckd, installed or not
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH'))
+                           if p)
+    env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=path)
     proc = subprocess.run(
         [sys.executable, osp.join(ROOT, 'benchmarks', script), *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
