@@ -111,7 +111,7 @@ def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
 
 
 def test_project_configs_use_the_safe_checkpoint_hook():
-    from mmlckd.utils.runner import use_safe_checkpoints
+    from mmlckd.utils.cli import use_safe_checkpoints
     for folder in ('configs/detection', 'configs/segmentation'):
         for name in sorted(os.listdir(osp.join(REPO, folder))):
             cfg = Config.fromfile(osp.join(REPO, folder, name))
