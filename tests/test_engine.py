@@ -47,7 +47,7 @@ def tiny_cfg(devkit, work_dir, teacher_ckpt, max_iters=2, batch_size=2,
                   dataset=test)
     cfg = dict(
         default_scope='mmdet',
-        custom_imports=dict(imports=['mmlckd', 'rank_dump_hook'],
+        custom_imports=dict(imports=['rank_dump_hook'],
                             allow_failed_imports=False),
         model=dict(
             type='mmlckd.LipschitzDistiller',
