@@ -54,20 +54,20 @@ MODEL_SPECS = {
     'retinanet': dict(
         title='RetinaNet R50 -> R18',
         scope='mmdet',
-        recipe='configs/detection/'
+        recipe='configs/london/'
         'london_retinanet_r101_r18_fpn_8xb2-1x_voc0712.py',
         # the recipe's teacher is R-101: the R-50 teacher of this benchmark
         teacher='mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py'),
     'faster_rcnn': dict(
         title='Faster R-CNN R101 -> R18',
         scope='mmdet',
-        recipe='configs/detection/'
+        recipe='configs/london/'
         'london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py',
         teacher=None),
     'deeplabv3plus': dict(
         title='DeepLabV3+ R101-D8 -> R18-D8',
         scope='mmseg',
-        recipe='configs/segmentation/london_deeplabv3plus_r101-d8_r18-d8_'
+        recipe='configs/london/london_deeplabv3plus_r101-d8_r18-d8_'
         '4xb4-40k_voc12aug-512x512.py',
         teacher=None),
 }
@@ -86,7 +86,7 @@ def build_cfgs(name: str, size: int, quick: bool):
     dcfg = copy.deepcopy(cfg.model)
     if spec['teacher']:
         dcfg['teacher']['config'] = spec['teacher']
-    tiny_model_cfg(dcfg, size_hw=(size, size), cfg_filename=recipe)
+    tiny_model_cfg(dcfg, size_hw=(size, size))
     dcfg['probe_input_size'] = (64, 64) if quick else (128, 128)
     if quick:
         narrow_model_cfg(dcfg['student'], base=8, width=16)

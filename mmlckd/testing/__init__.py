@@ -7,10 +7,9 @@
 * :mod:`.synthetic_voc`: a deterministic synthetic PASCAL VOC generator.
 """
 from .configs import (DISTILLER_TYPES, drop_validation, iter_schedule,
-                      narrow_model_cfg, resolve_teacher_config,
-                      set_voc_data_root, single_process_loaders,
-                      strip_pretrained, sync_bn_to_bn, tiny_model_cfg,
-                      tiny_voc_cfg)
+                      narrow_model_cfg, set_voc_data_root,
+                      single_process_loaders, strip_pretrained,
+                      sync_bn_to_bn, tiny_model_cfg, tiny_voc_cfg)
 from .models import det_batch, det_model, seg_batch, seg_model
 from .synthetic_voc import (CLASS_STYLES, MANIFEST_NAME, SHAPES, VOC_CLASSES,
                             VOC_PALETTE, DatasetExistsError,
@@ -18,7 +17,7 @@ from .synthetic_voc import (CLASS_STYLES, MANIFEST_NAME, SHAPES, VOC_CLASSES,
 
 __all__ = [
     'DISTILLER_TYPES', 'drop_validation', 'iter_schedule',
-    'narrow_model_cfg', 'resolve_teacher_config', 'set_voc_data_root',
+    'narrow_model_cfg', 'set_voc_data_root',
     'single_process_loaders', 'strip_pretrained', 'sync_bn_to_bn',
     'tiny_model_cfg', 'tiny_voc_cfg', 'det_batch', 'det_model', 'seg_batch',
     'seg_model', 'make_synthetic_voc', 'parse_voc_xml', 'voc_colormap',

@@ -8,7 +8,7 @@ smoke run of a VOC recipe::
     from mmengine.config import Config
     from mmlckd.testing import tiny_voc_cfg
 
-    cfg = Config.fromfile('configs/detection/london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py')
+    cfg = Config.fromfile('configs/london/london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py')
     tiny_voc_cfg(cfg, data_root='/tmp/voc', work_dir='/tmp/wd')
     cfg.dump('/tmp/tiny.py')   # usable by tools/train.py, tools/dist_train.sh
 
@@ -19,7 +19,6 @@ ResNet widths, same architecture). Run steps: :func:`set_voc_data_root`,
 :func:`drop_validation`.
 """
 import copy
-import os
 import os.path as osp
 from typing import Any, Optional, Sequence, Tuple
 
@@ -29,7 +28,7 @@ from mmlckd.utils import load_config
 
 __all__ = [
     'strip_pretrained', 'sync_bn_to_bn', 'narrow_model_cfg',
-    'tiny_model_cfg', 'resolve_teacher_config', 'set_voc_data_root',
+    'tiny_model_cfg', 'set_voc_data_root',
     'single_process_loaders', 'iter_schedule', 'drop_validation',
     'tiny_voc_cfg', 'DISTILLER_TYPES'
 ]
@@ -86,34 +85,6 @@ def sync_bn_to_bn(cfg: Any) -> Any:
     return cfg
 
 
-def resolve_teacher_config(path: str, cfg_filename: Optional[str] = None
-                           ) -> str:
-    """Find a distiller's ``teacher.config`` path.
-
-    Recipes give it relative to the repository root. Tried in order: the
-    path as is (``pkg::`` paths, absolute paths, relative to the current
-    directory), then relative to every parent folder of ``cfg_filename``
-    (the distillation config's file), so it also resolves when the current
-    directory is not the repository root.
-    """
-    if '::' in path or osp.isabs(path) or osp.isfile(path):
-        return path
-    if cfg_filename:
-        folder = osp.dirname(osp.abspath(cfg_filename))
-        while True:
-            candidate = osp.join(folder, path)
-            if osp.isfile(candidate):
-                return candidate
-            parent = osp.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
-    raise FileNotFoundError(
-        f'teacher config {path!r} not found from {os.getcwd()!r}'
-        + (f' nor from the folders above {cfg_filename!r}'
-           if cfg_filename else '') + '; run from the repository root.')
-
-
 def narrow_model_cfg(model: dict, base: int = 16, width: int = 32,
                      depth: Optional[int] = None) -> dict:
     """In place: the same architecture with narrow layers.
@@ -155,14 +126,10 @@ def narrow_model_cfg(model: dict, base: int = 16, width: int = 32,
     return model
 
 
-def _tiny_teacher(teacher: dict, cfg_filename, checkpoint, size_hw):
+def _tiny_teacher(teacher: dict, checkpoint, size_hw):
     """Load the teacher config, shrink its model like the student's and
     return an inline ``dict(model=..., default_scope=...)``."""
-    tconf = teacher['config']
-    if isinstance(tconf, str):
-        tconf = load_config(resolve_teacher_config(tconf, cfg_filename))
-    else:
-        tconf = load_config(tconf)
+    tconf = load_config(teacher['config'])
     model = copy.deepcopy(tconf.get('model', None) or tconf)
     if isinstance(model, ConfigDict):
         model = model.to_dict()
@@ -175,8 +142,7 @@ def _tiny_teacher(teacher: dict, cfg_filename, checkpoint, size_hw):
 
 def tiny_model_cfg(model: dict,
                    teacher_checkpoint: Optional[str] = None,
-                   size_hw: Optional[Tuple[int, int]] = None,
-                   cfg_filename: Optional[str] = None) -> dict:
+                   size_hw: Optional[Tuple[int, int]] = None) -> dict:
     """In place: a model config that builds offline (random init).
 
     * no pretrained weights (:func:`strip_pretrained`), SyncBN -> BN;
@@ -193,8 +159,7 @@ def tiny_model_cfg(model: dict,
     if model.get('type', None) in DISTILLER_TYPES:
         tiny_model_cfg(model['student'], size_hw=size_hw)
         model['teacher'] = _tiny_teacher(
-            dict(model['teacher']), cfg_filename, teacher_checkpoint,
-            size_hw)
+            dict(model['teacher']), teacher_checkpoint, size_hw)
         if size_hw is not None:
             model['probe_input_size'] = tuple(size_hw)
         return model
@@ -383,7 +348,7 @@ def _tiny_model_and_sizes(cfg: Config, crop_hw, teacher_checkpoint) -> None:
     """The model (see :func:`tiny_model_cfg`), the top-level sizes and
     every top-level leftover (e.g. ``student = _base_.model``)."""
     tiny_model_cfg(cfg.model, teacher_checkpoint=teacher_checkpoint,
-                   size_hw=crop_hw, cfg_filename=cfg.filename)
+                   size_hw=crop_hw)
     if isinstance(cfg.get('data_preprocessor', None), dict) and \
             cfg.data_preprocessor.get('size', None) is not None:
         cfg.data_preprocessor['size'] = crop_hw
