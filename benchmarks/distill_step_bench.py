@@ -278,7 +278,7 @@ class Bench:
                 for key, idx in zip(keys, groups):
                     total = total + loss_fn(
                         [leaves[i] for i in idx], [t_feats[i] for i in idx],
-                        key=key, student_inputs=[inputs[i] for i in idx])
+                        key=key, student_inputs=[inputs[i] for i in idx])[0]
             if torch.is_tensor(total):
                 total.backward()
 

@@ -325,6 +325,7 @@ class LipschitzDistiller(BaseModel):
                 self.connectors.append(connector(s_shape[1], t_shape[1]))
         self._margins = self._teacher_margins()
         self._check_groups()
+        self._register_lipschitz_blocks(shapes)
         from .validation import validate_distiller
         validate_distiller(
             self, features=features, shapes=shapes,
@@ -538,6 +539,23 @@ class LipschitzDistiller(BaseModel):
                     'Lipschitz term needs two or more consecutive features '
                     'per group and ignores it')
 
+    def _register_lipschitz_blocks(self, shapes: List[tuple]) -> None:
+        """Create the Lipschitz loss's per-block state from the probed
+        shapes, so that a resumed checkpoint loads into existing buffers."""
+        if not hasattr(self.lipschitz_loss, 'register_blocks'):
+            return
+        s_chans = [s[1] for s, _ in shapes]
+        t_chans = [t[1] for _, t in shapes]
+        # a connector maps student channels to the teacher's
+        conn_chans = t_chans if len(self.connectors) else s_chans
+        s_out, s_in = lipschitz_maps(s_chans, conn_chans, self.lipschitz_on)
+        for group, idx in self._groups().items():
+            pairs = list(zip(idx[:-1], idx[1:]))  # none for a single feature
+            self.lipschitz_loss.register_blocks(
+                group, 'student', [(s_in[i], s_out[j]) for i, j in pairs])
+            self.lipschitz_loss.register_blocks(
+                group, 'teacher', [(t_chans[i], t_chans[j]) for i, j in pairs])
+
     def _groups(self) -> Dict[str, List[int]]:
         groups: Dict[str, List[int]] = {}
         for i, pair in enumerate(self.pairs):
@@ -640,11 +658,11 @@ class LipschitzDistiller(BaseModel):
                 for group, idx in self._groups().items():
                     if len(idx) < 2:
                         continue
-                    term = self.lipschitz_loss(
+                    term, sigmas = self.lipschitz_loss(
                         [s_out[i] for i in idx], [t_feats[i] for i in idx],
                         key=group, student_inputs=[s_in[i] for i in idx])
                     total = term if total is None else total + term
-                    logs.update(self.lipschitz_loss.last_sigmas)
+                    logs.update(sigmas)
                 if total is not None:
                     distill['loss_lipschitz'] = total
         if self.response_cfgs:
