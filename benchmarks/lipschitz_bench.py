@@ -232,6 +232,12 @@ def run_model(name: str, args: argparse.Namespace,
             if measured:
                 times[k]['fwd+bwd'].append(t_fb)
 
+    print_table(name, args, device, times, errors, gaps)
+
+
+def print_table(name: str, args: argparse.Namespace, device: torch.device,
+                times: dict, errors: dict, gaps: List[float]) -> None:
+    """One model's table: median times, worst error, speed-up vs ref-10."""
     ref10 = statistics.median(times['ref-10']['est'])
     shapes = ', '.join(f'({c},{h},{w})' for c, h, w in STAGES[name])
     print(f'\n{name}: B={args.batch}, stages {shapes}, '
