@@ -7,7 +7,7 @@ config) registers the distiller, losses, connectors and hooks in the
 under torch >= 2.6 with ``weights_only=True``.
 """
 from . import compat  # noqa: F401  (torch.load allow-list, CPU DDP)
-from . import hooks, models  # noqa: F401
+from . import engine, models  # noqa: F401
 from .version import __version__
 
 __all__ = ['__version__']
