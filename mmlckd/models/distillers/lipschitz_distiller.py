@@ -189,13 +189,8 @@ class LipschitzDistiller(BaseModel):
         self.pairs: List[FeaturePair] = parse_features(
             features, self.student, self.teacher, probe_input_size)
         self.response_cfgs = parse_response(response)
-        self.student_recorder = FeatureRecorder(
-            self.student, [p.student for p in self.pairs] +
-            [r['student_spec'] for r in self.response_cfgs], 'student')
-        self.teacher_recorder = FeatureRecorder(
-            self.teacher, [p.teacher for p in self.pairs] +
-            [r['teacher_spec'] for r in self.response_cfgs], 'teacher',
-            stop_when_done=teacher_early_stop)
+        self.student_recorder = self._recorder('student', False)
+        self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
         shapes = probe_shapes(self.pairs, self.student, self.teacher,
                               self.student_recorder, self.teacher_recorder,
                               probe_input_size)
@@ -222,6 +217,14 @@ class LipschitzDistiller(BaseModel):
             allow_resize=allow_resize)
 
     # ------------------------------------------------------------ building
+    def _recorder(self, role: str, stop_when_done: bool) -> FeatureRecorder:
+        """The recorder of the ``role`` net: its side of every pair and
+        response entry."""
+        specs = [getattr(p, role) for p in self.pairs] + [
+            r[f'{role}_spec'] for r in self.response_cfgs]
+        return FeatureRecorder(getattr(self, role), specs, role,
+                               stop_when_done=stop_when_done)
+
     def _teacher_margins(self) -> List[Optional[str]]:
         """OFD's margin of every pair with a ``teacher_bn``, as buffers."""
         from ..losses import ofd_margin
