@@ -300,10 +300,8 @@ class LipschitzDistiller(BaseModel):
             # loss computed outside training
             weights = self.balancer.weight_of()
             if self.training and torch.is_grad_enabled():
-                student_params = [p for p in self.student.parameters()
-                                  if p.requires_grad]
                 logs.update(self.balancer(self.parse_losses(losses)[0],
-                                          distill, student_params))
+                                          distill, self._student_params()))
         w = self.distill_weight
         for k, v in distill.items():
             if k in weights:
@@ -311,6 +309,9 @@ class LipschitzDistiller(BaseModel):
             losses[k] = v * w if w != 1.0 else v
         losses.update(logs)
         return losses
+
+    def _student_params(self) -> List[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
 
     def record(self, inputs: torch.Tensor, data_samples
                ) -> Tuple[dict, Features, Features]:
