@@ -494,11 +494,20 @@ def test_sigma_ratio_in_the_same_step():
     torch.testing.assert_close(loss, total)
 
 
-def test_data_preprocessor_is_an_error():
+def test_data_preprocessor_other_than_the_students_is_an_error():
     s, t, scope, _ = FAMILIES['retinanet']
+    student = s()
     with pytest.raises(TypeError, match=r'student=dict\(.*data_preproc'):
-        build(s(), t(), scope, data_preprocessor=dict(
+        build(student, t(), scope, data_preprocessor=dict(
             type='DetDataPreprocessor'))
+    other = copy.deepcopy(student['data_preprocessor'])
+    other['std'] = [1.0, 1.0, 1.0]
+    with pytest.raises(TypeError, match='not the student'):
+        build(student, t(), scope, data_preprocessor=other)
+    # what mmengine's Runner passes from a config whose top-level
+    # data_preprocessor is the student's (mmseg configs): accepted
+    same = dict(copy.deepcopy(student['data_preprocessor']), _scope_=scope)
+    build(student, t(), scope, data_preprocessor=same)
 
 
 def test_lipschitz_check_finite_default_and_override():

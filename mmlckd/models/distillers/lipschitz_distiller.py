@@ -147,9 +147,11 @@ class LipschitzDistiller(BaseModel):
             maps differ in spatial size at probe time (the losses then
             resize the student's); default False: an error, as it usually
             means stages paired one off (stride 4 vs 8).
-        data_preprocessor: must be None: the student's own
-            ``data_preprocessor`` (set in ``student=``) preprocesses the
-            batch for both nets.
+        data_preprocessor: None or the student's ``data_preprocessor``
+            config (mmengine's Runner passes a config's top-level
+            ``data_preprocessor`` here), else an error: the student's own
+            one (set in ``student=``) preprocesses the batch for both
+            nets.
     """
 
     def __init__(self,
@@ -171,7 +173,8 @@ class LipschitzDistiller(BaseModel):
                  data_preprocessor=None,
                  init_cfg=None,
                  **unexpected):
-        _check_arguments(unexpected, data_preprocessor, lipschitz_on)
+        _check_arguments(unexpected, lipschitz_on)
+        _check_data_preprocessor(data_preprocessor, student)
         student_model = ROOT_MODELS.build(copy.deepcopy(student))
         super().__init__(
             data_preprocessor=student_model.data_preprocessor,
@@ -424,8 +427,7 @@ class LipschitzDistiller(BaseModel):
         check_terms_finite(terms, named)
 
 
-def _check_arguments(unexpected: dict, data_preprocessor,
-                     lipschitz_on: str) -> None:
+def _check_arguments(unexpected: dict, lipschitz_on: str) -> None:
     """Errors, with the fix, for arguments the distiller does not take."""
     if unexpected:
         raise TypeError(
@@ -434,15 +436,41 @@ def _check_arguments(unexpected: dict, data_preprocessor,
             '(backbone, neck, bbox_head, ...), the distiller dict was '
             'merged into `_base_.model`: add `_delete_=True` to '
             '`model=dict(...)` and pass the base model as `student=`.')
-    if data_preprocessor is not None:
-        raise TypeError(
-            'LipschitzDistiller does not take a data_preprocessor: the '
-            'student\'s own one preprocesses the batch for both nets. Set '
-            'it in student=dict(..., data_preprocessor=...) and remove '
-            'model.data_preprocessor.')
     if lipschitz_on not in LIPSCHITZ_WIRINGS:
         raise ValueError(f'lipschitz_on must be one of {LIPSCHITZ_WIRINGS}'
                          f', got {lipschitz_on!r}')
+
+
+def _plain(cfg):
+    """A config value without ``_scope_`` keys, tuples as lists (to compare
+    configs that went through the registry or a dump)."""
+    if isinstance(cfg, dict):
+        return {k: _plain(v) for k, v in cfg.items() if k != '_scope_'}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def _check_data_preprocessor(data_preprocessor, student: dict) -> None:
+    """The student's data preprocessor serves both nets. mmengine's Runner
+    passes a config's top-level ``data_preprocessor`` to the model (mmseg
+    configs have one): accepted when it is the student's, else an error,
+    since it would be ignored."""
+    if data_preprocessor is None:
+        return
+    own = student.get('data_preprocessor', None) \
+        if isinstance(student, dict) else None
+    if isinstance(data_preprocessor, dict) and \
+            _plain(data_preprocessor) == _plain(own):
+        return
+    raise TypeError(
+        'LipschitzDistiller got a data_preprocessor that is not the '
+        f'student\'s ({data_preprocessor!r}); the student\'s own '
+        'data_preprocessor preprocesses the batch for both nets. Set it '
+        'in student=dict(..., data_preprocessor=...) and remove '
+        'model.data_preprocessor (and a top-level data_preprocessor that '
+        'differs from it: mmengine\'s Runner passes that one to the '
+        'model).')
 
 
 def _labels(data_samples) -> Optional[torch.Tensor]:
