@@ -22,9 +22,13 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'benchmarks', 'configs', 'tools')),
     python_requires='>=3.8',
-    install_requires=[
-        'mmengine==0.10.7', 'mmcv>=2.0.0,<2.2.0', 'mmdet==3.3.0',
-        'mmsegmentation==1.2.2'
-    ],
+    # Supported ranges; requirements.txt pins the tested versions (inside
+    # them) that tools/setup_env.sh installs. torch is not listed: install
+    # the build for your machine first (the README's set-up does).
+    install_requires=['mmengine>=0.10.7,<0.11', 'mmcv>=2.0.0,<2.2.0'],
+    extras_require={
+        'det': ['mmdet>=3.3.0,<3.4'],
+        'seg': ['mmsegmentation>=1.2.2,<1.3'],
+    },
     license='Apache License 2.0',
     zip_safe=False)

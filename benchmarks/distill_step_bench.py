@@ -6,7 +6,7 @@ For each model (full-size architectures, random init, no checkpoint):
 * ``faster_rcnn``    Faster R-CNN R-101 FPN -> R-18 FPN,
 * ``deeplabv3plus``  DeepLabV3+ R-101-D8 -> R-18-D8 (the six OFD features),
 
-built from the recipes in ``configs/detection`` / ``configs/segmentation``
+built from the recipes in ``configs/london``
 (the stock ``mmdet::``/``mmseg::`` configs with the backbone depth changed if
 a recipe is missing; SyncBN -> BN, pretrained init removed), the following
 modes are timed side by side, *interleaved* (every round runs each mode once,
@@ -138,7 +138,7 @@ MODEL_SPECS = {
     'retinanet': dict(
         title='RetinaNet R50 -> R18',
         scope='mmdet',
-        recipe='configs/detection/'
+        recipe='configs/london/'
         'london_retinanet_r101_r18_fpn_8xb2-1x_voc0712.py',
         # the recipe's teacher is R-101: the R-50 teacher of this benchmark
         teacher='mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py',
@@ -147,7 +147,7 @@ MODEL_SPECS = {
     'faster_rcnn': dict(
         title='Faster R-CNN R101 -> R18',
         scope='mmdet',
-        recipe='configs/detection/'
+        recipe='configs/london/'
         'london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py',
         teacher=None,
         stock='mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_voc0712.py',
@@ -155,7 +155,7 @@ MODEL_SPECS = {
     'deeplabv3plus': dict(
         title='DeepLabV3+ R101-D8 -> R18-D8',
         scope='mmseg',
-        recipe='configs/segmentation/london_deeplabv3plus_r101-d8_r18-d8_'
+        recipe='configs/london/london_deeplabv3plus_r101-d8_r18-d8_'
         '4xb4-40k_voc12aug-512x512.py',
         teacher=None,
         stock='mmseg::deeplabv3plus/'
@@ -223,12 +223,6 @@ def _shrink(model: dict, base: int, width: int) -> None:
         model['auxiliary_head'].update(in_channels=chans[2], channels=width)
 
 
-def _resolve(path: str) -> str:
-    if '::' in path or osp.isfile(path):
-        return path
-    return osp.join(ROOT, path)
-
-
 def build_cfgs(name: str, size: int, quick: bool):
     """(distiller cfg, dataset cfg, data preprocessor cfg, recipe used)."""
     spec = MODEL_SPECS[name]
@@ -236,7 +230,7 @@ def build_cfgs(name: str, size: int, quick: bool):
     if osp.isfile(recipe):
         cfg = load_config(recipe)
         dcfg = copy.deepcopy(cfg.model)
-        tpath = spec['teacher'] or _resolve(dcfg['teacher']['config'])
+        tpath = spec['teacher'] or dcfg['teacher']['config']
         tcfg = load_config(tpath)
         source = spec['recipe'] + (
             f' (teacher: {spec["teacher"]})' if spec['teacher'] else '')

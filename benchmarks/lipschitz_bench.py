@@ -5,7 +5,8 @@ Compares, side by side on the same transmitting matrices (TMs):
 * ``ref-5`` / ``ref-10``: the reference code's estimator: ``K = TM TM^T``,
   5 or 10 power iterations from a ones vector, ``sigma = sqrt(||Kv||/||v||)``;
 * ``ours-cold-20``: :class:`LipschitzLoss` without warm start: 20
-  iterations on the TM itself from the cold start of :func:`spectral_norm`;
+  iterations on the TM itself from the cold start (see
+  :mod:`mmlckd.models.losses.power_iteration`);
 * ``ours-warm-2 k=K``: :class:`LipschitzLoss` (``n_iters=2``,
   ``n_vectors=K``): 2 iterations started from the vectors stored at the
   previous call (measured after warm-up);
@@ -154,7 +155,7 @@ def make_estimators(
         loss = LipschitzLoss(
             n_iters=2, cold_iters=cold_iters, warm_start=warm, n_vectors=k)
         return (lambda tms:
-                [loss.estimate_sigma(t, ('tm', i))
+                [loss.estimate_sigma(t, 'tm', 'student', i)
                  for i, t in enumerate(tms)], loss.lipschitz_constants)
 
     factories = {

@@ -2,9 +2,11 @@
 
 Everything mmlckd provides lives in the ``mmlckd`` scope, so a stock
 MMDetection / MMSegmentation config (``default_scope='mmdet'`` or ``'mmseg'``)
-refers to it as ``type='mmlckd.LipschitzDistiller'``. With ``locations`` the
-registries import their modules on first use, so ``custom_imports`` is
-optional (but recommended: it also registers the torch compatibility layer).
+refers to it as ``type='mmlckd.LipschitzDistiller'``. That prefix is the one
+registration mechanism: for a type of another scope mmengine imports
+``<scope>.registry``, i.e. this module, whose package ``__init__`` registers
+every module and the torch compatibility layer; ``locations`` then names
+the modules each registry holds.
 """
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
@@ -17,7 +19,10 @@ MODELS = Registry(
     scope='mmlckd',
     locations=['mmlckd.models'])
 HOOKS = Registry(
-    'hook', parent=MMENGINE_HOOKS, scope='mmlckd', locations=['mmlckd.engine.hooks'])
+    'hook',
+    parent=MMENGINE_HOOKS,
+    scope='mmlckd',
+    locations=['mmlckd.engine.hooks'])
 MODEL_WRAPPERS = Registry(
     'model_wrapper',
     parent=MMENGINE_MODEL_WRAPPERS,

@@ -7,7 +7,7 @@ VOCdevkit on a CPU, without downloading anything::
     from mmengine.config import Config
     from mmlckd.testing import tiny_voc_cfg
 
-    cfg = Config.fromfile('configs/detection/london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py')
+    cfg = Config.fromfile('configs/london/london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py')
     tiny_voc_cfg(cfg, data_root='/tmp/voc', work_dir='/tmp/wd')
     cfg.dump('/tmp/tiny.py')   # usable by tools/train.py, tools/dist_train.sh
 
@@ -16,7 +16,6 @@ initialisation, the norm layers, the data and the schedule change. See
 :func:`tiny_voc_cfg` for the full list.
 """
 import copy
-import os
 import os.path as osp
 from typing import Any, Optional, Sequence, Tuple
 
@@ -26,7 +25,7 @@ from mmlckd.utils import load_config
 
 __all__ = [
     'strip_pretrained', 'sync_bn_to_bn', 'tiny_model_cfg', 'tiny_voc_cfg',
-    'resolve_teacher_config', 'DISTILLER_TYPES'
+    'DISTILLER_TYPES'
 ]
 
 DISTILLER_TYPES = ('LipschitzDistiller', 'mmlckd.LipschitzDistiller')
@@ -81,42 +80,10 @@ def sync_bn_to_bn(cfg: Any) -> Any:
     return cfg
 
 
-def resolve_teacher_config(path: str, cfg_filename: Optional[str] = None
-                           ) -> str:
-    """Find a distiller's ``teacher.config`` path.
-
-    Recipes give it relative to the repository root. Tried in order: the
-    path as is (``pkg::`` paths, absolute paths, relative to the current
-    directory), then relative to every parent folder of ``cfg_filename``
-    (the distillation config's file), so it also resolves when the current
-    directory is not the repository root.
-    """
-    if '::' in path or osp.isabs(path) or osp.isfile(path):
-        return path
-    if cfg_filename:
-        folder = osp.dirname(osp.abspath(cfg_filename))
-        while True:
-            candidate = osp.join(folder, path)
-            if osp.isfile(candidate):
-                return candidate
-            parent = osp.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
-    raise FileNotFoundError(
-        f'teacher config {path!r} not found from {os.getcwd()!r}'
-        + (f' nor from the folders above {cfg_filename!r}'
-           if cfg_filename else '') + '; run from the repository root.')
-
-
-def _tiny_teacher(teacher: dict, cfg_filename, checkpoint, size_hw):
+def _tiny_teacher(teacher: dict, checkpoint, size_hw):
     """Load the teacher config, shrink its model like the student's and
     return an inline ``dict(model=..., default_scope=...)``."""
-    tconf = teacher['config']
-    if isinstance(tconf, str):
-        tconf = load_config(resolve_teacher_config(tconf, cfg_filename))
-    else:
-        tconf = load_config(tconf)
+    tconf = load_config(teacher['config'])
     model = copy.deepcopy(tconf.get('model', None) or tconf)
     if isinstance(model, ConfigDict):
         model = model.to_dict()
@@ -129,8 +96,7 @@ def _tiny_teacher(teacher: dict, cfg_filename, checkpoint, size_hw):
 
 def tiny_model_cfg(model: dict,
                    teacher_checkpoint: Optional[str] = None,
-                   size_hw: Optional[Tuple[int, int]] = None,
-                   cfg_filename: Optional[str] = None) -> dict:
+                   size_hw: Optional[Tuple[int, int]] = None) -> dict:
     """In place: a model config that builds offline (random init).
 
     * no pretrained weights (:func:`strip_pretrained`), SyncBN -> BN;
@@ -147,8 +113,7 @@ def tiny_model_cfg(model: dict,
     if model.get('type', None) in DISTILLER_TYPES:
         tiny_model_cfg(model['student'], size_hw=size_hw)
         model['teacher'] = _tiny_teacher(
-            dict(model['teacher']), cfg_filename, teacher_checkpoint,
-            size_hw)
+            dict(model['teacher']), teacher_checkpoint, size_hw)
         if size_hw is not None:
             model['probe_input_size'] = tuple(size_hw)
         return model
@@ -284,7 +249,7 @@ def tiny_voc_cfg(cfg: Config,
     scale_wh = tuple(img_scale)
     crop_hw = (scale_wh[1], scale_wh[0])
     tiny_model_cfg(cfg.model, teacher_checkpoint=teacher_checkpoint,
-                   size_hw=crop_hw, cfg_filename=cfg.filename)
+                   size_hw=crop_hw)
     if isinstance(cfg.get('data_preprocessor', None), dict) and \
             cfg.data_preprocessor.get('size', None) is not None:
         cfg.data_preprocessor['size'] = crop_hw

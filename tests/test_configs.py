@@ -1,10 +1,15 @@
 """The recipes in ``configs/``.
 
-* every config parses; the VOC recipes document data, schedule, GPUs and
-  teacher checkpoint in their header, distillation configs point at a teacher
-  config of this repo and at ``work_dirs/<teacher config>/...`` (nothing is
-  needed to *parse* them), OFD-only ablations differ from their LONDON config
-  in ``lipschitz_loss`` alone;
+* every config loads from any working directory; the VOC recipes train and
+  test on the VOC splits of their references, distillation recipes name a
+  teacher config of ``configs/baselines/`` relative to their own file and a
+  checkpoint under ``work_dirs/<teacher config>/``, their student is the
+  baseline student's model, their weights follow the documented derivation,
+  and the OFD-only ablations differ from their LONDON config in
+  ``lipschitz_loss`` alone;
+* ``configs/london/metafile.yml`` lists every recipe, with existing
+  teacher/student configs, and the CHANGELOG maps every removed config path
+  to an existing one;
 * every config's model builds offline (random init, random teacher) through
   :func:`mmlckd.testing.tiny_voc_cfg`;
 * one representative distillation config per family (detection: Faster
@@ -12,17 +17,17 @@
   iterations and evaluates on the synthetic VOC through ``tools/train.py``;
 * ``tools/dist_train.sh`` trains the RetinaNet recipe with 2 CPU processes.
 
-Cost: on 2 CPU cores a full-size R-101 teacher + student step at 64 px takes
-seconds, so only the representatives train (the other distillation configs
-share their code path: same distiller, hooks and data; the recipes differ in
-model definitions, which the build test covers, including the distiller's
-probe forward through the recorded layers of both nets).
+Only the representatives train (the other distillation configs share their
+code path: same distiller, hooks and data; the recipes differ in model
+definitions, which the build test covers, including the distiller's probe
+forward through the recorded layers of both nets).
 """
 import glob
 import json
 import math
 import os
 import os.path as osp
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +35,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 from mmengine.config import Config
 from mmengine.registry import MODELS, DefaultScope
 
@@ -47,25 +53,26 @@ ALL_CONFIGS = sorted(
                        recursive=True)
     if '_base_' not in p.split(os.sep))
 VOC_RECIPES = [c for c in ALL_CONFIGS
-               if c.split('/')[1] in ('detection', 'segmentation')]
-DISTILL_RECIPES = [c for c in VOC_RECIPES
-                   if osp.basename(c).startswith(('london_', 'ofd_'))]
+               if c.split('/')[1] in ('london', 'baselines')]
+DISTILL_RECIPES = [c for c in ALL_CONFIGS if c.split('/')[1] == 'london']
 TRAINED = {
-    'detection': 'configs/detection/'
+    'detection': 'configs/london/'
     'london_faster-rcnn_r101_r18_fpn_8xb2-1x_voc0712.py',
-    'segmentation': 'configs/segmentation/'
+    'segmentation': 'configs/london/'
     'london_deeplabv3plus_r101-d8_r18-d8_4xb4-40k_voc12aug-512x512.py',
 }
-DIST_CONFIG = ('configs/detection/'
+DIST_CONFIG = ('configs/london/'
                'london_retinanet_r101_r18_fpn_8xb2-1x_voc0712.py')
+METAFILE = osp.join(REPO, 'configs', 'london', 'metafile.yml')
 HOOKS = ('mmlckd.LipschitzMonitorHook', 'mmlckd.StudentExportHook',
          'mmlckd.TeacherSanityCheckHook', 'mmlckd.DistillWeightHook')
 
 
 @pytest.fixture(autouse=True)
-def _at_repo_root(monkeypatch):
-    """The recipes name their teacher config relative to the repo root."""
-    monkeypatch.chdir(REPO)
+def _elsewhere(monkeypatch, tmp_path):
+    """Every test runs from a folder outside the repository: the configs
+    must not depend on the working directory."""
+    monkeypatch.chdir(tmp_path)
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -100,17 +107,49 @@ def test_recipe_set_is_complete():
     assert set(TRAINED.values()) | {DIST_CONFIG} <= set(VOC_RECIPES)
 
 
+def test_metafile_lists_every_recipe():
+    meta = yaml.safe_load(open(METAFILE))
+    collections = {c['Name'] for c in meta['Collections']}
+    models = meta['Models']
+    assert sorted(m['Config'] for m in models) == DISTILL_RECIPES
+    for m in models:
+        assert m['In Collection'] in collections, m['Name']
+        assert m['Name'] == osp.splitext(osp.basename(m['Config']))[0]
+        assert m['In Collection'] == (
+            'OFD' if m['Name'].startswith('ofd_') else 'LONDON')
+        assert 'Results' not in m, 'no measured result yet'
+        cfg = load(m['Config'])
+        teacher = m['Metadata']['Teacher']['Config']
+        student = m['Metadata']['Student']['Config']
+        assert osp.normpath(cfg.model.teacher.config) == \
+            osp.join(REPO, teacher)
+        assert cfg.model.student == load(student).model, m['Name']
+        gpus, per_gpu = re.fullmatch(
+            r'(\d+) GPUs x (\d+) images',
+            m['Metadata']['Training Resources']).groups()
+        assert int(per_gpu) == cfg.train_dataloader.batch_size
+        assert f'_{gpus}xb{per_gpu}-' in m['Name']
+
+
+def test_changelog_maps_every_moved_config():
+    """Old paths (configs/detection, configs/segmentation) are gone; the
+    CHANGELOG names each with its existing replacement."""
+    text = open(osp.join(REPO, 'CHANGELOG.md'), encoding='utf-8').read()
+    moves = dict(re.findall(
+        r'`(configs/(?:detection|segmentation)/[^`]+\.py)` +-> +'
+        r'`(configs/[^`]+\.py)`', text))
+    assert sorted(moves.values()) == VOC_RECIPES
+    for old, new in moves.items():
+        assert not osp.exists(osp.join(REPO, old)), old
+        assert osp.basename(old) == osp.basename(new)
+
+
 @pytest.mark.parametrize('path', ALL_CONFIGS)
 def test_config_parses(path):
     cfg = load(path)
     assert cfg.get('default_scope') in ('mmdet', 'mmseg')
     if path not in VOC_RECIPES:
         return
-    header = open(osp.join(REPO, path)).read().split('\n_base_ =')[0]
-    assert header.startswith('#')
-    assert 'data/VOCdevkit/' in header, 'header: data layout'
-    assert 'GPUs x' in header, 'header: GPUs x batch'
-    assert 'Schedule:' in header
     train = cfg.train_dataloader.dataset
     if cfg.default_scope == 'mmdet':  # VOC07+12 trainval, VOC07 test
         subsets = [d.ann_file for d in train.dataset.datasets]
@@ -129,23 +168,23 @@ def test_config_parses(path):
     if not is_distiller(cfg):
         return
 
-    # distillation recipes
-    assert 'Teacher:' in header and 'model.teacher.checkpoint' in header
-    assert 'mmlckd' in cfg.custom_imports.imports
-    assert cfg.custom_imports.allow_failed_imports is False
+    # distillation recipes: mmlckd found through the type prefix alone
+    assert 'custom_imports' not in cfg
     assert {h.type for h in cfg.custom_hooks} == set(HOOKS)
     teacher = cfg.model.teacher
-    assert not osp.isabs(teacher.config)
-    assert osp.isfile(osp.join(REPO, teacher.config)), teacher.config
+    # {{ fileDirname }}: an absolute path, whatever the working directory
+    assert osp.isabs(teacher.config) and osp.isfile(teacher.config)
+    assert osp.dirname(osp.normpath(teacher.config)) == \
+        osp.join(REPO, 'configs', 'baselines')
     stem = osp.splitext(osp.basename(teacher.config))[0]
     assert teacher.checkpoint.startswith(f'work_dirs/{stem}/')
-    tcfg = Config.fromfile(osp.join(REPO, teacher.config))
+    tcfg = Config.fromfile(teacher.config)
     assert tcfg.default_scope == cfg.default_scope
     assert tcfg.model.backbone.depth == 101
     assert tcfg.model.get('data_preprocessor') == \
         cfg.model.student.get('data_preprocessor')
     # the student is the baseline student config's model, unchanged
-    baseline = osp.join(osp.dirname(path), _student_baseline(path))
+    baseline = osp.join('configs', 'baselines', _student_baseline(path))
     assert cfg.model.student == load(baseline).model
     feat = cfg.model.feature_loss
     assert feat.type == 'mmlckd.OFDLoss' and feat.loss_weight == 1e-5
@@ -185,15 +224,16 @@ def _student_baseline(path):
 
 def test_r18_students_use_imagenet_r18():
     for arch in ('faster-rcnn', 'retinanet'):
-        m = load(f'configs/detection/{arch}_r18_fpn_8xb2-1x_voc0712.py').model
+        m = load(f'configs/baselines/{arch}_r18_fpn_8xb2-1x_voc0712.py')
+        m = m.model
         assert m.backbone.depth == 18
         assert m.backbone.init_cfg == dict(
             type='Pretrained', checkpoint='torchvision://resnet18')
         assert m.neck.in_channels == [64, 128, 256, 512]
-        t = load(f'configs/detection/{arch}_r101_fpn_8xb2-1x_voc0712.py')
+        t = load(f'configs/baselines/{arch}_r101_fpn_8xb2-1x_voc0712.py')
         assert t.model.backbone.init_cfg.checkpoint == \
             'torchvision://resnet101'
-    seg = load('configs/segmentation/'
+    seg = load('configs/baselines/'
                'deeplabv3plus_r18-d8_4xb4-40k_voc12aug-512x512.py').model
     assert seg.backbone.depth == 18
     assert seg.pretrained == 'open-mmlab://resnet18_v1c'
@@ -237,7 +277,7 @@ def test_config_builds(path):
     cfg = load(path)
     if 'model' not in cfg:  # a shared runtime file (e.g. configs/demo)
         pytest.skip('no model in this config')
-    tiny_model_cfg(cfg.model, size_hw=(64, 64), cfg_filename=cfg.filename)
+    tiny_model_cfg(cfg.model, size_hw=(64, 64))
     model = build(cfg.model, cfg.default_scope)
     if not is_distiller(cfg) or path not in VOC_RECIPES:
         return

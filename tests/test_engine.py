@@ -14,9 +14,10 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import Runner
 
 import mmlckd  # noqa: F401
-from mmlckd.utils.runner import prepare_distill_cfg
+from mmlckd.utils.cli import prepare_distill_cfg
 import rank_dump_hook  # noqa: F401  (registers RankDumpHook in-process)
 from tiny_models import det_model
+from tool_modules import load_tool
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
@@ -46,7 +47,7 @@ def tiny_cfg(devkit, work_dir, teacher_ckpt, max_iters=2, batch_size=2,
                   dataset=test)
     cfg = dict(
         default_scope='mmdet',
-        custom_imports=dict(imports=['mmlckd', 'rank_dump_hook'],
+        custom_imports=dict(imports=['rank_dump_hook'],
                             allow_failed_imports=False),
         model=dict(
             type='mmlckd.LipschitzDistiller',
@@ -261,14 +262,8 @@ def test_test_tool_runs_student_only(voc_devkit, teacher_ckpt, tmp_path):
     cfg = tiny_cfg(voc_devkit, work, teacher_ckpt + '.missing', max_iters=2)
     cfg_path = tmp_path / 'cfg.py'
     cfg.dump(str(cfg_path))
-    sys.path.insert(0, osp.join(REPO, 'tools'))
-    try:
-        import importlib
-        test_tool = importlib.import_module('test')
-        metrics = test_tool.main([str(cfg_path), str(work / 'iter_2.pth'),
-                                  '--work-dir', str(tmp_path / 'eval')])
-    finally:
-        sys.path.remove(osp.join(REPO, 'tools'))
+    metrics = load_tool('test').main([str(cfg_path), str(work / 'iter_2.pth'),
+                                      '--work-dir', str(tmp_path / 'eval')])
     assert 'pascal_voc/mAP' in metrics
     # the exported student works with the plain student model too
     init_default_scope('mmdet')
@@ -302,19 +297,14 @@ def test_train_tool_bad_resume_path(voc_devkit, teacher_ckpt, tmp_path):
     cfg = tiny_cfg(voc_devkit, tmp_path / 'w', teacher_ckpt)
     cfg_path = tmp_path / 'cfg.py'
     cfg.dump(str(cfg_path))
-    sys.path.insert(0, osp.join(REPO, 'tools'))
-    try:
-        import importlib
-        train_tool = importlib.import_module('train')
-        with pytest.raises(SystemExit, match='checkpoint not found.*nope'):
-            train_tool.main([str(cfg_path), '--resume',
-                             str(tmp_path / 'nope.pth')])
-        with pytest.raises(SystemExit, match='--amp needs a CUDA GPU'):
-            if torch.cuda.is_available():
-                raise SystemExit('--amp needs a CUDA GPU (skipped on GPU)')
-            train_tool.main([str(cfg_path), '--amp'])
-    finally:
-        sys.path.remove(osp.join(REPO, 'tools'))
+    train_tool = load_tool('train')
+    with pytest.raises(SystemExit, match='checkpoint not found.*nope'):
+        train_tool.main([str(cfg_path), '--resume',
+                         str(tmp_path / 'nope.pth')])
+    with pytest.raises(SystemExit, match='--amp needs a CUDA GPU'):
+        if torch.cuda.is_available():
+            raise SystemExit('--amp needs a CUDA GPU (skipped on GPU)')
+        train_tool.main([str(cfg_path), '--amp'])
 
 
 def test_train_tool_tears_down_its_process_group(voc_devkit, teacher_ckpt,
@@ -331,9 +321,7 @@ def test_train_tool_tears_down_its_process_group(voc_devkit, teacher_ckpt,
                            MASTER_ADDR='127.0.0.1',
                            MASTER_PORT=str(_free_port())).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.syspath_prepend(osp.join(REPO, 'tools'))
-    import importlib
-    train_tool = importlib.import_module('train')
+    train_tool = load_tool('train')
     try:
         runner = train_tool.main([str(cfg_path), '--launcher', 'pytorch'])
         assert type(runner.model).__name__ == (

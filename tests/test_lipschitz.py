@@ -1,12 +1,14 @@
-"""Tests of the LONDON core: transmitting matrix, spectral norm, loss."""
+"""Tests of the LONDON core: transmitting matrix, top singular value, loss."""
+import json
 import math
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from mmlckd.models.losses import (LipschitzLoss, spectral_norm,
-                                  transmitting_matrix)
+from mmlckd.models.losses import (LipschitzLoss, PowerIterationState,
+                                  top_singular_value, transmitting_matrix)
 from mmlckd.registry import MODELS
 
 
@@ -124,7 +126,7 @@ def test_transmitting_matrix_float32_under_autocast():
 
 
 # --------------------------------------------------------------------------
-# spectral_norm
+# top_singular_value
 # --------------------------------------------------------------------------
 def largest_column_start(mat):
     """Independent re-statement of the documented cold start."""
@@ -135,7 +137,7 @@ def largest_column_start(mat):
 
 @pytest.mark.parametrize('m,n', [(64, 128), (256, 512)])
 @pytest.mark.parametrize('kind', ['random', 'low_rank_noise'])
-def test_spectral_norm_cold_accuracy(m, n, kind):
+def test_top_singular_value_cold_accuracy(m, n, kind):
     g = gen(m + n)
     if kind == 'random':  # Gaussian: no spectral gap at all
         mat = torch.randn(2, m, n, generator=g)
@@ -143,7 +145,7 @@ def test_spectral_norm_cold_accuracy(m, n, kind):
         mat = with_spectrum(
             2, m, n, [1.0, 0.7, 0.5, 0.4, 0.3], g, noise=0.2 / math.sqrt(n))
     k = 20
-    est = spectral_norm(mat, n_iters=k)
+    est = top_singular_value(mat, n_iters=k)
     u_ex, s_ex, vh_ex = torch.linalg.svd(mat.double())
     ratio = est.double() / s_ex[:, 0]
     assert (ratio <= 1 + 1e-5).all(), 'power iteration never overshoots'
@@ -169,10 +171,10 @@ def test_cold_start_does_not_rely_on_ones():
     u1 = torch.linalg.svd(mat)[0][..., 0]
     assert (u1.sum(-1).abs() < 1e-10).all()
     assert ((largest_column_start(mat) * u1).sum(-1).abs() > 0.5).all()
-    assert rel_err(spectral_norm(mat, n_iters=4), exact_sigma(mat)) < 1e-5
+    assert rel_err(top_singular_value(mat, n_iters=4), exact_sigma(mat)) < 1e-5
 
 
-def test_spectral_norm_warm_start_and_vectors():
+def test_top_singular_value_warm_start_and_vectors():
     g = gen(2)
     mat = with_spectrum(3, 20, 30, [3.0, 2.9, 1.0], g)
     exact = exact_sigma(mat)
@@ -180,35 +182,35 @@ def test_spectral_norm_warm_start_and_vectors():
     u1, v1 = u_ex[..., 0], vh_ex[..., 0, :]
     # With r = 0.97 one iteration from a cold start is far off; from the
     # exact vectors it is exact.
-    assert rel_err(spectral_norm(mat, 1), exact) > 1e-3
-    assert rel_err(spectral_norm(mat, 1, u=u1), exact) < 1e-6
-    assert rel_err(spectral_norm(mat, 1, v=v1), exact) < 1e-6
-    assert rel_err(spectral_norm(mat, 0, u=u1, v=v1), exact) < 1e-6
+    assert rel_err(top_singular_value(mat, 1), exact) > 1e-3
+    assert rel_err(top_singular_value(mat, 1, u=u1), exact) < 1e-6
+    assert rel_err(top_singular_value(mat, 1, v=v1), exact) < 1e-6
+    assert rel_err(top_singular_value(mat, 0, u=u1, v=v1), exact) < 1e-6
     # A vector shared by the batch, shape (m,), broadcasts.
     single = with_spectrum(1, 20, 30, [3.0, 1.0], g).expand(3, 20, 30)
     u_single = torch.linalg.svd(single[0])[0][:, 0]
-    assert rel_err(spectral_norm(single, 1, u=u_single),
+    assert rel_err(top_singular_value(single, 1, u=u_single),
                    exact_sigma(single)) < 1e-6
-    sigma, u, v = spectral_norm(mat, 50, return_vectors=True)
+    sigma, u, v = top_singular_value(mat, 50, return_vectors=True)
     torch.testing.assert_close(u.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(
         torch.einsum('bm,bmn,bn->b', u, mat, v), sigma, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match=r'u must have shape \(20,\)'):
-        spectral_norm(mat, u=torch.ones(21))
+        top_singular_value(mat, u=torch.ones(21))
     with pytest.raises(ValueError, match='n_iters'):
-        spectral_norm(mat, n_iters=-1)
+        top_singular_value(mat, n_iters=-1)
 
 
-def test_spectral_norm_exact():
+def test_top_singular_value_exact():
     mat = torch.randn(2, 6, 9, generator=gen())
     torch.testing.assert_close(
-        spectral_norm(mat, exact=True), torch.linalg.matrix_norm(mat, ord=2))
-    sigma, u, v = spectral_norm(mat, exact=True, return_vectors=True)
+        top_singular_value(mat, exact=True), torch.linalg.matrix_norm(mat, ord=2))
+    sigma, u, v = top_singular_value(mat, exact=True, return_vectors=True)
     torch.testing.assert_close(torch.einsum('bm,bmn,bn->b', u, mat, v), sigma)
 
 
-def test_spectral_norm_gradcheck():
+def test_top_singular_value_gradcheck():
     # The gradient is u v^T with the final (detached) vectors: that is the
     # derivative of the *true* top singular value, and it matches finite
     # differences of this function only if the iteration has converged at
@@ -218,30 +220,30 @@ def test_spectral_norm_gradcheck():
     mat = with_spectrum(
         2, 4, 5, [3.0, 1.0, 0.5, 0.2], gen(3),
         dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: spectral_norm(a, n_iters=60),
+    assert torch.autograd.gradcheck(lambda a: top_singular_value(a, n_iters=60),
                                     (mat, ))
-    spectral_norm(mat, 60).sum().backward()
+    top_singular_value(mat, 60).sum().backward()
     u, _, vh = torch.linalg.svd(mat.detach())
     expected = u[..., :, :1] @ vh[..., :1, :]  # d sigma_1 / d M
     torch.testing.assert_close(mat.grad, expected)
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_spectral_norm_half_inputs(dtype):
+def test_top_singular_value_half_inputs(dtype):
     mat = torch.randn(2, 16, 24, generator=gen())
     exact = exact_sigma(mat.to(dtype).float())
-    assert spectral_norm(mat.to(dtype), 50).dtype == torch.float32
+    assert top_singular_value(mat.to(dtype), 50).dtype == torch.float32
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        sigma = spectral_norm(mat.to(dtype), 50)
-        sigma32 = spectral_norm(mat, 50)
+        sigma = top_singular_value(mat.to(dtype), 50)
+        sigma32 = top_singular_value(mat, 50)
     assert sigma.dtype == torch.float32 and sigma32.dtype == torch.float32
     assert rel_err(sigma, exact) < 1e-4
-    assert spectral_norm(mat.double(), 2).dtype == torch.float64
+    assert top_singular_value(mat.double(), 2).dtype == torch.float64
 
 
-def test_spectral_norm_zero_matrix():
+def test_top_singular_value_zero_matrix():
     mat = torch.zeros(2, 5, 7, requires_grad=True)
-    sigma = spectral_norm(mat)
+    sigma = top_singular_value(mat)
     assert torch.equal(sigma, torch.zeros(2))
     sigma.sum().backward()
     assert torch.equal(mat.grad, torch.zeros_like(mat))
@@ -290,7 +292,7 @@ def test_loss_value(distance, block_weights, weights):
         block_weights=block_weights,
         distance=distance,
         cold_iters=100)
-    loss = loss_fn(fs, ft)
+    loss, _ = loss_fn(fs, ft)
     expected = 0.5 * expected_loss(fs, ft, weights, distance)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=0)
@@ -324,7 +326,7 @@ def test_input_errors():
 def test_gradients_reach_student_only():
     fs = [f.requires_grad_() for f in stage_feats(seed=0)]
     ft = [f.requires_grad_() for f in stage_feats(seed=1)]
-    loss = LipschitzLoss()(fs, ft)
+    loss, _ = LipschitzLoss()(fs, ft)
     loss.backward()
     assert all(f.grad is None for f in ft)
     assert all(
@@ -333,7 +335,7 @@ def test_gradients_reach_student_only():
 
 def test_loss_gradcheck():
     # float64, no warm start (deterministic) and enough iterations to
-    # converge: see test_spectral_norm_gradcheck.
+    # converge: see test_top_singular_value_gradcheck.
     g = gen(4)
     fs = [(torch.randn(1, 3, 4, 4, generator=g, dtype=torch.float64) +
            0.5).requires_grad_(),
@@ -341,21 +343,22 @@ def test_loss_gradcheck():
            0.5).requires_grad_()]
     ft = [torch.randn_like(f) for f in fs]
     loss_fn = LipschitzLoss(warm_start=False, cold_iters=40)
-    assert torch.autograd.gradcheck(lambda a, b: loss_fn([a, b], ft), fs)
+    assert torch.autograd.gradcheck(lambda a, b: loss_fn([a, b], ft)[0], fs)
 
 
 def test_batch_and_spatial_invariance():
     fs, ft = stage_feats(seed=0), stage_feats(seed=1)
-    base = LipschitzLoss(cold_iters=100)(fs, ft)
+    base = LipschitzLoss(cold_iters=100)(fs, ft)[0]
     dup = LipschitzLoss(cold_iters=100)([torch.cat([f, f]) for f in fs],
-                                        [torch.cat([f, f]) for f in ft])
+                                        [torch.cat([f, f]) for f in ft])[0]
     torch.testing.assert_close(dup, base)
     up = [F.interpolate(f, scale_factor=2, mode='nearest') for f in fs]
     for a, b, a2, b2 in zip(fs[:-1], fs[1:], up[:-1], up[1:]):
         torch.testing.assert_close(
             transmitting_matrix(a2, b2), transmitting_matrix(a, b))
     upt = [F.interpolate(f, scale_factor=2, mode='nearest') for f in ft]
-    torch.testing.assert_close(LipschitzLoss(cold_iters=100)(up, upt), base)
+    torch.testing.assert_close(LipschitzLoss(cold_iters=100)(up, upt)[0],
+                               base)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -364,11 +367,11 @@ def test_autocast(dtype):
     fs_low, ft_low = [f.to(dtype) for f in fs], [f.to(dtype) for f in ft]
     loss_fn = LipschitzLoss(cold_iters=100)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        loss = loss_fn(fs_low, ft_low)
+        loss, sigmas = loss_fn(fs_low, ft_low)
     assert loss.dtype == torch.float32
-    assert all(v.dtype == torch.float32 for v in loss_fn.last_sigmas.values())
-    expected = LipschitzLoss(cold_iters=100)([f.float() for f in fs_low],
-                                             [f.float() for f in ft_low])
+    assert all(v.dtype == torch.float32 for v in sigmas.values())
+    expected, _ = LipschitzLoss(cold_iters=100)([f.float() for f in fs_low],
+                                                [f.float() for f in ft_low])
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -377,22 +380,22 @@ def test_zero_features(n_vectors):
     fs = [torch.zeros_like(f).requires_grad_() for f in stage_feats()]
     loss_fn = LipschitzLoss(n_vectors=n_vectors)
     for _ in range(2):  # cold, then warm from the degenerate state
-        loss = loss_fn(fs, stage_feats(seed=1))
+        loss, sigmas = loss_fn(fs, stage_feats(seed=1))
         loss.backward()
         assert torch.isfinite(loss) and loss > 0
-        assert all(loss_fn.last_sigmas[f'sigma_s.default.{i}'] == 0
+        assert all(sigmas[f'sigma_s.default.{i}'] == 0
                    for i in range(3))
         assert all(torch.equal(f.grad, torch.zeros_like(f)) for f in fs)
     # the warm state recovers on non-zero features
     fs = stage_feats(seed=2)
     for _ in range(3):
-        loss_fn(fs, fs)
+        _, sigmas = loss_fn(fs, fs)
     exact = [
         exact_sigma(transmitting_matrix(a, b)).mean()
         for a, b in zip(fs[:-1], fs[1:])
     ]
     for i, e in enumerate(exact):
-        assert rel_err(loss_fn.last_sigmas[f'sigma_s.default.{i}'], e) < 1e-3
+        assert rel_err(sigmas[f'sigma_s.default.{i}'], e) < 1e-3
 
 
 def test_non_finite_features():
@@ -406,7 +409,7 @@ def test_non_finite_features():
     fs[2][0, 0, 0, 0] = float('inf')
     with pytest.raises(FloatingPointError, match='student feature 2'):
         LipschitzLoss()(fs, stage_feats(seed=1))
-    assert torch.isnan(LipschitzLoss(check_finite=False)(fs, ft))
+    assert torch.isnan(LipschitzLoss(check_finite=False)(fs, ft)[0])
 
 
 def drifting_tms(steps, batch=2, c_in=16, c_out=32, seed=0, drift=0.01):
@@ -428,10 +431,11 @@ def tracking_errors(loss_fn, seqs):
     for tms in zip(*seqs.values()):
         for key, tm in zip(seqs, tms):
             feats = list(features_with_tm(tm))
-            loss_fn(feats, feats, key=key)
+            _, sigmas = loss_fn(feats, feats, key=key)
+            # the estimates of this call's group only, never a loss
+            assert set(sigmas) == {f'sigma_s.{key}.0', f'sigma_t.{key}.0'}
             exact = exact_sigma(tm).mean()
-            errors[key].append(
-                rel_err(loss_fn.last_sigmas[f'sigma_s.{key}.0'], exact))
+            errors[key].append(rel_err(sigmas[f'sigma_s.{key}.0'], exact))
     return errors
 
 
@@ -455,6 +459,10 @@ def test_warm_start_tracking():
     assert max(errs) < 1e-3
 
 
+BLOCKS = ['backbone_student_0', 'backbone_teacher_0', 'neck_student_0',
+          'neck_teacher_0']
+
+
 def test_state_per_key():
     loss_fn = LipschitzLoss(n_iters=2, cold_iters=2, n_vectors=1)
     errs = tracking_errors(
@@ -465,35 +473,35 @@ def test_state_per_key():
     # If the keys shared (or kept resetting) their vectors, every step would
     # be a 2-iteration cold start (error > 1e-3, see above).
     assert max(errs['backbone'][4:]) < 1e-3 and max(errs['neck'][4:]) < 1e-3
-    assert {k.split('.')[1]
-            for k in loss_fn.last_sigmas} == {'backbone', 'neck'}
-    assert not any('loss' in k for k in loss_fn.last_sigmas)
-    # the vectors travel in the state dict (exact resume), as lists/tensors
+    # the vectors travel in the state dict (exact resume), as buffers
     state = loss_fn.state_dict()
-    assert list(state) == ['_extra_state']
-    assert isinstance(state['_extra_state'], torch.Tensor)
+    assert sorted(state) == sorted(f'states.{b}.{n}' for b in BLOCKS
+                                   for n in ('u', 'v', 'initialized'))
+    assert all(isinstance(t, torch.Tensor) for t in state.values())
     restored = LipschitzLoss(n_iters=2, cold_iters=2, n_vectors=1)
     restored.load_state_dict(state)
     feats = stage_feats()
     a = loss_fn(feats[:2], feats[:2], key='other')  # cold for both
     b = restored(feats[:2], feats[:2], key='other')
-    assert torch.equal(a, b)
-    assert sorted(k for k in loss_fn._vectors if k[0] != 'other') == [
-        ('backbone', 'student', 0), ('backbone', 'teacher', 0),
-        ('neck', 'student', 0), ('neck', 'teacher', 0)]
-    for key, (u, v) in loss_fn._vectors.items():
-        if key[0] != 'other':
-            assert torch.equal(u, restored._vectors[key][0])
-            assert torch.equal(v, restored._vectors[key][1])
+    assert torch.equal(a[0], b[0])
+    assert sorted(n for n in loss_fn.states if not n.startswith('other')) \
+        == BLOCKS
+    for name in BLOCKS:
+        assert torch.equal(loss_fn.states[name].u, restored.states[name].u)
+        assert torch.equal(loss_fn.states[name].v, restored.states[name].v)
     # another model under the same key: restarts cold, no error
     loss_fn.cold_iters = 100
     feats = stage_feats()
-    loss_fn(feats, feats, key='neck')
+    _, sigmas = loss_fn(feats, feats, key='neck')
     tm = transmitting_matrix(feats[0], feats[1])
-    assert rel_err(loss_fn.last_sigmas['sigma_s.neck.0'],
-                   exact_sigma(tm).mean()) < 1e-4
+    assert rel_err(sigmas['sigma_s.neck.0'], exact_sigma(tm).mean()) < 1e-4
+    # reset_state: every block starts cold again, as in a fresh module
     loss_fn.reset_state()
-    assert loss_fn.last_sigmas == {}
+    assert not any(st.warm or st.initialized
+                   for st in loss_fn.states.values())
+    fresh = LipschitzLoss(n_iters=2, cold_iters=100, n_vectors=1)
+    assert torch.equal(loss_fn(feats, feats, key='neck')[0],
+                       fresh(feats, feats, key='neck')[0])
 
 
 def test_n_vectors_handles_diverging_samples():
@@ -511,12 +519,178 @@ def test_n_vectors_handles_diverging_samples():
     loss_fn = LipschitzLoss(n_iters=2, cold_iters=2, n_vectors=2)
     exact = exact_sigma(mats).mean()
     for _ in range(6):
-        loss_fn(feats, feats)
-    assert rel_err(loss_fn.last_sigmas['sigma_s.default.0'], exact) < 1e-5
-    state = loss_fn._vectors[('default', 'student', 0)][0]
+        _, sigmas = loss_fn(feats, feats)
+    assert rel_err(sigmas['sigma_s.default.0'], exact) < 1e-5
+    state = loss_fn.states['default_student_0'].u
     torch.testing.assert_close(state @ state.t(), torch.eye(2))
 
 
 def test_registered():
     loss_fn = MODELS.build(dict(type='mmlckd.LipschitzLoss', n_iters=3))
     assert isinstance(loss_fn, LipschitzLoss) and loss_fn.n_iters == 3
+
+
+# --------------------------------------------------------------------------
+# LipschitzLoss state: buffers, checkpoints, legacy checkpoints
+# --------------------------------------------------------------------------
+def trained_loss(steps=3, **kwargs):
+    """A loss after a few steps on two groups (all its blocks warm)."""
+    loss_fn = LipschitzLoss(**kwargs)
+    for step in range(steps):
+        for key, seed in (('backbone', 0), ('neck', 10)):
+            feats = stage_feats(seed=seed + step)
+            loss_fn(feats, stage_feats(seed=seed + step + 100), key=key)
+    return loss_fn
+
+
+def next_step(loss_fn):
+    feats = stage_feats(seed=50)
+    return loss_fn(feats, stage_feats(seed=51), key='neck')
+
+
+def assert_same_step(a, b):
+    assert torch.equal(a[0], b[0]) and a[1].keys() == b[1].keys()
+    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+def test_forward_returns_loss_and_sigmas():
+    loss, sigmas = LipschitzLoss()(stage_feats(), stage_feats(seed=1),
+                                   key='neck')
+    assert loss.dim() == 0 and loss.requires_grad is False
+    assert sorted(sigmas) == sorted(f'sigma_{n}.neck.{i}' for n in 'st'
+                                    for i in range(3))
+    assert all(v.dim() == 0 and not v.requires_grad for v in sigmas.values())
+    fs = [f.requires_grad_() for f in stage_feats()]
+    loss, sigmas = LipschitzLoss()(fs, stage_feats(seed=1))
+    assert loss.requires_grad
+    assert not any(v.requires_grad for v in sigmas.values())
+    with pytest.raises(ValueError, match="contains '.'"):
+        LipschitzLoss()(fs, fs, key='a.b')
+
+
+def test_state_is_buffers_and_moves_with_to():
+    loss_fn = trained_loss()
+    buffers = dict(loss_fn.named_buffers())
+    assert set(buffers) == set(loss_fn.state_dict())
+    assert len(buffers) == 2 * 2 * 3 * 3  # groups x nets x pairs x buffers
+    state = loss_fn.states['backbone_student_1']
+    assert isinstance(state, PowerIterationState)
+    assert state.u.shape == (4, 8) and state.v.shape == (4, 12)
+    assert state.warm and bool(state.initialized)
+    loss_fn.to(torch.float64)
+    assert state.u.dtype == state.v.dtype == torch.float64
+    assert state.initialized.dtype == torch.bool
+    # a float64 step keeps (and updates) the moved buffers
+    before = state.u.clone()
+    feats = stage_feats(seed=7, dtype=torch.float64)
+    loss, _ = loss_fn(feats, feats, key='backbone')
+    assert loss.dtype == torch.float64
+    assert loss_fn.states['backbone_student_1'] is state
+    assert state.u.dtype == torch.float64 and not torch.equal(state.u, before)
+
+
+def test_state_dict_round_trip_continues_exactly():
+    loss_fn = trained_loss()
+    restored = LipschitzLoss()
+    restored.load_state_dict(loss_fn.state_dict())  # strict
+    assert all(st.warm for st in restored.states.values())
+    assert_same_step(next_step(loss_fn), next_step(restored))
+    for name, buf in loss_fn.state_dict().items():
+        assert torch.equal(buf, restored.state_dict()[name])
+    # a state saved before its first step loads as cold
+    cold = LipschitzLoss()
+    cold.register_blocks('neck', 'student', [(4, 8)])
+    again = LipschitzLoss()
+    again.load_state_dict(cold.state_dict())
+    assert not again.states['neck_student_0'].warm
+
+
+def test_register_blocks_then_load():
+    chans = (4, 8, 12, 16)
+    shapes = list(zip(chans[:-1], chans[1:]))
+
+    def registered():
+        loss_fn = LipschitzLoss()
+        for key in ('backbone', 'neck'):
+            for net in ('student', 'teacher'):
+                loss_fn.register_blocks(key, net, shapes)
+        return loss_fn
+
+    trained = registered()
+    states = dict(trained.states.items())
+    assert len(states) == 12 and not any(s.warm for s in states.values())
+    for step in range(3):
+        for key, seed in (('backbone', 0), ('neck', 10)):
+            feats = stage_feats(seed=seed + step)
+            trained(feats, stage_feats(seed=seed + step + 100), key=key)
+    # the registered shapes fit: the forward kept the same modules
+    assert all(trained.states[n] is s for n, s in states.items())
+    assert all(s.warm for s in states.values())
+    resumed = registered()
+    kept = dict(resumed.states.items())
+    resumed.load_state_dict(trained.state_dict())
+    assert all(resumed.states[n] is s for n, s in kept.items())
+    assert all(s.warm for s in kept.values())
+    assert_same_step(next_step(trained), next_step(resumed))
+    # a checkpoint's shapes win over wrongly registered ones
+    wrong = LipschitzLoss()
+    wrong.register_blocks('neck', 'student', [(5, 5)])
+    wrong.load_state_dict(trained.state_dict())
+    assert wrong.states['neck_student_0'].u.shape == (4, 4)
+    assert_same_step(next_step(trained), next_step(wrong))
+
+
+def legacy_extra_state(vectors):
+    """The ``_extra_state`` tensor of the checkpoints written before the
+    state became buffers (the old ``LipschitzLoss.get_extra_state``)."""
+    header, chunks = [], []
+    for (key, net, i), (u, v) in vectors.items():
+        header.append([key, net, i, list(u.shape), list(v.shape)])
+        chunks += [u.detach().double().cpu().flatten(),
+                   v.detach().double().cpu().flatten()]
+    raw = torch.tensor(list(json.dumps(header).encode()),
+                       dtype=torch.float64)
+    return torch.cat([torch.tensor([float(raw.numel())],
+                                   dtype=torch.float64), raw] + chunks)
+
+
+def test_legacy_extra_state_loads_into_buffers():
+    from mmengine.runner.checkpoint import load_state_dict
+    trained = trained_loss(n_vectors=1)
+    vectors = {}
+    for key in ('backbone', 'neck'):
+        for net in ('student', 'teacher'):
+            for i in range(3):
+                st = trained.states[f'{key}_{net}_{i}']
+                vectors[(key, net, i)] = (st.u.clone(), st.v.clone())
+    blob = legacy_extra_state(vectors)
+    expected_step = next_step(trained)
+    # loaded by torch (nested under a prefix) and by mmengine's loader
+    # (what the Runner's resume uses), into fresh and registered modules
+    fresh = nn.ModuleDict({'lipschitz_loss': LipschitzLoss(n_vectors=1)})
+    fresh.load_state_dict({'lipschitz_loss._extra_state': blob})
+    registered = LipschitzLoss(n_vectors=1)
+    registered.register_blocks('neck', 'student', [(4, 8), (8, 12)])
+    registered.register_blocks('other', 'student', [(4, 8)])
+    load_state_dict(registered, {'_extra_state': blob}, strict=True)
+    for loss_fn in (fresh['lipschitz_loss'], registered):
+        for (key, net, i), (u, v) in vectors.items():
+            st = loss_fn.states[f'{key}_{net}_{i}']
+            assert st.warm and torch.equal(st.u, u) and torch.equal(st.v, v)
+        assert_same_step(expected_step, next_step(loss_fn))
+    # a registered block the checkpoint has no vectors for starts cold
+    assert not registered.states['other_student_0'].warm
+    # The old code's next step: n_iters warm iterations from the stored u,
+    # i.e. top_singular_value from it (on the formed TM, hence not bitwise)
+    feats = stage_feats(seed=60)
+    _, sigmas = registered(feats, feats, key='backbone')
+    for i in range(3):
+        tm = transmitting_matrix(feats[i], feats[i + 1])
+        u = vectors[('backbone', 'student', i)][0][0]
+        expected = top_singular_value(tm, n_iters=2, u=u).mean()
+        torch.testing.assert_close(sigmas[f'sigma_s.backbone.{i}'], expected,
+                                   rtol=1e-5, atol=0)
+    # a checkpoint written before the first step (no vectors): all cold
+    empty = trained_loss(n_vectors=1)
+    empty.load_state_dict({'_extra_state': legacy_extra_state({})})
+    assert not any(st.warm for st in empty.states.values())

@@ -6,12 +6,8 @@ The output loads with the plain student config in stock mmdet / mmseg
 ``tools/test.py``.
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
-
-from mmlckd.apis import export_student  # noqa: E402
+from mmlckd.apis import export_student
 
 
 def main(argv=None):

@@ -12,19 +12,17 @@ when there is one, is verified.
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
-import mmlckd  # noqa: E402,F401
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-from mmlckd.compat import (adapt_cfg_for_cpu_dist,  # noqa: E402
-                           dist_teardown, init_cpu_dist)
-from mmlckd.compat.checkpoint_io import check_model_checkpoint  # noqa: E402
-from mmlckd.utils.runner import (load_tool_cfg,  # noqa: E402
-                                 parse_with_launcher_args, student_test_cfg)
+# any mmlckd import registers mmlckd's modules and the torch.load
+# allow-list that --resume / the checkpoint checks need
+from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
+                           init_cpu_dist)
+from mmlckd.compat.checkpoint_io import check_model_checkpoint
+from mmlckd.utils.cli import (load_tool_cfg, parse_with_launcher_args,
+                              student_test_cfg)
 
 
 def parse_args(argv=None):

@@ -12,23 +12,19 @@ machines without CUDA, distillation runs always export the student
 with nothing to resume is an error.
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+from mmengine.config import Config
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
-import mmlckd  # noqa: E402,F401
-from mmengine.config import Config  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-from mmlckd.compat import (adapt_cfg_for_cpu_dist,  # noqa: E402
-                           dist_teardown, init_cpu_dist)
-from mmlckd.compat.checkpoint_io import CheckpointError  # noqa: E402
-from mmlckd.utils.runner import (load_tool_cfg,  # noqa: E402
-                                 parse_with_launcher_args,
-                                 prepare_distill_cfg, resolve_resume,
-                                 use_safe_checkpoints)
+# any mmlckd import registers mmlckd's modules and the torch.load
+# allow-list that --resume / the checkpoint checks need
+from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
+                           init_cpu_dist)
+from mmlckd.compat.checkpoint_io import CheckpointError
+from mmlckd.utils.cli import (load_tool_cfg, parse_with_launcher_args,
+                              prepare_distill_cfg, resolve_resume,
+                              use_safe_checkpoints)
 
 
 def parse_args(argv=None):

@@ -13,9 +13,7 @@ model = dict(
         config='{{ fileDirname }}/fcn_r18w32_synvoc_teacher.py',
         checkpoint='work_dirs/demo/seg/seed0/teacher/iter_400.pth'),
     features='backbone',
-    # No loss_weight: the distiller's balancer fixes each term's weight
-    # after 10 calibration steps so that it starts at half the task's
-    # gradient norm on the student (see README, "Loss weights").
+    # no loss_weight: balanced automatically (README, "Loss weights")
     lipschitz_loss=dict(type='mmlckd.LipschitzLoss'),
     feature_loss=dict(type='mmlckd.OFDLoss'),
     probe_input_size=(128, 128))

@@ -1,9 +1,8 @@
 # Demo student (baseline): the teacher's detector at reduced width -- a
 # quarter-width ResNet-18 (base_channels=16: stages 16/32/64/128 channels)
 # and a 32-channel FPN and head (GN with 8 groups) instead of 64. Same data,
-# schedule, anchors and seed as the teacher. (With the teacher's 64-channel
-# head the student came within ~3 mAP of the teacher, leaving little to
-# distil; the narrower head gives a ~14 mAP gap in a trial run.)
+# schedule, anchors and seed as the teacher. Why the narrower head:
+# docs/demo/configs.md.
 _base_ = ['./retinanet_r18w32_synvoc_teacher.py']
 
 backbone_channels = 16

@@ -6,7 +6,6 @@
 # schedule and seed. tools/demo.py overrides data_root, work_dir, seed and
 # (for --quick / --iters) max_iters; the files also run with tools/train.py.
 default_scope = 'mmdet'
-custom_imports = dict(imports=['mmlckd'], allow_failed_imports=False)
 
 data_root = 'work_dirs/demo/data/VOCdevkit/'
 img_scale = (128, 128)

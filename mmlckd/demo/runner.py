@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from mmlckd.utils.runner import prepare_distill_cfg
+from mmlckd.utils.cli import prepare_distill_cfg
 from .tasks import DemoTask, config_dir
 
 __all__ = ['DemoRunner', 'LossCurveHook', 'build_cfg', 'train_and_test']

@@ -209,6 +209,10 @@ class LipschitzDistiller(BaseModel):
         #: every transmitting matrix of the Lipschitz term
         self.block_shapes = lipschitz_block_shapes(shapes, self.groups,
                                                    lipschitz_on)
+        if hasattr(self.lipschitz_loss, 'register_blocks'):
+            # its power-iteration state exists before a checkpoint loads
+            for (group, net), blocks in self.block_shapes.items():
+                self.lipschitz_loss.register_blocks(group, net, blocks)
         self._margins = self._teacher_margins()
         if self.lipschitz_loss is not None:
             warn_single_feature_groups(self.pairs)
@@ -384,10 +388,10 @@ class LipschitzDistiller(BaseModel):
         s_out, s_in = lipschitz_maps(s_raw, s_conn, self.lipschitz_on)
         total, sigmas = None, {}
         for group, idx in self.groups.items():
-            term = self.lipschitz_loss(
+            term, group_sigmas = self.lipschitz_loss(
                 [s_out[i] for i in idx], [t_feats[i] for i in idx],
                 key=group, student_inputs=[s_in[i] for i in idx])
-            sigmas.update(self.lipschitz_loss.last_sigmas)
+            sigmas.update(group_sigmas)
             total = term if total is None else total + term
         return total, sigmas
 

@@ -44,16 +44,24 @@ def check_level_weights(weights: LevelWeights, arg_name: str) -> None:
         raise TypeError(f'{arg_name} must contain numbers, got {weights!r}')
 
 
+def reference_level_weights(num: int) -> List[float]:
+    """The reference codes' weights of ``num`` levels, shallow to deep:
+    ``1 / 2 ** (num - 1 - i)`` for level ``i``, so the deepest level weighs 1
+    and each shallower level half as much.
+
+    OFD weights its ``N`` features so; LONDON weights pair ``i`` of ``N``
+    features as level ``i`` of these ``N`` levels (pairs ``0 .. N-2``, so
+    its deepest pair weighs 1/2).
+    """
+    return [1.0 / 2**(num - 1 - i) for i in range(num)]
+
+
 def resolve_level_weights(weights: LevelWeights, num: int,
                           arg_name: str) -> List[float]:
     """Expand a level-weight spec to ``num`` weights.
 
-    ``'reference'`` gives ``1 / 2 ** (num - 1 - i)`` for level ``i``: the
-    deepest level weighs 1, each shallower level half as much. These are
-    OFD's per-feature divisors (classification setting). LONDON's per-pair
-    weights differ (its deepest pair weighs 1/2) and are resolved in
-    :class:`~mmlckd.models.losses.LipschitzLoss`. ``'uniform'`` gives ones;
-    an explicit sequence must have exactly ``num`` entries.
+    ``'reference'`` gives :func:`reference_level_weights`, ``'uniform'``
+    gives ones; an explicit sequence must have exactly ``num`` entries.
 
     Args:
         weights: The spec (see :func:`check_level_weights`).
@@ -64,7 +72,7 @@ def resolve_level_weights(weights: LevelWeights, num: int,
         list[float]: One weight per level, shallow to deep.
     """
     if weights == 'reference':
-        return [1.0 / 2**(num - 1 - i) for i in range(num)]
+        return reference_level_weights(num)
     if weights == 'uniform':
         return [1.0] * num
     weights = [float(w) for w in weights]

@@ -1,4 +1,5 @@
-"""Config adjustments shared by tools/train.py, tools/test.py and the demo."""
+"""Command-line helpers of tools/train.py and tools/test.py (also used by
+the demo): the shared arguments and the config adjustments."""
 import argparse
 import os
 import os.path as osp
@@ -58,11 +59,10 @@ def is_distill_cfg(cfg: Config) -> bool:
 
 
 def prepare_distill_cfg(cfg: Config) -> None:
-    """For distillation configs: make sure ``mmlckd`` is imported by every
-    worker and that the student is exported at the end of training."""
+    """For distillation configs: export the student at the end of
+    training (adds ``mmlckd.StudentExportHook`` unless present)."""
     if not is_distill_cfg(cfg):
         return
-    _import_mmlckd(cfg)
     hooks = list(cfg.get('custom_hooks', None) or [])
     if not any('StudentExportHook' in str(h.get('type', '')) for h in hooks):
         hooks.append(dict(type='mmlckd.StudentExportHook'))
@@ -70,14 +70,6 @@ def prepare_distill_cfg(cfg: Config) -> None:
 
 
 _STOCK_CKPT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
-
-
-def _import_mmlckd(cfg: Config) -> None:
-    imports = cfg.get('custom_imports', None) or dict(imports=[])
-    if 'mmlckd' not in imports.get('imports', []):
-        imports['imports'] = list(imports.get('imports', [])) + ['mmlckd']
-    imports.setdefault('allow_failed_imports', False)
-    cfg.custom_imports = imports
 
 
 def use_safe_checkpoints(cfg: Config) -> bool:
@@ -91,7 +83,6 @@ def use_safe_checkpoints(cfg: Config) -> bool:
             _STOCK_CKPT_HOOKS:
         return False
     ckpt['type'] = 'mmlckd.SafeCheckpointHook'
-    _import_mmlckd(cfg)
     return True
 
 

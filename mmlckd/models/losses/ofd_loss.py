@@ -106,8 +106,8 @@ class OFDLoss(nn.Module):
     ReLU) the student is only penalised for being above it. A feature whose
     margin is None is not followed by a ReLU (FPN outputs, MobileNetV2's
     linear bottlenecks) or its BN is unknown: it gets the plain L2
-    ``sum((s - t) ** 2) / B``, since no ReLU hides its negative part. The total is
-    ``loss_weight * sum_i w_i * loss_i``. Student maps of another spatial
+    ``sum((s - t) ** 2) / B``, since no ReLU hides its negative part. The
+    total is ``loss_weight * sum_i w_i * loss_i``. Student maps of another spatial
     size are bilinearly resized to the teacher's; teacher maps get no
     gradient. The reference ImageNet setting divides by ``1e4`` (set
     ``loss_weight=1e-4``).
@@ -115,9 +115,10 @@ class OFDLoss(nn.Module):
     Args:
         loss_weight (float): Weight of the loss. Defaults to 1.0.
         feat_weights (str | Sequence[float]): Per-feature weights;
-            ``'reference'``: ``1 / 2 ** (N - 1 - i)`` (the deepest feature
-            weighs 1), ``'uniform'``, or one number per feature (e.g. the
-            VOC segmentation setting ``[1/8, 1/4, 1/2, 1, 1, 1/16]``).
+            ``'reference'`` (OFD's, see
+            :func:`~mmlckd.models.losses.utils.reference_level_weights`),
+            ``'uniform'``, or one number per feature (e.g. the VOC
+            segmentation setting ``[1/8, 1/4, 1/2, 1, 1, 1/16]``).
             Defaults to 'reference'.
     """
 
