@@ -409,7 +409,7 @@ def test_distill_terms_on_detached_leaves_equal_loss():
 
 
 def test_groups_and_block_shapes():
-    s, t, scope, _ = FAMILIES['retinanet']
+    s, t, scope, batch = FAMILIES['retinanet']
     model = build(s(), t(), scope, features='backbone+neck')
     assert model.groups == {'backbone': [0, 1, 2, 3],
                             'neck': [4, 5, 6, 7, 8]}
@@ -425,6 +425,18 @@ def test_groups_and_block_shapes():
     assert model.block_shapes[('backbone', 'teacher')] == [
         (t_ch[i], t_ch[i + 1]) for i in range(3)]
     assert len(model.block_shapes[('neck', 'student')]) == 4
+    # the loss's power-iteration states were created from these shapes and
+    # fit the real transmitting matrices: a step keeps the same objects
+    loss = model.lipschitz_loss
+    names = [loss.state_name(group, net, i)
+             for (group, net), blocks in model.block_shapes.items()
+             for i in range(len(blocks))]
+    assert sorted(names) == sorted(loss.states.keys())
+    before = {n: loss.states[n] for n in names}
+    model.train()
+    inputs, samples = batch(model)
+    model(inputs, samples, mode='loss')
+    assert all(loss.states[n] is before[n] for n in names)
 
 
 def test_lipschitz_on_raw_uses_the_raw_student_maps():
@@ -438,7 +450,7 @@ def test_lipschitz_on_raw_uses_the_raw_student_maps():
     s_raw = [leaves[p.student.key] for p in model.pairs]
     t_list = [t_feats[p.teacher.key] for p in model.pairs]
     # the term is LipschitzLoss on the raw maps, without student_inputs
-    ref = model.lipschitz_loss(s_raw, t_list, key='backbone')
+    ref, _ = model.lipschitz_loss(s_raw, t_list, key='backbone')
     torch.testing.assert_close(terms['loss_lipschitz'], ref, rtol=1e-6,
                                atol=0)
     s_ch = [x.shape[1] for x in s_raw]
