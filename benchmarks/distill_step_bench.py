@@ -43,7 +43,6 @@ import torch
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
-from mmlckd.models.distillers import lipschitz_maps
 from mmlckd.testing import make_synthetic_voc, narrow_model_cfg, tiny_model_cfg
 from mmlckd.utils import load_config
 
@@ -211,74 +210,56 @@ class Bench:
         d.teacher_recorder.clear()
 
     def _record(self, batch):
-        """Fill both recorders (no grad); student records become leaves."""
-        d = self.distiller
+        """Both forwards (no grad, public ``record``): the student's
+        features as detached leaves, the teacher's."""
         with torch.no_grad(), self.autocast():
-            with d.teacher_recorder:
-                d.teacher(batch[0], batch[1], mode='tensor')
-            with d.student_recorder:
-                d.student(batch[0], batch[1], mode='loss')
-        recs = d.student_recorder._records
-        for key, values in recs.items():
-            recs[key] = [v.detach().requires_grad_() for v in values]
+            _, s_feats, t_feats = self.distiller.record(batch[0], batch[1])
+        leaves = {k: [x.detach().requires_grad_() for x in v]
+                  if isinstance(v, list) else v.detach().requires_grad_()
+                  for k, v in s_feats.items()}
+        return leaves, t_feats
 
     def prepare_terms(self, batch) -> Callable[[], None]:
         d = self.distiller
-        self._record(batch)
+        s_feats, t_feats = self._record(batch)
 
         def run():
             with self.autocast():
-                distill, _ = d._distill_losses(batch[1])
+                distill, _ = d.distill_terms(s_feats, t_feats, batch[1])
             sum(distill.values()).backward()
-            d.student_recorder.clear()
-            d.teacher_recorder.clear()
 
         return run
 
     def prepare_guard(self, batch) -> Callable[[], None]:
         d = self.distiller
-        self._record(batch)
+        s_feats, t_feats = self._record(batch)
         with self.autocast():
             guard, d.nan_guard = d.nan_guard, False
             try:
-                distill, _ = d._distill_losses(batch[1])
+                distill, _ = d.distill_terms(s_feats, t_feats, batch[1])
             finally:
                 d.nan_guard = guard
         distill = {k: v.detach() for k, v in distill.items()}
-        d.student_recorder.clear()
-        d.teacher_recorder.clear()
-        return lambda: d._guard_finite(distill)
+        return lambda: d.check_finite(distill, s_feats, t_feats)
 
     def prepare_lipschitz(self, batch, cold: bool = False):
         d = self.distiller
-        loss_fn = d.lipschitz_loss
-        if loss_fn is None:
+        if d.lipschitz_loss is None:
             return None
-        self._record(batch)
-        s_raw = [d.student_recorder.get(p.student).detach()
-                 for p in d.pairs]
-        t_feats = [d.teacher_recorder.get(p.teacher) for p in d.pairs]
+        s_feats, t_feats = self._record(batch)
+        s_raw = [s_feats[p.student.key].detach() for p in d.pairs]
+        t_list = [t_feats[p.teacher.key] for p in d.pairs]
         with torch.no_grad(), self.autocast():
-            s_conn = [c(s) for c, s in zip(d.connectors, s_raw)] \
-                if len(d.connectors) else s_raw
-        # the distiller's own wiring of the student maps (outputs, inputs)
-        s_out, s_in = lipschitz_maps(s_raw, s_conn, d.lipschitz_on)
-        leaves = [s.detach().requires_grad_() for s in s_out]
-        inputs = [s.detach().requires_grad_() for s in s_in]
-        d.student_recorder.clear()
-        d.teacher_recorder.clear()
-        groups = [idx for idx in d._groups().values() if len(idx) >= 2]
-        keys = [g for g, idx in d._groups().items() if len(idx) >= 2]
+            s_conn = d.connect(s_raw)
+        # leaves: the Lipschitz term alone (d.lipschitz_term wires them)
+        raw = [s.detach().requires_grad_() for s in s_raw]
+        conn = [s.detach().requires_grad_() for s in s_conn]
         if cold:
-            loss_fn.reset_state()
+            d.lipschitz_loss.reset_state()
 
         def run():
-            total = 0.
             with self.autocast():
-                for key, idx in zip(keys, groups):
-                    total = total + loss_fn(
-                        [leaves[i] for i in idx], [t_feats[i] for i in idx],
-                        key=key, student_inputs=[inputs[i] for i in idx])[0]
+                total, _ = d.lipschitz_term(raw, conn, t_list)
             if torch.is_tensor(total):
                 total.backward()
 

@@ -19,7 +19,10 @@ MODELS = Registry(
     scope='mmlckd',
     locations=['mmlckd.models'])
 HOOKS = Registry(
-    'hook', parent=MMENGINE_HOOKS, scope='mmlckd', locations=['mmlckd.hooks'])
+    'hook',
+    parent=MMENGINE_HOOKS,
+    scope='mmlckd',
+    locations=['mmlckd.engine.hooks'])
 MODEL_WRAPPERS = Registry(
     'model_wrapper',
     parent=MMENGINE_MODEL_WRAPPERS,

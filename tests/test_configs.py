@@ -170,7 +170,8 @@ def test_config_parses(path):
 
     # distillation recipes: mmlckd found through the type prefix alone
     assert 'custom_imports' not in cfg
-    assert {h.type for h in cfg.custom_hooks} == set(HOOKS)
+    extra = {'mmlckd.ConnectorWarmupHook'} if 'voc12aug' in path else set()
+    assert {h.type for h in cfg.custom_hooks} == set(HOOKS) | extra
     teacher = cfg.model.teacher
     # {{ fileDirname }}: an absolute path, whatever the working directory
     assert osp.isabs(teacher.config) and osp.isfile(teacher.config)
@@ -260,7 +261,7 @@ def test_tiny_voc_cfg_removes_downloads_and_syncbn(voc_root):
         crop = [t for t in ds.pipeline if t.type == 'RandomCrop'][0]
         assert crop.crop_size == (48, 64)
     hooks = {h.type: h for h in cfg.custom_hooks}
-    assert hooks['mmlckd.DistillWeightHook'].connector_warmup == 1
+    assert hooks['mmlckd.ConnectorWarmupHook'].iters == 1
     assert hooks['mmlckd.TeacherSanityCheckHook'].min_score == 0.0
     # detection: RepeatDataset x1 over the VOC2007 + VOC2012 concat
     det = tiny_voc_cfg(load(DIST_CONFIG), data_root=voc_root)

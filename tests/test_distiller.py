@@ -9,7 +9,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import mmlckd  # noqa: F401
 from mmlckd.apis import save_student
-from mmlckd.hooks import DistillWeightHook
+from mmlckd.engine.hooks import ConnectorWarmupHook, DistillWeightHook
 from mmlckd.testing import det_batch, det_model, seg_batch, seg_model
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
@@ -104,7 +104,8 @@ def test_teacher_runs_only_as_deep_as_needed():
     s, t, scope, batch = FAMILIES['retinanet']
     model = build(s(), t(), scope)
     calls = {'head': 0, 'backbone': 0}
-    model.teacher.bbox_head.register_forward_hook(
+    # (bbox_head.forward is called directly, without hooks: hook a conv)
+    model.teacher.bbox_head.retina_cls.register_forward_hook(
         lambda *a: calls.__setitem__('head', calls['head'] + 1))
     model.teacher.backbone.register_forward_hook(
         lambda *a: calls.__setitem__('backbone', calls['backbone'] + 1))
@@ -213,13 +214,33 @@ def test_connector_warmup_trains_only_the_connectors():
     runner.model = model
     runner.message_hub = type('Hub', (), {
         'update_scalar': staticmethod(lambda *a, **k: None)})()
-    hook = DistillWeightHook(connector_warmup=3)
+    hook = ConnectorWarmupHook(iters=3)
     for it, want in ((0, False), (2, False), (3, True), (9, True)):
         runner.iter = it
         hook.before_train_iter(runner, it)
         assert model.distill_to_student is want, it
-    with pytest.raises(ValueError, match='connector_warmup'):
-        DistillWeightHook(connector_warmup=-1)
+    # by epoch: the warm-up counts runner.epoch, not runner.iter
+    runner.epoch, runner.iter = 0, 100
+    ConnectorWarmupHook(iters=1, by_epoch=True).before_train_iter(runner, 0)
+    assert model.distill_to_student is False
+    runner.epoch = 1
+    ConnectorWarmupHook(iters=1, by_epoch=True).before_train_iter(runner, 0)
+    assert model.distill_to_student is True
+    with pytest.raises(ValueError, match='iters'):
+        ConnectorWarmupHook(iters=-1)
+    # the weight schedule no longer touches the warm-up flag
+    model.distill_to_student, runner.iter = False, 1
+    DistillWeightHook(warmup=2).before_train_iter(runner, 1)
+    assert model.distill_to_student is False
+    assert model.distill_weight == pytest.approx(0.5)
+    model.distill_weight = 1.0
+
+
+def test_distill_weight_hook_rejects_connector_warmup():
+    with pytest.raises(TypeError, match='mmlckd.ConnectorWarmupHook'):
+        DistillWeightHook(connector_warmup=3)
+    with pytest.raises(TypeError, match='unexpected'):
+        DistillWeightHook(warm_up=3)
 
 
 def test_distill_weight_schedule():
@@ -342,3 +363,205 @@ def test_nan_features_raise_before_the_step():
     assert 'student backbone.layer4.1.relu:input' in str(e.value)
     assert 'layer3.1.relu' not in str(e.value)
     assert 'optimizer update' in str(e.value)
+
+
+# ------------------------------------------------------------- public API
+def _leaves(feats):
+    """Detached copies of recorded features that collect gradients."""
+    return {k: [x.detach().requires_grad_() for x in v] if isinstance(v, list)
+            else v.detach().requires_grad_() for k, v in feats.items()}
+
+
+COLD = dict(type='mmlckd.LipschitzLoss', loss_weight=1e-3, warm_start=False)
+KD = [dict(student='bbox_head.retina_cls', teacher='bbox_head.retina_cls',
+           call='all', loss=dict(type='mmlckd.KDLoss', activation='sigmoid'))]
+
+
+def test_distill_terms_on_detached_leaves_equal_loss():
+    s, t, scope, batch = FAMILIES['retinanet']
+    torch.manual_seed(0)
+    model = build(s(), t(), scope, lipschitz_loss=COLD,
+                  response=copy.deepcopy(KD))
+    model.train()
+    inputs, samples = batch(model)
+    losses = model(inputs, copy.deepcopy(samples), mode='loss')
+    task, s_feats, t_feats = model.record(inputs, copy.deepcopy(samples))
+    assert set(task) == {k for k in losses if k.startswith('loss_')} - {
+        'loss_feat', 'loss_lipschitz', 'loss_kd'}
+    assert set(s_feats) == {p.student.key for p in model.pairs} | {
+        'bbox_head.retina_cls:output'}
+    assert isinstance(s_feats['bbox_head.retina_cls:output'], list)
+    leaves = _leaves(s_feats)
+    terms, logs = model.distill_terms(leaves, t_feats,
+                                      copy.deepcopy(samples))
+    assert set(terms) == {'loss_feat', 'loss_lipschitz', 'loss_kd'}
+    for k, v in terms.items():
+        torch.testing.assert_close(v, losses[k], rtol=1e-5, atol=0)
+    for k, v in logs.items():
+        torch.testing.assert_close(v, losses[k], rtol=1e-5, atol=0)
+    sum(terms.values()).backward()
+    # the gradient stops at the leaves: the student got none
+    assert all(leaves[p.student.key].grad.abs().sum() > 0
+               for p in model.pairs)
+    assert all(p.grad is None for p in model.student.parameters())
+    assert all(not v.requires_grad for v in t_feats.values()
+               if torch.is_tensor(v))
+
+
+def test_groups_and_block_shapes():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope, features='backbone+neck')
+    assert model.groups == {'backbone': [0, 1, 2, 3],
+                            'neck': [4, 5, 6, 7, 8]}
+    s_rec = model.student_recorder  # the probe calibrated both recorders
+    assert s_rec.calibrated and model.teacher_recorder.calibrated
+    # reference wiring: TM(connector_i(s_i), s_{i+1}): C_in is the
+    # teacher's channels of pair i, C_out the student's of pair i + 1
+    s_ch = [c.in_channels for c in model.connectors]
+    t_ch = [c.out_channels for c in model.connectors]
+    assert s_ch != t_ch
+    assert model.block_shapes[('backbone', 'student')] == [
+        (t_ch[i], s_ch[i + 1]) for i in range(3)]
+    assert model.block_shapes[('backbone', 'teacher')] == [
+        (t_ch[i], t_ch[i + 1]) for i in range(3)]
+    assert len(model.block_shapes[('neck', 'student')]) == 4
+    # the loss's power-iteration states were created from these shapes and
+    # fit the real transmitting matrices: a step keeps the same objects
+    loss = model.lipschitz_loss
+    names = [loss.state_name(group, net, i)
+             for (group, net), blocks in model.block_shapes.items()
+             for i in range(len(blocks))]
+    assert sorted(names) == sorted(loss.states.keys())
+    before = {n: loss.states[n] for n in names}
+    model.train()
+    inputs, samples = batch(model)
+    model(inputs, samples, mode='loss')
+    assert all(loss.states[n] is before[n] for n in names)
+
+
+def test_lipschitz_on_raw_uses_the_raw_student_maps():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope, lipschitz_on='raw', lipschitz_loss=COLD)
+    model.train()
+    inputs, samples = batch(model)
+    _, s_feats, t_feats = model.record(inputs, samples)
+    leaves = _leaves(s_feats)
+    terms, logs = model.distill_terms(leaves, t_feats, samples)
+    s_raw = [leaves[p.student.key] for p in model.pairs]
+    t_list = [t_feats[p.teacher.key] for p in model.pairs]
+    # the term is LipschitzLoss on the raw maps, without student_inputs
+    ref, _ = model.lipschitz_loss(s_raw, t_list, key='backbone')
+    torch.testing.assert_close(terms['loss_lipschitz'], ref, rtol=1e-6,
+                               atol=0)
+    s_ch = [x.shape[1] for x in s_raw]
+    assert model.block_shapes[('backbone', 'student')] == [
+        (s_ch[i], s_ch[i + 1]) for i in range(3)]
+    terms['loss_lipschitz'].backward()
+    # gradient to the raw student maps, none to the connectors (which OFD
+    # alone uses), the teacher untouched
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in s_raw)
+    assert len(model.connectors) == len(model.pairs)
+    assert all(p.grad is None for p in model.connectors.parameters())
+    assert all(p.grad is None for p in model.teacher.parameters())
+    # without a feature loss, 'raw' needs no connectors at all
+    bare = build(s(), t(), scope, lipschitz_on='raw', feature_loss=None)
+    assert len(bare.connectors) == 0
+
+
+def test_teacher_early_stop_false_runs_the_whole_teacher():
+    s, t, scope, batch = FAMILIES['retinanet']
+    inputs = None
+    for stop, want in ((False, 5), (True, 0)):  # 5 pyramid levels
+        model = build(s(), t(), scope, teacher_early_stop=stop)
+        calls = []
+        model.teacher.bbox_head.retina_cls.register_forward_hook(
+            lambda *a: calls.append(1))
+        if inputs is None:
+            inputs, samples = batch(model)
+        model.train()
+        model(inputs, copy.deepcopy(samples), mode='loss')
+        assert len(calls) == want, stop
+
+
+def test_sigma_ratio_in_the_same_step():
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope, features='backbone+neck')
+    model.train()
+    inputs, samples = batch(model)
+    losses = model(inputs, samples, mode='loss')
+    ratios = {k for k in losses if k.startswith('sigma_ratio.')}
+    assert ratios == {'sigma_ratio.backbone.0', 'sigma_ratio.backbone.1',
+                      'sigma_ratio.backbone.2', 'sigma_ratio.neck.0',
+                      'sigma_ratio.neck.1', 'sigma_ratio.neck.2',
+                      'sigma_ratio.neck.3'}
+    for k in ratios:
+        rest = k[len('sigma_ratio.'):]
+        torch.testing.assert_close(
+            losses[k], losses['sigma_s.' + rest] / losses['sigma_t.' + rest])
+    loss, log_vars = model.parse_losses(losses)
+    # logged, not added to the total loss
+    assert 'sigma_ratio.neck.3' in log_vars
+    total = sum(v.sum() if torch.is_tensor(v) else sum(x.sum() for x in v)
+                for k, v in losses.items() if 'loss' in k)
+    torch.testing.assert_close(loss, total)
+
+
+def test_data_preprocessor_other_than_the_students_is_an_error():
+    s, t, scope, _ = FAMILIES['retinanet']
+    student = s()
+    with pytest.raises(TypeError, match=r'student=dict\(.*data_preproc'):
+        build(student, t(), scope, data_preprocessor=dict(
+            type='DetDataPreprocessor'))
+    other = copy.deepcopy(student['data_preprocessor'])
+    other['std'] = [1.0, 1.0, 1.0]
+    with pytest.raises(TypeError, match='not the student'):
+        build(student, t(), scope, data_preprocessor=other)
+    # what mmengine's Runner passes from a config whose top-level
+    # data_preprocessor is the student's (mmseg configs): accepted
+    same = dict(copy.deepcopy(student['data_preprocessor']), _scope_=scope)
+    build(student, t(), scope, data_preprocessor=same)
+
+
+def test_lipschitz_check_finite_default_and_override():
+    s, t, scope, _ = FAMILIES['retinanet']
+    model = build(s(), t(), scope)  # a config without check_finite
+    assert model.lipschitz_loss.check_finite is False
+    model = build(s(), t(), scope, lipschitz_loss=dict(
+        type='mmlckd.LipschitzLoss', loss_weight=1e-3, check_finite=True))
+    assert model.lipschitz_loss.check_finite is True
+
+
+def test_recorder_calibrate_and_recorded():
+    from mmlckd.models import FeatureRecorder, RecordSpec
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(2, 2, 1), torch.nn.ReLU())
+    net[0].unused = torch.nn.Identity()  # never called
+    tail = []
+    net[3].register_forward_hook(lambda *a: tail.append(1))
+    x = torch.randn(1, 1, 4, 4)
+    rec = FeatureRecorder(net, [RecordSpec('0'),
+                                RecordSpec('1', source='input', call='all')],
+                          stop_when_done=True)
+    with pytest.raises(ValueError):
+        with rec:
+            net(x)
+            raise ValueError('the forward failed after the records')
+    # a recording that fails does not calibrate
+    assert not rec.calibrated and len(tail) == 1
+    feats = rec.recorded()
+    assert set(feats) == {'0:output', '1:input'}
+    torch.testing.assert_close(feats['0:output'], net[0](x))
+    assert isinstance(feats['1:input'], list) and len(feats['1:input']) == 1
+    rec.calibrate()
+    assert rec.calibrated
+    with rec:
+        net(x)
+    assert len(tail) == 1  # stopped before module 3
+    rec.clear()
+    assert rec.recorded(strict=False) == {}
+    with pytest.raises(RuntimeError, match='did not run'):
+        rec.recorded()
+    missing = FeatureRecorder(net, [RecordSpec('0.unused')])
+    with missing:
+        net(x)
+    assert missing.recorded(strict=False) == {}

@@ -141,6 +141,12 @@ def test_resume_continues_exactly(voc_devkit, teacher_ckpt, tmp_path):
                 'sigma_s.backbone.2', 'sigma_t.backbone.0'):
         assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
     assert got['param_sum'] == pytest.approx(want['param_sum'], rel=1e-6)
+    # sigma_ratio is in the outputs of the step its sigmas come from
+    for rec in _records(straight):
+        for i in range(3):
+            s, t = rec[f'sigma_s.backbone.{i}'], rec[f'sigma_t.backbone.{i}']
+            assert rec[f'sigma_ratio.backbone.{i}'] == pytest.approx(
+                s / t, rel=1e-5)
     # the sigma history continues across the resume: 1, 2, then 3
     with open(part / 'lipschitz.jsonl') as f:
         assert [json.loads(line)['iter'] for line in f] == [1, 2, 3]

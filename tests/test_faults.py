@@ -388,7 +388,7 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
     """lr 1e6: the update that makes the model non-finite is stopped
     before optimizer.step, the message names the last finite checkpoint,
     and every checkpoint on disk is finite."""
-    from mmlckd.hooks.safe_checkpoint_hook import non_finite_tensors
+    from mmlckd.engine.hooks.safe_checkpoint_hook import non_finite_tensors
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
     cfg = toy_cfg(work, max_iters=8, lr=1e6, max_keep_ckpts=10)
@@ -426,7 +426,7 @@ def test_guard_off_nan_state_is_not_saved_silently(tmp_path, caplog):
 
 def test_student_export_refuses_a_non_finite_student(tmp_path):
     from mmengine.logging import MMLogger
-    from mmlckd.hooks import StudentExportHook
+    from mmlckd.engine.hooks import StudentExportHook
 
     class _Model(torch.nn.Module):
         teacher = None
@@ -449,7 +449,7 @@ def test_student_export_refuses_a_non_finite_student(tmp_path):
 @pytest.mark.parametrize('bad', ['/tmp/student.pth', '../student.pth',
                                  'a/../../student.pth'])
 def test_hook_output_paths_stay_in_the_work_dir(bad):
-    from mmlckd.hooks import LipschitzMonitorHook, StudentExportHook
+    from mmlckd.engine.hooks import LipschitzMonitorHook, StudentExportHook
     with pytest.raises(ValueError, match='inside the work dir'):
         StudentExportHook(filename=bad)
     with pytest.raises(ValueError, match='inside the work dir'):
@@ -633,7 +633,7 @@ def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path):
     checkpoint, and every checkpoint written is finite."""
     from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import Runner
-    from mmlckd.hooks.safe_checkpoint_hook import non_finite_tensors
+    from mmlckd.engine.hooks.safe_checkpoint_hook import non_finite_tensors
     from test_engine import tiny_cfg
     init_default_scope('mmdet')
     torch.manual_seed(1)

@@ -10,20 +10,21 @@ from mmlckd.compat.checkpoint_io import (atomic_torch_save, state_dict_from,
 __all__ = ['save_student', 'export_student']
 
 
-def _atomic_save(obj, path: str) -> None:
-    """Temp file in the same folder, fsync, rename, SHA-256 sidecar: never
-    a half-written file in place of a user's checkpoint, nor a leftover
-    temporary file; a full disk is reported as such (ENOSPC)."""
-    atomic_torch_save(obj, path, checksum=True)
+def _write_student(state: dict, meta: dict, path: str) -> str:
+    """The one writer of student checkpoints: ``{'state_dict', 'meta'}``
+    marked ``mmlckd_export``, written atomically with a SHA-256 sidecar
+    (:func:`~mmlckd.compat.checkpoint_io.atomic_torch_save`)."""
+    atomic_torch_save(dict(state_dict=state,
+                           meta=dict(meta, mmlckd_export=True)),
+                      path, checksum=True)
+    return path
 
 
 def save_student(distiller, path: str, meta: Optional[dict] = None) -> str:
     """Save ``distiller.student_state_dict()`` as an mmengine checkpoint."""
     state = {k: v.detach().cpu() for k, v in
              distiller.student_state_dict().items()}
-    _atomic_save(dict(state_dict=state, meta=dict(meta or {},
-                                                  mmlckd_export=True)), path)
-    return path
+    return _write_student(state, meta or {}, path)
 
 
 def export_student(checkpoint: str, out: str) -> str:
@@ -54,7 +55,5 @@ def export_student(checkpoint: str, out: str) -> str:
         else {}
     meta = {k: v for k, v in meta.items() if k in ('epoch', 'iter',
                                                    'dataset_meta', 'seed')}
-    meta['mmlckd_export'] = True
     meta['source_checkpoint'] = osp.abspath(checkpoint)
-    _atomic_save(dict(state_dict=student, meta=meta), out)
-    return out
+    return _write_student(student, meta, out)

@@ -217,10 +217,27 @@ class FeatureRecorder:
         self._active = False
         if exc_type is StopForward:
             return True  # swallow: the forward was cut on purpose
-        if exc_type is None and self._expected is None:
-            # first complete forward: calibrate how many calls to wait for
-            self._expected = dict(self._calls)
+        if exc_type is None and not self.calibrated:
+            self.calibrate()  # the first complete forward
         return False
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the expected call counts of ``stop_when_done`` are set."""
+        return self._expected is not None
+
+    def calibrate(self) -> None:
+        """Take the call counts of the last recording as the number of calls
+        each spec waits for before ``stop_when_done`` ends a forward."""
+        self._expected = dict(self._calls)
+
+    def recorded(self, strict: bool = True
+                 ) -> Dict[str, Union[torch.Tensor, List[torch.Tensor]]]:
+        """``spec.key -> tensor`` (a list for ``call='all'``) of every spec
+        of the last recording. A spec whose module did not run raises the
+        error of :meth:`get`, or is left out with ``strict=False``."""
+        return {spec.key: self.get(spec) for spec in self.specs
+                if strict or spec.key in self._records}
 
     def get(self, spec: RecordSpec) -> Union[torch.Tensor, List[torch.Tensor]]:
         """The recorded tensor (a list for ``call='all'``)."""

@@ -332,11 +332,11 @@ def _tiny_hooks(cfg: Config, max_iters: int) -> None:
             h.update(min_score=0.0, max_batches=1)
         elif kind == 'DistillWeightHook':
             h['warmup'] = min(h.get('warmup', 0), max_iters // 2)
-            h['connector_warmup'] = min(h.get('connector_warmup', 0),
-                                        max_iters // 2)
             h['by_epoch'] = False
             if h.get('stop_at', None) is not None:
                 h['stop_at'] = min(h['stop_at'], max_iters)
+        elif kind == 'ConnectorWarmupHook':
+            h.update(iters=min(h['iters'], max_iters // 2), by_epoch=False)
         elif kind == 'LipschitzMonitorHook':
             h['interval'] = 1
         custom.append(h)

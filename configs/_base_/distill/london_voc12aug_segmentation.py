@@ -43,10 +43,12 @@ london_feature_loss = dict(
 custom_hooks = [
     # per-block sigma_s / sigma_t / ratio -> <work_dir>/lipschitz.jsonl
     dict(type='mmlckd.LipschitzMonitorHook', interval=50),
+    # logs train/distill_weight (constant 1 here)
+    dict(type='mmlckd.DistillWeightHook'),
     # the OFD reference trains only the connectors for one train_aug epoch
     # (10582 images / 16 = 661 iterations); here the distillation losses
     # train only the connectors that long, the student already learns
-    dict(type='mmlckd.DistillWeightHook', connector_warmup=661),
+    dict(type='mmlckd.ConnectorWarmupHook', iters=661),
     # stops before training if the teacher scores < 5% mIoU on VOC12 val
     # (missing or wrong checkpoint); remove it to skip the check
     dict(type='mmlckd.TeacherSanityCheckHook', min_score=0.05,

@@ -1,6 +1,6 @@
 from .balance import LossBalancer
-from .lipschitz_distiller import (FeaturePair, LipschitzDistiller,
-                                  lipschitz_maps)
+from .feature_pairs import FeaturePair, lipschitz_maps
+from .lipschitz_distiller import LipschitzDistiller
 
 __all__ = ['LipschitzDistiller', 'FeaturePair', 'LossBalancer',
            'lipschitz_maps']

@@ -32,15 +32,17 @@ weighted term and returns them for the logs (``gnorm_<term>`` and
 ``gshare_<term>``, the norm divided by the sum of all norms). The names
 avoid the substring ``loss``, which mmengine would add to the total loss.
 """
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.dist import all_reduce, get_world_size
 from mmengine.logging import print_log
+
+from mmlckd.registry import MODELS
 from torch import Tensor
 
-__all__ = ['LossBalancer', 'short_name']
+__all__ = ['LossBalancer', 'short_name', 'auto_weight', 'build_losses']
 
 Fraction = Union[float, Dict[str, float]]
 
@@ -48,6 +50,62 @@ Fraction = Union[float, Dict[str, float]]
 def short_name(term: str) -> str:
     """``'loss_lipschitz'`` -> ``'lipschitz'`` (for log keys)."""
     return term[len('loss_'):] if term.startswith('loss_') else term
+
+
+def auto_weight(cfg: Optional[dict], what: str
+                ) -> Tuple[Optional[dict], bool]:
+    """``(cfg with loss_weight=1.0, True)`` if the loss config ``cfg``
+    leaves its weight to the balancer (no ``loss_weight`` or ``'auto'``),
+    else ``(cfg, False)``; ``what`` names the config in errors."""
+    if cfg is None:
+        return None, False
+    cfg = dict(cfg)
+    weight = cfg.get('loss_weight', 'auto')
+    if weight == 'auto':
+        cfg['loss_weight'] = 1.0
+        return cfg, True
+    if not isinstance(weight, (int, float)):
+        raise TypeError(f'{what}.loss_weight must be a number or \'auto\', '
+                        f'got {weight!r}')
+    return cfg, False
+
+
+def build_losses(lipschitz_loss: Optional[dict],
+                 feature_loss: Optional[dict], response_cfgs: List[dict],
+                 balance: Optional[dict]) -> tuple:
+    """``(lipschitz loss, feature loss, response losses, balancer, loss
+    configs)`` of the distiller's arguments: the balancer weights every
+    term that sets no ``loss_weight`` (:func:`auto_weight`; the response
+    losses as one term, ``loss_kd``). Completes ``response_cfgs[i]['loss']``
+    in place. A LipschitzLoss config without ``check_finite`` gets
+    ``check_finite=False`` (the distiller's ``nan_guard`` covers it)."""
+    lipschitz_loss, lip_auto = auto_weight(lipschitz_loss, 'lipschitz_loss')
+    feature_loss, feat_auto = auto_weight(feature_loss, 'feature_loss')
+    response_auto = []
+    for r in response_cfgs:
+        r['loss'], is_auto = auto_weight(r['loss'], 'response loss')
+        response_auto.append(is_auto)
+    if any(response_auto) and not all(response_auto):
+        raise ValueError(
+            'response losses: give every one a loss_weight or none (the '
+            'balancer weights their sum, loss_kd, as one term)')
+    auto = [name for name, is_auto in (
+        ('loss_lipschitz', lip_auto), ('loss_feat', feat_auto),
+        ('loss_kd', bool(response_auto) and all(response_auto))) if is_auto]
+    lip = MODELS.build(lipschitz_loss) if lipschitz_loss else None
+    if lip is not None and 'check_finite' not in lipschitz_loss and \
+            hasattr(lip, 'check_finite'):
+        lip.check_finite = False
+    feat = MODELS.build(feature_loss) if feature_loss else None
+    response = nn.ModuleList(MODELS.build(r['loss']) for r in response_cfgs)
+    if balance is None and auto:
+        raise ValueError(
+            f'balance=None, but {auto} set no loss_weight: give them '
+            'explicit weights or keep the balancer')
+    balancer = None if balance is None else LossBalancer(auto, **balance)
+    cfgs = dict(lipschitz_loss=lipschitz_loss, feature_loss=feature_loss,
+                response=[r.get('loss') for r in response_cfgs])
+    return lip, feat, response, balancer, cfgs
 
 
 def grad_norms(outputs: Sequence[Tensor],

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional
 import torch
 
 __all__ = ['last_finite_checkpoint', 'check_inputs_finite',
-           'check_losses_finite', 'non_finite_loss_error']
+           'check_losses_finite', 'check_terms_finite',
+           'non_finite_loss_error']
 
 _DISABLE = 'Set model.nan_guard=False to disable this check.'
 
@@ -58,6 +59,27 @@ def non_finite_loss_error(kind: str, bad: List[str],
         'the distillation loss_weight, clip gradients '
         '(optim_wrapper.clip_grad=dict(max_norm=35)), check the teacher '
         'checkpoint, then resume from that checkpoint. ' + _DISABLE)
+
+
+def check_terms_finite(terms: Dict[str, torch.Tensor],
+                       features: Dict[str, torch.Tensor]) -> None:
+    """One host sync: every distillation term finite, else a
+    FloatingPointError naming the non-finite terms and which of
+    ``features`` (``'student <key>'``/``'teacher <key>'`` -> the map the
+    terms were computed from) are non-finite."""
+    if not terms:
+        return
+    values = torch.stack([v.detach().float().sum() for v in terms.values()])
+    if bool(torch.isfinite(values).all()):  # the one host sync
+        return
+    bad_terms = [k for k, v in terms.items()
+                 if not bool(torch.isfinite(v.detach()).all())]
+    bad_feats = [name for name, f in features.items()
+                 if not bool(torch.isfinite(f.detach()).all())]
+    raise non_finite_loss_error(
+        'distillation loss', bad_terms,
+        f'; non-finite features: '
+        f'{bad_feats or "none (the loss itself overflowed)"}')
 
 
 def check_losses_finite(losses: Dict[str, torch.Tensor], inputs=None

@@ -28,116 +28,49 @@ Design:
   and dtype casts are forwarded to it through ``_apply``. It is frozen and in
   eval mode for its whole life.
 * Features are captured by forward hooks (:mod:`mmlckd.models.recorders`);
-  the teacher's forward stops right after the deepest recorded layer.
+  the teacher's forward stops right after the deepest recorded layer
+  (``teacher_early_stop``).
+* A step is :meth:`LipschitzDistiller.record` (both forwards) then
+  :meth:`LipschitzDistiller.distill_terms` (the terms, on any given
+  features); the pairing and the probe live in :mod:`.feature_pairs`, the
+  teacher in :mod:`.teacher`, the NaN guard in :mod:`.guard`, the automatic
+  weights in :mod:`.balance`.
 """
 import copy
-import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
-from mmengine.registry import DefaultScope
 
 from mmlckd.registry import MODELS
-from mmlckd.utils import load_config
-from ..recorders import FeatureRecorder, RecordSpec, StopForward, get_module
-from .balance import LossBalancer
+from ..recorders import FeatureRecorder, get_module
+from .balance import build_losses
+from .feature_pairs import (LIPSCHITZ_WIRINGS, FeaturePair, feature_groups,
+                            lipschitz_block_shapes, lipschitz_maps,
+                            parse_features, parse_response, probe_shapes,
+                            warn_single_feature_groups)
+from .guard import (check_losses_finite, check_terms_finite,
+                    reraise_for_input)
+from .teacher import build_teacher, check_compatible
 
-__all__ = ['LipschitzDistiller', 'FeaturePair', 'lipschitz_maps']
-
-#: How the student's maps enter the Lipschitz term (see the class docstring).
-LIPSCHITZ_WIRINGS = ('reference', 'connector', 'raw')
-
-
-def lipschitz_maps(s_raw: Sequence[torch.Tensor],
-                   s_conn: Sequence[torch.Tensor], wiring: str):
-    """The student's ``(outputs, inputs)`` maps of the Lipschitz term: the
-    transmitting matrix of pair ``i`` is ``TM(inputs[i], outputs[i + 1])``.
-
-    ``'reference'`` is LONDON's loop, ``TM(connector_i(s_i), s_{i+1})``: it
-    replaces ``s_i`` by its connector output just before forming pair ``i``,
-    so ``s_{i+1}`` is still raw there. ``'connector'`` uses the connector
-    outputs on both sides, ``'raw'`` the raw maps on both sides.
-    """
-    if wiring == 'reference':
-        return list(s_raw), list(s_conn)
-    maps = list(s_conn if wiring == 'connector' else s_raw)
-    return maps, maps
-
-
-def _pop_weight(cfg: Optional[dict], what: str):
-    """``(cfg with loss_weight=1.0, True)`` if ``cfg`` leaves its weight to
-    the balancer (no ``loss_weight`` or ``'auto'``), else ``(cfg, False)``."""
-    if cfg is None:
-        return None, False
-    cfg = dict(cfg)
-    weight = cfg.get('loss_weight', 'auto')
-    if weight == 'auto':
-        cfg['loss_weight'] = 1.0
-        return cfg, True
-    if not isinstance(weight, (int, float)):
-        raise TypeError(f'{what}.loss_weight must be a number or \'auto\', '
-                        f'got {weight!r}')
-    return cfg, False
+__all__ = ['LipschitzDistiller', 'FeaturePair', 'lipschitz_maps',
+           'sigma_ratios']
 
 ForwardResults = Union[Dict[str, torch.Tensor], list, Tuple[torch.Tensor],
                        torch.Tensor]
+Features = Dict[str, Union[torch.Tensor, List[torch.Tensor]]]
 
 
-class FeaturePair:
-    """A recorded student feature matched to a teacher feature."""
-
-    def __init__(self, student: RecordSpec, teacher: RecordSpec,
-                 group: str, teacher_bn: Optional[str] = None):
-        self.student = student
-        self.teacher = teacher
-        self.group = group
-        self.teacher_bn = teacher_bn
-
-    def __repr__(self) -> str:
-        return (f'FeaturePair(student={self.student.key!r}, '
-                f'teacher={self.teacher.key!r}, group={self.group!r})')
-
-
-def _to_spec(value, defaults: dict) -> RecordSpec:
-    if isinstance(value, RecordSpec):
-        return value
-    if isinstance(value, str):
-        return RecordSpec(path=value, **defaults)
-    if isinstance(value, dict):
-        kw = dict(defaults)
-        kw.update(value)
-        if 'path' not in kw:
-            raise ValueError(f'feature spec {value!r} needs a `path`')
-        return RecordSpec(**kw)
-    raise TypeError(f'cannot read a feature spec from {value!r}')
-
-
-def _resnet_stage_specs(model: nn.Module) -> Optional[List[tuple]]:
-    """Pre-activation outputs of ResNet stages (mmdet/mmseg ResNet family):
-    the input of the last block's final ReLU, and that block's last norm."""
-    backbone = getattr(model, 'backbone', None)
-    res_layers = getattr(backbone, 'res_layers', None)
-    out_indices = getattr(backbone, 'out_indices', None)
-    if not res_layers or out_indices is None:
-        return None
-    specs = []
-    for i in out_indices:
-        name = res_layers[i]
-        stage = getattr(backbone, name)
-        last = len(stage) - 1
-        block = stage[last]
-        norm_name = getattr(block, 'norm3_name', None) or getattr(
-            block, 'norm2_name', None)
-        if not isinstance(getattr(block, 'relu', None), nn.ReLU) \
-                or norm_name is None:
-            return None
-        base = f'backbone.{name}.{last}'
-        specs.append((RecordSpec(f'{base}.relu', source='input',
-                                 call='last'), f'{base}.{norm_name}'))
-    return specs
+def sigma_ratios(sigmas: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``sigma_ratio.<group>.<i>`` = ``sigma_s.<group>.<i> /
+    sigma_t.<group>.<i>`` for every student estimate of ``sigmas`` (inf
+    where the teacher's estimate is 0). No name holds ``loss``, so mmengine
+    logs them without adding them to the total loss."""
+    return {'sigma_ratio.' + k[len('sigma_s.'):]:
+            v / sigmas['sigma_t.' + k[len('sigma_s.'):]]
+            for k, v in sigmas.items() if k.startswith('sigma_s.')}
 
 
 @MODELS.register_module()
@@ -168,7 +101,10 @@ class LipschitzDistiller(BaseModel):
         lipschitz_loss (dict, optional): ``mmlckd.LipschitzLoss`` config;
             ``None`` disables the LONDON term. Without a ``loss_weight``
             (or with ``loss_weight='auto'``) its weight is fixed by the
-            balancer (see ``balance``).
+            balancer (see ``balance``). Unless the config sets
+            ``check_finite``, the loss's own per-feature NaN check is off
+            (``check_finite=False``): ``nan_guard`` checks every term with
+            one host sync instead.
         feature_loss (dict, optional): ``mmlckd.OFDLoss`` config; ``None``
             disables feature mimicking. Weight as for ``lipschitz_loss``.
         response (list[dict], optional): response (logit) distillation,
@@ -211,8 +147,11 @@ class LipschitzDistiller(BaseModel):
             maps differ in spatial size at probe time (the losses then
             resize the student's); default False: an error, as it usually
             means stages paired one off (stride 4 vs 8).
-        data_preprocessor: ignored (the student's is used), kept for config
-            compatibility.
+        data_preprocessor: None or the student's ``data_preprocessor``
+            config (mmengine's Runner passes a config's top-level
+            ``data_preprocessor`` here), else an error: the student's own
+            one (set in ``student=``) preprocesses the batch for both
+            nets.
     """
 
     def __init__(self,
@@ -220,7 +159,7 @@ class LipschitzDistiller(BaseModel):
                  teacher: dict,
                  features: Union[str, Sequence] = 'backbone',
                  lipschitz_loss: Optional[dict] = dict(
-                     type='mmlckd.LipschitzLoss'),
+                     type='mmlckd.LipschitzLoss', check_finite=False),
                  feature_loss: Optional[dict] = dict(type='mmlckd.OFDLoss'),
                  response: Optional[Sequence[dict]] = None,
                  lipschitz_on: str = 'reference',
@@ -234,288 +173,67 @@ class LipschitzDistiller(BaseModel):
                  data_preprocessor=None,
                  init_cfg=None,
                  **unexpected):
-        if unexpected:
-            raise TypeError(
-                'LipschitzDistiller got unexpected config keys '
-                f'{sorted(unexpected)}. If these are your base model\'s keys '
-                '(backbone, neck, bbox_head, ...), the distiller dict was '
-                'merged into `_base_.model`: add `_delete_=True` to '
-                '`model=dict(...)` and pass the base model as `student=`.')
-        if lipschitz_on not in LIPSCHITZ_WIRINGS:
-            raise ValueError(f'lipschitz_on must be one of {LIPSCHITZ_WIRINGS}'
-                             f', got {lipschitz_on!r}')
-        if not isinstance(teacher, dict) or 'config' not in teacher:
-            raise ValueError(
-                'teacher must be dict(config=<path or mmdet::/mmseg:: path>, '
-                f'checkpoint=<path>), got {teacher!r}')
+        _check_arguments(unexpected, lipschitz_on)
+        _check_data_preprocessor(data_preprocessor, student)
         student_model = ROOT_MODELS.build(copy.deepcopy(student))
         super().__init__(
             data_preprocessor=student_model.data_preprocessor,
             init_cfg=init_cfg)
         self.student = student_model
-        object.__setattr__(self, 'teacher', self._build_teacher(teacher))
-        self._check_compatible(teacher.get('check_num_classes', True))
-
+        object.__setattr__(self, 'teacher', build_teacher(teacher))
+        check_compatible(self.student, self.teacher,
+                         teacher.get('check_num_classes', True))
         self.lipschitz_on = lipschitz_on
         self.nan_guard = nan_guard
         self.distill_weight = 1.0  # set by mmlckd.DistillWeightHook
-        # False during DistillWeightHook's connector warm-up: the
-        # distillation losses then train the connectors only
+        # False during mmlckd.ConnectorWarmupHook's warm-up: the
+        # distillation terms then train the connectors only
         self.distill_to_student = True
-        self.pairs = self._parse_features(features, probe_input_size)
-        self.response_cfgs = [dict(r) for r in (response or [])]
-        for r in self.response_cfgs:
-            if 'student' not in r or 'teacher' not in r or 'loss' not in r:
-                raise ValueError(
-                    'each response entry needs student=, teacher= and loss=, '
-                    f'got {r!r}')
-            r['student_spec'] = _to_spec(r['student'],
-                                         dict(call=r.get('call', 'last')))
-            r['teacher_spec'] = _to_spec(r['teacher'],
-                                         dict(call=r.get('call', 'last')))
-
-        s_specs = [p.student for p in self.pairs] + [
-            r['student_spec'] for r in self.response_cfgs]
-        t_specs = [p.teacher for p in self.pairs] + [
-            r['teacher_spec'] for r in self.response_cfgs]
-        self.student_recorder = FeatureRecorder(self.student, s_specs,
-                                                'student')
-        self.teacher_recorder = FeatureRecorder(
-            self.teacher, t_specs, 'teacher',
-            stop_when_done=teacher_early_stop)
-        shapes = self._probe_shapes(probe_input_size)
-
-        auto = []
-        lipschitz_loss, is_auto = _pop_weight(lipschitz_loss,
-                                              'lipschitz_loss')
-        auto += ['loss_lipschitz'] if is_auto else []
-        feature_loss, is_auto = _pop_weight(feature_loss, 'feature_loss')
-        auto += ['loss_feat'] if is_auto else []
-        response_auto = []
-        for r in self.response_cfgs:
-            r['loss'], is_auto = _pop_weight(r['loss'], 'response loss')
-            response_auto.append(is_auto)
-        if any(response_auto) and not all(response_auto):
-            raise ValueError(
-                'response losses: give every one a loss_weight or none (the '
-                'balancer weights their sum, loss_kd, as one term)')
-        auto += ['loss_kd'] if response_auto and all(response_auto) else []
-        self.lipschitz_loss = MODELS.build(lipschitz_loss) \
-            if lipschitz_loss else None
-        self.feature_loss = MODELS.build(feature_loss) \
-            if feature_loss else None
-        self.response_losses = nn.ModuleList(
-            MODELS.build(r['loss']) for r in self.response_cfgs)
-        if balance is None and auto:
-            raise ValueError(
-                f'balance=None, but {auto} set no loss_weight: give them '
-                'explicit weights or keep the balancer')
-        self.balancer = None if balance is None else LossBalancer(
-            auto, **balance)
-        if self.lipschitz_loss is not None and hasattr(
-                self.lipschitz_loss, 'check_finite'):
-            # one guard for all terms (nan_guard) instead of a sync per term
-            self.lipschitz_loss.check_finite = False
-        need_conn = self.feature_loss is not None or (
-            self.lipschitz_loss is not None and lipschitz_on != 'raw')
+        self.pairs: List[FeaturePair] = parse_features(
+            features, self.student, self.teacher, probe_input_size)
+        self.response_cfgs = parse_response(response)
+        self.student_recorder = self._recorder('student', False)
+        self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
+        shapes = probe_shapes(self.pairs, self.student, self.teacher,
+                              self.student_recorder, self.teacher_recorder,
+                              probe_input_size)
+        (self.lipschitz_loss, self.feature_loss, self.response_losses,
+         self.balancer, loss_cfgs) = build_losses(
+             lipschitz_loss, feature_loss, self.response_cfgs, balance)
         self.connectors = nn.ModuleList()
-        if need_conn:
+        if self.feature_loss is not None or (
+                self.lipschitz_loss is not None and lipschitz_on != 'raw'):
             connector = MODELS.get('OFDConnector')
-            for pair, (s_shape, t_shape) in zip(self.pairs, shapes):
-                self.connectors.append(connector(s_shape[1], t_shape[1]))
+            self.connectors.extend(connector(s[1], t[1]) for s, t in shapes)
+        #: ``(group, 'student'|'teacher') -> [(C_in, C_out)]``: the shape of
+        #: every transmitting matrix of the Lipschitz term
+        self.block_shapes = lipschitz_block_shapes(shapes, self.groups,
+                                                   lipschitz_on)
+        if hasattr(self.lipschitz_loss, 'register_blocks'):
+            # its power-iteration state exists before a checkpoint loads
+            for (group, net), blocks in self.block_shapes.items():
+                self.lipschitz_loss.register_blocks(group, net, blocks)
         self._margins = self._teacher_margins()
-        self._check_groups()
-        self._register_lipschitz_blocks(shapes)
+        if self.lipschitz_loss is not None:
+            warn_single_feature_groups(self.pairs)
         from .validation import validate_distiller
         validate_distiller(
-            self, features=features, shapes=shapes,
-            loss_cfgs=dict(lipschitz_loss=lipschitz_loss,
-                           feature_loss=feature_loss,
-                           response=[r.get('loss') for r in
-                                     self.response_cfgs]),
+            self, features=features, shapes=shapes, loss_cfgs=loss_cfgs,
             allow_empty_features=allow_empty_features,
             allow_negative_weights=allow_negative_weights,
             allow_resize=allow_resize)
 
     # ------------------------------------------------------------ building
-    def _build_teacher(self, cfg: dict) -> nn.Module:
-        tcfg = load_config(cfg['config'])
-        model_cfg = tcfg.get('model', None) or tcfg
-        scope = tcfg.get('default_scope', None)
-        with DefaultScope.overwrite_default_scope(scope):
-            teacher = ROOT_MODELS.build(copy.deepcopy(model_cfg))
-        ckpt = cfg.get('checkpoint', None)
-        if ckpt is None:
-            warnings.warn(
-                'LipschitzDistiller: teacher.checkpoint is None, the teacher '
-                'has RANDOM weights. Set teacher.checkpoint to a trained '
-                'model unless this is a smoke test.')
-        else:
-            self._load_teacher_checkpoint(teacher, ckpt,
-                                          cfg.get('allow_missing_keys', False),
-                                          config=cfg['config'])
-        from mmengine.model import revert_sync_batchnorm
-        teacher = revert_sync_batchnorm(teacher)
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher
+    def _recorder(self, role: str, stop_when_done: bool) -> FeatureRecorder:
+        """The recorder of the ``role`` net: its side of every pair and
+        response entry."""
+        specs = [getattr(p, role) for p in self.pairs] + [
+            r[f'{role}_spec'] for r in self.response_cfgs]
+        return FeatureRecorder(getattr(self, role), specs, role,
+                               stop_when_done=stop_when_done)
 
-    @staticmethod
-    def _load_teacher_checkpoint(teacher: nn.Module, path: str,
-                                 allow_missing: bool, config=None) -> None:
-        from .teacher import load_teacher_checkpoint
-        load_teacher_checkpoint(teacher, path, allow_missing, config=config)
-
-    def _check_compatible(self, check_num_classes: bool) -> None:
-        """Same task type, preprocessing (and classes) for teacher and
-        student (see :func:`.teacher.check_compatible`)."""
-        from .teacher import check_compatible
-        check_compatible(self.student, self.teacher, check_num_classes)
-
-    def _parse_features(self, features, probe_size) -> List[FeaturePair]:
-        if isinstance(features, str):
-            parts = features.split('+')
-            bad = set(parts) - {'backbone', 'neck'}
-            if bad:
-                raise ValueError(
-                    f"features={features!r}: use 'backbone', "
-                    "'backbone+neck', 'neck' or a list of dict(student=..., "
-                    'teacher=...)')
-            pairs = []
-            if 'backbone' in parts:
-                pairs += self._auto_pairs('backbone', probe_size)
-            if 'neck' in parts:
-                pairs += self._auto_pairs('neck', probe_size)
-            return pairs
-        pairs = []
-        for item in features:
-            if isinstance(item, str):
-                item = dict(student=item, teacher=item)
-            item = dict(item)
-            shared = {k: item.pop(k) for k in ('source', 'index', 'call')
-                      if k in item}
-            s = _to_spec(item.pop('student'), shared)
-            t = _to_spec(item.pop('teacher'), shared)
-            group = item.pop('group', s.path.split('.')[0])
-            bn = item.pop('teacher_bn', None)
-            if item:
-                raise ValueError(f'unknown feature keys {sorted(item)}')
-            get_module(self.student, s.path, 'student')
-            get_module(self.teacher, t.path, 'teacher')
-            if bn is not None:
-                get_module(self.teacher, bn, 'teacher')
-            pairs.append(FeaturePair(s, t, group, bn))
-        if not pairs and not features == []:
-            raise ValueError('features is empty')
-        return pairs
-
-    def _auto_pairs(self, part: str, probe_size) -> List[FeaturePair]:
-        """Stages of the backbone (or outputs of the neck) of both nets."""
-        sides = {}
-        for role, model in (('student', self.student),
-                            ('teacher', self.teacher)):
-            if getattr(model, part, None) is None:
-                raise ValueError(
-                    f'features={part!r}: the {role} has no `{part}`; list '
-                    'the modules to distil explicitly with features=[...]')
-            specs = _resnet_stage_specs(model) if part == 'backbone' \
-                else None
-            if specs is None:  # generic: the tuple the part returns
-                n = self._count_outputs(model, part, probe_size)
-                specs = [(RecordSpec(part, index=i, call='first'), None)
-                         for i in range(n)]
-            sides[role] = specs
-        if len(sides['student']) != len(sides['teacher']):
-            raise ValueError(
-                f'the student {part} gives {len(sides["student"])} features '
-                f'and the teacher {part} {len(sides["teacher"])}; make '
-                '`out_indices` select the same number of stages or list '
-                'features explicitly')
-        return [
-            FeaturePair(s, t, part, t_bn)
-            for (s, _), (t, t_bn) in zip(sides['student'], sides['teacher'])
-        ]
-
-    def _probe_input(self, model: nn.Module, probe_size) -> torch.Tensor:
-        mean = getattr(model.data_preprocessor, 'mean', None)
-        channels = mean.numel() if isinstance(mean, torch.Tensor) else 3
-        gen = torch.Generator().manual_seed(0)
-        param = next(model.parameters(), None)
-        return torch.randn(1, channels, *probe_size, generator=gen).to(
-            param.device if param is not None else 'cpu')
-
-    def _probe_forward(self, model: nn.Module,
-                       probe_size) -> Optional[Exception]:
-        """One dummy forward (eval mode, no grad, train mode restored).
-
-        Returns the exception a later part of the model raised (a head may
-        need data samples; fine if everything recorded ran before it), or
-        None. A :class:`StopForward` counts as success.
-        """
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(self._probe_input(model, probe_size), None,
-                      mode='tensor')
-        except StopForward:
-            pass
-        except Exception as e:
-            return e
-        finally:
-            model.train(was_training)
-        return None
-
-    def _probe(self, model: nn.Module, recorder: FeatureRecorder,
-               probe_size) -> None:
-        """Fill ``recorder`` once and calibrate its call counts."""
-        with recorder:
-            error = self._probe_forward(model, probe_size)
-        missing = [s for s in recorder.specs if s.key not in recorder._records]
-        if missing:
-            raise RuntimeError(
-                f'probing the {recorder.role} with a {tuple(probe_size)} '
-                f'input did not reach {[s.key for s in missing]}' +
-                (f' (forward failed: {error!r})' if error else ''))
-        if recorder._expected is None:
-            recorder._expected = dict(recorder._calls)
-
-    def _count_outputs(self, model, part, probe_size) -> int:
-        """How many tensors ``model.<part>`` returns (one probe forward)."""
-        seen = []
-
-        def hook(module, args, output):
-            seen.append(output)
-            raise StopForward
-
-        handle = get_module(model, part).register_forward_hook(hook)
-        try:
-            self._probe_forward(model, probe_size)
-        finally:
-            handle.remove()
-        if not seen:
-            raise RuntimeError(f'could not probe the outputs of {part!r}')
-        out = seen[0]
-        return len(out) if isinstance(out, (tuple, list)) else 1
-
-    def _probe_shapes(self, probe_size) -> List[tuple]:
-        self._probe(self.student, self.student_recorder, probe_size)
-        self._probe(self.teacher, self.teacher_recorder, probe_size)
-        shapes = []
-        for pair in self.pairs:
-            s = self.student_recorder.get(pair.student)
-            t = self.teacher_recorder.get(pair.teacher)
-            if s.dim() != 4 or t.dim() != 4:
-                raise ValueError(
-                    f'{pair}: features must be 4-D (B,C,H,W), got student '
-                    f'{tuple(s.shape)} and teacher {tuple(t.shape)}')
-            shapes.append((tuple(s.shape), tuple(t.shape)))
-        self.student_recorder.clear()
-        self.teacher_recorder.clear()
-        return shapes
-
-    def _teacher_margins(self) -> List[Optional[torch.Tensor]]:
+    def _teacher_margins(self) -> List[Optional[str]]:
+        """OFD's margin of every pair with a ``teacher_bn``, as buffers."""
         from ..losses import ofd_margin
         margins = []
         for i, pair in enumerate(self.pairs):
@@ -529,39 +247,12 @@ class LipschitzDistiller(BaseModel):
             margins.append(name)
         return margins
 
-    def _check_groups(self) -> None:
-        if self.lipschitz_loss is None:
-            return
-        for group, pairs in self._groups().items():
-            if len(pairs) < 2:
-                warnings.warn(
-                    f'feature group {group!r} has a single feature: the '
-                    'Lipschitz term needs two or more consecutive features '
-                    'per group and ignores it')
-
-    def _register_lipschitz_blocks(self, shapes: List[tuple]) -> None:
-        """Create the Lipschitz loss's per-block state from the probed
-        shapes, so that a resumed checkpoint loads into existing buffers."""
-        if not hasattr(self.lipschitz_loss, 'register_blocks'):
-            return
-        s_chans = [s[1] for s, _ in shapes]
-        t_chans = [t[1] for _, t in shapes]
-        # a connector maps student channels to the teacher's
-        conn_chans = t_chans if len(self.connectors) else s_chans
-        s_out, s_in = lipschitz_maps(s_chans, conn_chans, self.lipschitz_on)
-        for group, idx in self._groups().items():
-            pairs = list(zip(idx[:-1], idx[1:]))  # none for a single feature
-            self.lipschitz_loss.register_blocks(
-                group, 'student', [(s_in[i], s_out[j]) for i, j in pairs])
-            self.lipschitz_loss.register_blocks(
-                group, 'teacher', [(t_chans[i], t_chans[j]) for i, j in pairs])
-
-    def _groups(self) -> Dict[str, List[int]]:
-        groups: Dict[str, List[int]] = {}
-        for i, pair in enumerate(self.pairs):
-            if pair.group is not None:
-                groups.setdefault(pair.group, []).append(i)
-        return groups
+    @property
+    def groups(self) -> Dict[str, List[int]]:
+        """``group -> indices into pairs`` of the groups the Lipschitz term
+        uses (those with two or more features)."""
+        return {g: idx for g, idx in feature_groups(self.pairs).items()
+                if len(idx) >= 2}
 
     # ------------------------------------------------------ nn.Module glue
     def _apply(self, fn, *args, **kwargs):
@@ -586,32 +277,25 @@ class LipschitzDistiller(BaseModel):
                 inputs: torch.Tensor,
                 data_samples=None,
                 mode: str = 'tensor') -> ForwardResults:
-        if mode == 'loss':
-            if not self.nan_guard:
-                return self.loss(inputs, data_samples)
-            from .guard import check_losses_finite, reraise_for_input
-            try:
-                losses = self.loss(inputs, data_samples)
-            except FloatingPointError as e:  # say so when the input is bad
-                better = reraise_for_input(e, inputs)
-                if better is not None:
-                    raise better from None
-                raise
-            check_losses_finite(losses, inputs)  # the task losses too
-            return losses
-        return self.student(inputs, data_samples, mode=mode)
+        if mode != 'loss':
+            return self.student(inputs, data_samples, mode=mode)
+        if not self.nan_guard:
+            return self.loss(inputs, data_samples)
+        try:
+            losses = self.loss(inputs, data_samples)
+        except FloatingPointError as e:  # say so when the input is bad
+            better = reraise_for_input(e, inputs)
+            if better is not None:
+                raise better from None
+            raise
+        check_losses_finite(losses, inputs)  # the task losses too
+        return losses
 
     def loss(self, inputs: torch.Tensor, data_samples) -> dict:
-        """Student task losses + distillation losses + logged sigmas."""
-        with torch.no_grad(), self.teacher_recorder:
-            self.teacher(inputs, data_samples, mode='tensor')
-        with self.student_recorder:
-            losses = self.student(inputs, data_samples, mode='loss')
-        try:
-            distill, logs = self._distill_losses(data_samples)
-        finally:
-            self.student_recorder.clear()
-            self.teacher_recorder.clear()
+        """Student task losses + weighted distillation terms + logs
+        (sigmas, their ratios, the balancer's gradient shares)."""
+        losses, s_feats, t_feats = self.record(inputs, data_samples)
+        distill, logs = self.distill_terms(s_feats, t_feats, data_samples)
         clash = set(distill) & set(losses)
         if clash:
             raise KeyError(f'distillation loss names {sorted(clash)} clash '
@@ -636,83 +320,166 @@ class LipschitzDistiller(BaseModel):
     def _student_params(self) -> List[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
 
-    def _distill_losses(self, data_samples):
-        distill: Dict[str, torch.Tensor] = {}
-        logs: Dict[str, torch.Tensor] = {}
+    def record(self, inputs: torch.Tensor, data_samples
+               ) -> Tuple[dict, Features, Features]:
+        """``(task losses, student features, teacher features)`` of one
+        batch: the teacher's forward (no grad, cut after its deepest
+        recorded layer with ``teacher_early_stop``) and the student's
+        ``mode='loss'`` forward. Features map ``spec.key`` to the recorded
+        tensor (a list for ``call='all'``)."""
+        try:
+            with torch.no_grad(), self.teacher_recorder:
+                self.teacher(inputs, data_samples, mode='tensor')
+            with self.student_recorder:
+                losses = self.student(inputs, data_samples, mode='loss')
+            return (losses, self.student_recorder.recorded(),
+                    self.teacher_recorder.recorded())
+        finally:
+            self.student_recorder.clear()
+            self.teacher_recorder.clear()
+
+    def distill_terms(self, student_feats: Features, teacher_feats: Features,
+                      data_samples=None) -> Tuple[dict, dict]:
+        """``(terms, logs)`` from recorded features (see :meth:`record`):
+        unweighted by the balancer and ``distill_weight``; ``terms`` holds
+        ``loss_feat``, ``loss_lipschitz`` and ``loss_kd`` as configured,
+        ``logs`` the sigmas and their ratios. Checked by the NaN guard."""
+        terms, logs = {}, {}
         if self.pairs:
-            s_raw = [self.student_recorder.get(p.student) for p in self.pairs]
+            s_raw = [student_feats[p.student.key] for p in self.pairs]
             if not self.distill_to_student:  # connector warm-up
                 s_raw = [s.detach() for s in s_raw]
-            t_feats = [self.teacher_recorder.get(p.teacher)
-                       for p in self.pairs]
-            s_conn = [c(s) for c, s in zip(self.connectors, s_raw)] \
-                if len(self.connectors) else s_raw
+            t_feats = [teacher_feats[p.teacher.key] for p in self.pairs]
+            s_conn = self.connect(s_raw)
             if self.feature_loss is not None:
-                margins = [getattr(self, m) if m else None
-                           for m in self._margins]
-                distill['loss_feat'] = self.feature_loss(
-                    s_conn, t_feats, margins)
-            if self.lipschitz_loss is not None:
-                s_out, s_in = lipschitz_maps(s_raw, s_conn, self.lipschitz_on)
-                total = None
-                for group, idx in self._groups().items():
-                    if len(idx) < 2:
-                        continue
-                    term, sigmas = self.lipschitz_loss(
-                        [s_out[i] for i in idx], [t_feats[i] for i in idx],
-                        key=group, student_inputs=[s_in[i] for i in idx])
-                    total = term if total is None else total + term
-                    logs.update(sigmas)
-                if total is not None:
-                    distill['loss_lipschitz'] = total
+                terms['loss_feat'] = self.feature_term(s_conn, t_feats)
+            if self.lipschitz_loss is not None and self.groups:
+                terms['loss_lipschitz'], sigmas = self.lipschitz_term(
+                    s_raw, s_conn, t_feats)
+                logs.update(sigmas)
+                logs.update(sigma_ratios(sigmas))
         if self.response_cfgs:
-            total = None
-            for cfg, loss_fn in zip(self.response_cfgs, self.response_losses):
-                s = self.student_recorder.get(cfg['student_spec'])
-                t = self.teacher_recorder.get(cfg['teacher_spec'])
-                if not self.distill_to_student:  # connector warm-up
-                    s = [x.detach() for x in s] if isinstance(s, list) \
-                        else s.detach()
-                labels = self._labels(data_samples) if cfg.get(
-                    'use_labels', False) else None
-                s_list = s if isinstance(s, list) else [s]
-                t_list = t if isinstance(t, list) else [t]
-                if len(s_list) != len(t_list):
-                    raise ValueError(
-                        f'response {cfg["student"]!r}: the student gave '
-                        f'{len(s_list)} outputs and the teacher '
-                        f'{len(t_list)}')
-                for s_i, t_i in zip(s_list, t_list):
-                    term = loss_fn(s_i, t_i, labels) / len(s_list)
-                    total = term if total is None else total + term
-            distill['loss_kd'] = total
-        if self.nan_guard and distill:
-            self._guard_finite(distill)
-        return distill, logs
+            terms['loss_kd'] = self.response_term(student_feats,
+                                                  teacher_feats, data_samples)
+        if self.nan_guard:
+            self.check_finite(terms, student_feats, teacher_feats)
+        return terms, logs
 
-    @staticmethod
-    def _labels(data_samples) -> Optional[torch.Tensor]:
-        if not data_samples or not hasattr(data_samples[0], 'gt_sem_seg'):
-            return None
-        return torch.stack(
-            [ds.gt_sem_seg.data.squeeze(0) for ds in data_samples]).long()
+    def connect(self, s_raw: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The student's maps through their connectors (unchanged when the
+        configured terms need none)."""
+        if not len(self.connectors):
+            return list(s_raw)
+        return [c(s) for c, s in zip(self.connectors, s_raw)]
 
-    def _guard_finite(self, distill: Dict[str, torch.Tensor]) -> None:
-        values = torch.stack([v.detach().float().sum() for v in
-                              distill.values()])
-        if bool(torch.isfinite(values).all()):  # the one host sync
-            return
-        bad_losses = [k for k, v in distill.items()
-                      if not bool(torch.isfinite(v.detach()).all())]
-        bad_feats = []
+    def feature_term(self, s_conn: Sequence[torch.Tensor],
+                     t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """OFD's feature mimic of the connector outputs (per pair)."""
+        margins = [getattr(self, m) if m else None for m in self._margins]
+        return self.feature_loss(s_conn, t_feats, margins)
+
+    def lipschitz_term(self, s_raw: Sequence[torch.Tensor],
+                       s_conn: Sequence[torch.Tensor],
+                       t_feats: Sequence[torch.Tensor]
+                       ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """LONDON's term summed over :attr:`groups`, and the per-block
+        ``sigma_s/sigma_t.<group>.<i>`` estimates; ``lipschitz_on`` wires
+        the student's maps (:func:`lipschitz_maps`)."""
+        s_out, s_in = lipschitz_maps(s_raw, s_conn, self.lipschitz_on)
+        total, sigmas = None, {}
+        for group, idx in self.groups.items():
+            term, group_sigmas = self.lipschitz_loss(
+                [s_out[i] for i in idx], [t_feats[i] for i in idx],
+                key=group, student_inputs=[s_in[i] for i in idx])
+            sigmas.update(group_sigmas)
+            total = term if total is None else total + term
+        return total, sigmas
+
+    def response_term(self, student_feats: Features, teacher_feats: Features,
+                      data_samples=None) -> torch.Tensor:
+        """The response (logit) KD losses, each averaged over its calls."""
+        total = None
+        for cfg, loss_fn in zip(self.response_cfgs, self.response_losses):
+            s = student_feats[cfg['student_spec'].key]
+            t = teacher_feats[cfg['teacher_spec'].key]
+            s_list = s if isinstance(s, list) else [s]
+            t_list = t if isinstance(t, list) else [t]
+            if not self.distill_to_student:  # connector warm-up
+                s_list = [x.detach() for x in s_list]
+            if len(s_list) != len(t_list):
+                raise ValueError(
+                    f'response {cfg["student"]!r}: the student gave '
+                    f'{len(s_list)} outputs and the teacher {len(t_list)}')
+            labels = _labels(data_samples) if cfg.get('use_labels', False) \
+                else None
+            for s_i, t_i in zip(s_list, t_list):
+                term = loss_fn(s_i, t_i, labels) / len(s_list)
+                total = term if total is None else total + term
+        return total
+
+    def check_finite(self, terms: Dict[str, torch.Tensor],
+                     student_feats: Features, teacher_feats: Features
+                     ) -> None:
+        """The NaN guard of the terms (:func:`.guard.check_terms_finite`),
+        naming the non-finite paired features."""
+        named = {}
         for pair in self.pairs:
-            for role, rec, spec in (
-                    ('student', self.student_recorder, pair.student),
-                    ('teacher', self.teacher_recorder, pair.teacher)):
-                if not bool(torch.isfinite(rec.get(spec)).all()):
-                    bad_feats.append(f'{role} {spec.key}')
-        from .guard import non_finite_loss_error
-        raise non_finite_loss_error(
-            'distillation loss', bad_losses,
-            f'; non-finite features: '
-            f'{bad_feats or "none (the loss itself overflowed)"}')
+            named[f'student {pair.student.key}'] = \
+                student_feats[pair.student.key]
+            named[f'teacher {pair.teacher.key}'] = \
+                teacher_feats[pair.teacher.key]
+        check_terms_finite(terms, named)
+
+
+def _check_arguments(unexpected: dict, lipschitz_on: str) -> None:
+    """Errors, with the fix, for arguments the distiller does not take."""
+    if unexpected:
+        raise TypeError(
+            'LipschitzDistiller got unexpected config keys '
+            f'{sorted(unexpected)}. If these are your base model\'s keys '
+            '(backbone, neck, bbox_head, ...), the distiller dict was '
+            'merged into `_base_.model`: add `_delete_=True` to '
+            '`model=dict(...)` and pass the base model as `student=`.')
+    if lipschitz_on not in LIPSCHITZ_WIRINGS:
+        raise ValueError(f'lipschitz_on must be one of {LIPSCHITZ_WIRINGS}'
+                         f', got {lipschitz_on!r}')
+
+
+def _plain(cfg):
+    """A config value without ``_scope_`` keys, tuples as lists (to compare
+    configs that went through the registry or a dump)."""
+    if isinstance(cfg, dict):
+        return {k: _plain(v) for k, v in cfg.items() if k != '_scope_'}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def _check_data_preprocessor(data_preprocessor, student: dict) -> None:
+    """The student's data preprocessor serves both nets. mmengine's Runner
+    passes a config's top-level ``data_preprocessor`` to the model (mmseg
+    configs have one): accepted when it is the student's, else an error,
+    since it would be ignored."""
+    if data_preprocessor is None:
+        return
+    own = student.get('data_preprocessor', None) \
+        if isinstance(student, dict) else None
+    if isinstance(data_preprocessor, dict) and \
+            _plain(data_preprocessor) == _plain(own):
+        return
+    raise TypeError(
+        'LipschitzDistiller got a data_preprocessor that is not the '
+        f'student\'s ({data_preprocessor!r}); the student\'s own '
+        'data_preprocessor preprocesses the batch for both nets. Set it '
+        'in student=dict(..., data_preprocessor=...) and remove '
+        'model.data_preprocessor (and a top-level data_preprocessor that '
+        'differs from it: mmengine\'s Runner passes that one to the '
+        'model).')
+
+
+def _labels(data_samples) -> Optional[torch.Tensor]:
+    """The segmentation labels of a batch (None for detection)."""
+    if not data_samples or not hasattr(data_samples[0], 'gt_sem_seg'):
+        return None
+    return torch.stack(
+        [ds.gt_sem_seg.data.squeeze(0) for ds in data_samples]).long()

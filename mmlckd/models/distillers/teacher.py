@@ -1,6 +1,7 @@
-"""Teacher loading and teacher/student compatibility checks of
-:class:`LipschitzDistiller`, with messages that name the teacher, the file,
-the config and the fix."""
+"""The teacher of :class:`LipschitzDistiller`: building, checkpoint loading
+and teacher/student compatibility checks, with messages that name the
+teacher, the file, the config and the fix."""
+import copy
 import re
 import warnings
 from typing import Optional
@@ -8,15 +9,20 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.registry import DefaultScope
 
 from mmlckd.compat import safe_torch_load
 from mmlckd.compat.checkpoint_io import (check_checkpoint_file,
                                          compare_state_dicts,
                                          describe_mismatch, state_dict_from,
                                          verify_checksum)
+from mmlckd.utils import load_config
 
 __all__ = [
-    'describe_config', 'load_teacher_checkpoint', 'task_type',
+    'build_teacher', 'describe_config', 'load_teacher_checkpoint',
+    'task_type',
     'check_compatible', 'preprocessor_settings'
 ]
 
@@ -78,6 +84,37 @@ def load_teacher_checkpoint(teacher: nn.Module, path: str,
         warnings.warn(msg)
     teacher.load_state_dict(state, strict=False)
     print_log(f'teacher checkpoint loaded from {path}', logger='current')
+
+
+def build_teacher(cfg: dict) -> nn.Module:
+    """The frozen teacher of ``cfg`` (the distiller's ``teacher=`` dict):
+    built from ``cfg['config']`` in that config's default scope, loaded
+    from ``cfg['checkpoint']`` (None keeps random weights, with a warning),
+    SyncBN reverted to BN, in eval mode, without gradients."""
+    if not isinstance(cfg, dict) or 'config' not in cfg:
+        raise ValueError(
+            'teacher must be dict(config=<path or mmdet::/mmseg:: path>, '
+            f'checkpoint=<path>), got {cfg!r}')
+    tcfg = load_config(cfg['config'])
+    model_cfg = tcfg.get('model', None) or tcfg
+    with DefaultScope.overwrite_default_scope(
+            tcfg.get('default_scope', None)):
+        teacher = ROOT_MODELS.build(copy.deepcopy(model_cfg))
+    ckpt = cfg.get('checkpoint', None)
+    if ckpt is None:
+        warnings.warn(
+            'LipschitzDistiller: teacher.checkpoint is None, the teacher '
+            'has RANDOM weights. Set teacher.checkpoint to a trained '
+            'model unless this is a smoke test.')
+    else:
+        load_teacher_checkpoint(teacher, ckpt,
+                                cfg.get('allow_missing_keys', False),
+                                config=cfg['config'])
+    teacher = revert_sync_batchnorm(teacher)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def task_type(model: nn.Module) -> Optional[str]:

@@ -1,3 +1,4 @@
+"""The schedule of the distillation weight."""
 import math
 from typing import Optional
 
@@ -23,14 +24,6 @@ class DistillWeightHook(Hook):
       towards ``min_ratio`` at the end of training;
     * zero from ``stop_at`` on (distillation switched off).
 
-    Connector warm-up (``connector_warmup=N``): during the first N steps the
-    distillation losses train the connectors only; the student's recorded
-    features (and response-KD logits) are detached, so the student learns
-    from its task loss alone while the randomly initialised connectors
-    learn to map it into the teacher's feature space. This is OFD's
-    "epoch 0 trains only the connectors", except that the student is not
-    frozen. It is independent of the weight schedule.
-
     Args:
         warmup (int): warm-up length. Default 0.
         warmup_ratio (float): starting weight. Default 0.
@@ -38,9 +31,6 @@ class DistillWeightHook(Hook):
         min_ratio (float): final weight of the decay. Default 0.
         stop_at (int, optional): switch distillation off from this
             iteration/epoch (0-based). Default None.
-        connector_warmup (int): steps (iterations, or epochs with
-            ``by_epoch``) during which the distillation losses reach only
-            the connectors. Default 0.
         by_epoch (bool): count epochs instead of iterations.
     """
     priority = 'NORMAL'
@@ -51,21 +41,27 @@ class DistillWeightHook(Hook):
                  decay: Optional[str] = None,
                  min_ratio: float = 0.0,
                  stop_at: Optional[int] = None,
-                 connector_warmup: int = 0,
-                 by_epoch: bool = False):
+                 by_epoch: bool = False,
+                 **removed):
+        if 'connector_warmup' in removed:
+            raise TypeError(
+                'DistillWeightHook(connector_warmup=N) moved to its own '
+                'hook: add dict(type=\'mmlckd.ConnectorWarmupHook\', '
+                'iters=N) to custom_hooks (with by_epoch=True if N counts '
+                'epochs) and drop connector_warmup here.')
+        if removed:
+            raise TypeError('DistillWeightHook got unexpected arguments '
+                            f'{sorted(removed)}')
         if decay not in (None, 'linear', 'cosine'):
             raise ValueError(
                 f"decay must be None, 'linear' or 'cosine', got {decay!r}")
-        if warmup < 0 or connector_warmup < 0 or (stop_at is not None
-                                                   and stop_at < 0):
-            raise ValueError(
-                'warmup, connector_warmup and stop_at must be >= 0')
+        if warmup < 0 or (stop_at is not None and stop_at < 0):
+            raise ValueError('warmup and stop_at must be >= 0')
         self.warmup = warmup
         self.warmup_ratio = warmup_ratio
         self.decay = decay
         self.min_ratio = min_ratio
         self.stop_at = stop_at
-        self.connector_warmup = connector_warmup
         self.by_epoch = by_epoch
 
     def weight(self, step: int, total: int) -> float:
@@ -91,6 +87,5 @@ class DistillWeightHook(Hook):
         else:
             step, total = runner.iter, runner.max_iters
         model.distill_weight = float(self.weight(step, total))
-        model.distill_to_student = step >= self.connector_warmup
         runner.message_hub.update_scalar('train/distill_weight',
                                          model.distill_weight)

@@ -1,3 +1,4 @@
+"""A JSONL history of the Lipschitz estimates and distillation losses."""
 import json
 import os
 import os.path as osp
@@ -14,20 +15,18 @@ from .utils import get_distiller
 
 @HOOKS.register_module()
 class LipschitzMonitorHook(Hook):
-    """Tracks teacher and student per-block Lipschitz estimates.
+    """Writes an exact history of the per-block Lipschitz estimates.
 
-    The distiller already returns ``sigma_t.<group>.<i>`` and
-    ``sigma_s.<group>.<i>`` with its losses, so mmengine's logger and every
-    visualizer backend (TensorBoard, W&B, local ``scalars.json``) get them
-    at the ``LoggerHook`` interval. This hook adds:
-
-    * the student/teacher ratio per block (``sigma_ratio.<group>.<i>``) to
-      the message hub, hence to the logs and the backends;
-    * an exact, unsmoothed history of every ``interval`` iterations written
-      as JSON lines to ``<work_dir>/<out_file>`` (iteration, epoch, sigmas,
-      distillation losses, and the distillation schedule of that step:
-      ``distill_weight`` and ``distill_to_student``, False during a
-      connector warm-up), e.g. for plotting.
+    The distiller already returns ``sigma_t.<group>.<i>``,
+    ``sigma_s.<group>.<i>`` and their ratio ``sigma_ratio.<group>.<i>``
+    with its losses, so mmengine's logger and every visualizer backend
+    (TensorBoard, W&B, local ``scalars.json``) get them at the
+    ``LoggerHook`` interval. This hook adds an exact, unsmoothed history of
+    every ``interval`` iterations written as JSON lines to
+    ``<work_dir>/<out_file>`` (iteration, epoch, sigmas, distillation
+    losses, and the distillation schedule of that step: ``distill_weight``
+    and ``distill_to_student``, False during a connector warm-up), e.g.
+    for plotting.
 
     A resumed run keeps the history up to its start iteration. A fresh run
     in a work dir that already holds a history never overwrites it: the old
@@ -112,14 +111,6 @@ class LipschitzMonitorHook(Hook):
         for k, v in outputs.items():
             if k.startswith(self.keys):
                 record[k] = float(v.item() if hasattr(v, 'item') else v)
-        for k in list(record):
-            if k.startswith('sigma_s.'):
-                t = record.get('sigma_t.' + k[len('sigma_s.'):])
-                if t:
-                    ratio = record[k] / t
-                    record['sigma_ratio.' + k[len('sigma_s.'):]] = ratio
-                    runner.message_hub.update_scalar(
-                        'train/sigma_ratio.' + k[len('sigma_s.'):], ratio)
         self._write(record)
 
     @master_only

@@ -1,0 +1,2 @@
+"""Training-loop plumbing of the distillation: mmengine hooks."""
+from . import hooks  # noqa: F401
