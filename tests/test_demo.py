@@ -11,6 +11,9 @@ import pytest
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
+# the quick demo trains teachers and students through the Runner
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def quick_demo(tmp_path_factory):

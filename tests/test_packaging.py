@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from packaging.requirements import Requirement
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
@@ -75,6 +76,7 @@ def test_tested_versions_fall_in_the_supported_ranges():
     assert fast_path == tested
 
 
+@pytest.mark.slow
 def test_import_without_mmdet_and_mmseg():
     """The core (distiller, losses, hooks, tools' helpers) imports with
     mmdet and mmseg unavailable."""
@@ -98,6 +100,7 @@ def test_import_without_mmdet_and_mmseg():
         proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_mmlckd_prefix_registers_everything_in_a_fresh_process(tmp_path):
     """A stock-style config that only names ``mmlckd.`` types (no
     custom_imports, nothing imported by hand) builds under mmdet's scope,

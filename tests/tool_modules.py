@@ -1,9 +1,12 @@
-"""Import a script of ``tools/`` as a module (under a name that cannot
-shadow the standard library, e.g. ``tools/test.py`` is not ``test``)."""
+"""Paths of the checkout, and a script of ``tools/`` imported as a module
+(under a name that cannot shadow the standard library, e.g.
+``tools/test.py`` is not ``test``). On the path of every test through
+pytest.ini's ``pythonpath``."""
 import importlib.util
 import os.path as osp
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TESTS = osp.dirname(osp.abspath(__file__))
+REPO = osp.dirname(TESTS)
 
 
 def load_tool(name: str):

@@ -14,7 +14,7 @@ from mmlckd.testing import (CLASS_STYLES, MANIFEST_NAME, VOC_CLASSES,
                              VOC_PALETTE, DatasetExistsError,
                              make_synthetic_voc, parse_voc_xml)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from tool_modules import REPO
 TINY = dict(
     num_trainval_07=3,
     num_test_07=2,

@@ -19,7 +19,7 @@ import rank_dump_hook  # noqa: F401  (registers RankDumpHook in-process)
 from mmlckd.testing import det_model
 from tool_modules import load_tool
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+from tool_modules import REPO, TESTS
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
 
@@ -103,7 +103,7 @@ def teacher_ckpt(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _tests_on_path(monkeypatch):
-    monkeypatch.syspath_prepend(osp.dirname(__file__))
+    monkeypatch.syspath_prepend(TESTS)
 
 
 def _records(work_dir, rank=0):
@@ -111,6 +111,7 @@ def _records(work_dir, rank=0):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(voc_devkit, teacher_ckpt, tmp_path):
     straight = tmp_path / 'straight'
     Runner.from_cfg(tiny_cfg(voc_devkit, straight, teacher_ckpt,
@@ -169,7 +170,7 @@ def _dist_train(cfg, cfg_path, work_dir):
     the dumped config path and the environment used."""
     cfg.dump(str(cfg_path))
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()),
-               PYTHONPATH=osp.dirname(__file__) + os.pathsep + REPO,
+               PYTHONPATH=TESTS + os.pathsep + REPO,
                OMP_NUM_THREADS='1')
     proc = subprocess.run(
         ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), str(cfg_path),
@@ -179,6 +180,7 @@ def _dist_train(cfg, cfg_path, work_dir):
     return cfg_path, env
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process(voc_devkit, teacher_ckpt,
                                                     tmp_path):
     """2 ranks x batch 1 (gloo) vs single-process runs on each rank's
@@ -225,6 +227,7 @@ def test_ddp_two_cpu_processes_match_single_process(voc_devkit, teacher_ckpt,
             assert got[key] == pytest.approx(rec[key], rel=1e-4), (rank, key)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_fix_identical_balanced_weights(voc_devkit, teacher_ckpt,
                                                   tmp_path):
     """2 ranks on different samples, default (balanced) loss weights: the
@@ -253,6 +256,7 @@ def test_ddp_ranks_fix_identical_balanced_weights(voc_devkit, teacher_ckpt,
                                                rel=1e-9)
 
 
+@pytest.mark.slow
 def test_test_tool_runs_student_only(voc_devkit, teacher_ckpt, tmp_path):
     """tools/test.py on a distillation config + checkpoint: only the student
     is built (the teacher checkpoint may be gone), and VOCMetric runs."""
@@ -272,6 +276,7 @@ def test_test_tool_runs_student_only(voc_devkit, teacher_ckpt, tmp_path):
     plain.load_state_dict(state, strict=True)
 
 
+@pytest.mark.slow
 def test_teacher_sanity_check_fails_loudly_on_a_random_teacher(
         voc_devkit, teacher_ckpt, tmp_path):
     cfg = tiny_cfg(voc_devkit, tmp_path / 'chk', teacher_ckpt, max_iters=1)
@@ -308,6 +313,7 @@ def test_train_tool_bad_resume_path(voc_devkit, teacher_ckpt, tmp_path,
         train_tool.main([str(cfg_path), '--amp'])
 
 
+@pytest.mark.slow
 def test_train_tool_tears_down_its_process_group(voc_devkit, teacher_ckpt,
                                                  tmp_path, monkeypatch):
     """``--launcher pytorch`` on a CPU machine: gloo group, DDP wrapper, and
