@@ -1,11 +1,46 @@
 """The schedule of the distillation weight."""
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 from mmengine.hooks import Hook
 
 from mmlckd.registry import HOOKS
 from .utils import get_distiller
+
+
+@dataclass(frozen=True)
+class WeightSchedule:
+    """The weight at a step: warm-up, then decay, then off (see
+    :class:`DistillWeightHook`)."""
+    warmup: int = 0
+    warmup_ratio: float = 0.0
+    decay: Optional[str] = None
+    min_ratio: float = 0.0
+    stop_at: Optional[int] = None
+
+    def __post_init__(self):
+        if self.decay not in (None, 'linear', 'cosine'):
+            raise ValueError("decay must be None, 'linear' or 'cosine', got "
+                             f'{self.decay!r}')
+        if self.warmup < 0 or (self.stop_at is not None and self.stop_at < 0):
+            raise ValueError('warmup and stop_at must be >= 0')
+
+    def __call__(self, step: int, total: int) -> float:
+        """The weight at ``step`` (0-based) of ``total`` steps."""
+        if self.stop_at is not None and step >= self.stop_at:
+            return 0.0
+        if step < self.warmup:
+            return self.warmup_ratio + (1 - self.warmup_ratio) * (
+                step / self.warmup)
+        if self.decay is None or total <= self.warmup:
+            return 1.0
+        t = min(1.0, (step - self.warmup) / max(1, total - self.warmup))
+        if self.decay == 'linear':
+            f = 1 - t
+        else:
+            f = 0.5 * (1 + math.cos(math.pi * t))
+        return self.min_ratio + (1 - self.min_ratio) * f
 
 
 @HOOKS.register_module()
@@ -52,33 +87,13 @@ class DistillWeightHook(Hook):
         if removed:
             raise TypeError('DistillWeightHook got unexpected arguments '
                             f'{sorted(removed)}')
-        if decay not in (None, 'linear', 'cosine'):
-            raise ValueError(
-                f"decay must be None, 'linear' or 'cosine', got {decay!r}")
-        if warmup < 0 or (stop_at is not None and stop_at < 0):
-            raise ValueError('warmup and stop_at must be >= 0')
-        self.warmup = warmup
-        self.warmup_ratio = warmup_ratio
-        self.decay = decay
-        self.min_ratio = min_ratio
-        self.stop_at = stop_at
+        self.schedule = WeightSchedule(warmup, warmup_ratio, decay, min_ratio,
+                                       stop_at)
         self.by_epoch = by_epoch
 
     def weight(self, step: int, total: int) -> float:
         """The weight at ``step`` (0-based) of ``total`` steps."""
-        if self.stop_at is not None and step >= self.stop_at:
-            return 0.0
-        if step < self.warmup:
-            return self.warmup_ratio + (1 - self.warmup_ratio) * (
-                step / self.warmup)
-        if self.decay is None or total <= self.warmup:
-            return 1.0
-        t = min(1.0, (step - self.warmup) / max(1, total - self.warmup))
-        if self.decay == 'linear':
-            f = 1 - t
-        else:
-            f = 0.5 * (1 + math.cos(math.pi * t))
-        return self.min_ratio + (1 - self.min_ratio) * f
+        return self.schedule(step, total)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None):
         model = get_distiller(runner, type(self).__name__)
