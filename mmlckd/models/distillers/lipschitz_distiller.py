@@ -47,13 +47,15 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmlckd.registry import MODELS
 from ..recorders import FeatureRecorder, get_module
 from .balance import build_losses
-from .feature_pairs import (LIPSCHITZ_WIRINGS, FeaturePair, feature_groups,
+from .feature_pairs import (FeaturePair, feature_groups,
                             lipschitz_block_shapes, lipschitz_maps,
                             parse_features, parse_response, probe_shapes,
                             warn_single_feature_groups)
 from .guard import (check_losses_finite, check_terms_finite,
                     reraise_for_input)
 from .teacher import build_teacher, check_compatible
+from .validation import (check_arguments, check_data_preprocessor,
+                         validate_distiller)
 
 __all__ = ['LipschitzDistiller', 'FeaturePair', 'lipschitz_maps',
            'sigma_ratios']
@@ -173,8 +175,8 @@ class LipschitzDistiller(BaseModel):
                  data_preprocessor=None,
                  init_cfg=None,
                  **unexpected):
-        _check_arguments(unexpected, lipschitz_on)
-        _check_data_preprocessor(data_preprocessor, student)
+        check_arguments(unexpected, lipschitz_on)
+        check_data_preprocessor(data_preprocessor, student)
         student_model = ROOT_MODELS.build(copy.deepcopy(student))
         super().__init__(
             data_preprocessor=student_model.data_preprocessor,
@@ -216,7 +218,6 @@ class LipschitzDistiller(BaseModel):
         self._margins = self._teacher_margins()
         if self.lipschitz_loss is not None:
             warn_single_feature_groups(self.pairs)
-        from .validation import validate_distiller
         validate_distiller(
             self, features=features, shapes=shapes, loss_cfgs=loss_cfgs,
             allow_empty_features=allow_empty_features,
@@ -429,52 +430,6 @@ class LipschitzDistiller(BaseModel):
             named[f'teacher {pair.teacher.key}'] = \
                 teacher_feats[pair.teacher.key]
         check_terms_finite(terms, named)
-
-
-def _check_arguments(unexpected: dict, lipschitz_on: str) -> None:
-    """Errors, with the fix, for arguments the distiller does not take."""
-    if unexpected:
-        raise TypeError(
-            'LipschitzDistiller got unexpected config keys '
-            f'{sorted(unexpected)}. If these are your base model\'s keys '
-            '(backbone, neck, bbox_head, ...), the distiller dict was '
-            'merged into `_base_.model`: add `_delete_=True` to '
-            '`model=dict(...)` and pass the base model as `student=`.')
-    if lipschitz_on not in LIPSCHITZ_WIRINGS:
-        raise ValueError(f'lipschitz_on must be one of {LIPSCHITZ_WIRINGS}'
-                         f', got {lipschitz_on!r}')
-
-
-def _plain(cfg):
-    """A config value without ``_scope_`` keys, tuples as lists (to compare
-    configs that went through the registry or a dump)."""
-    if isinstance(cfg, dict):
-        return {k: _plain(v) for k, v in cfg.items() if k != '_scope_'}
-    if isinstance(cfg, (list, tuple)):
-        return [_plain(v) for v in cfg]
-    return cfg
-
-
-def _check_data_preprocessor(data_preprocessor, student: dict) -> None:
-    """The student's data preprocessor serves both nets. mmengine's Runner
-    passes a config's top-level ``data_preprocessor`` to the model (mmseg
-    configs have one): accepted when it is the student's, else an error,
-    since it would be ignored."""
-    if data_preprocessor is None:
-        return
-    own = student.get('data_preprocessor', None) \
-        if isinstance(student, dict) else None
-    if isinstance(data_preprocessor, dict) and \
-            _plain(data_preprocessor) == _plain(own):
-        return
-    raise TypeError(
-        'LipschitzDistiller got a data_preprocessor that is not the '
-        f'student\'s ({data_preprocessor!r}); the student\'s own '
-        'data_preprocessor preprocesses the batch for both nets. Set it '
-        'in student=dict(..., data_preprocessor=...) and remove '
-        'model.data_preprocessor (and a top-level data_preprocessor that '
-        'differs from it: mmengine\'s Runner passes that one to the '
-        'model).')
 
 
 def _labels(data_samples) -> Optional[torch.Tensor]:

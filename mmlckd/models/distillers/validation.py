@@ -3,7 +3,10 @@ otherwise train silently with no (or a wrong) distillation signal. Each
 check has a named option that allows the setting on purpose."""
 from typing import Optional, Sequence
 
-__all__ = ['validate_distiller']
+from .feature_pairs import LIPSCHITZ_WIRINGS
+
+__all__ = ['validate_distiller', 'check_arguments',
+           'check_data_preprocessor']
 
 
 def _negative_weights(loss_cfgs: dict) -> list:
@@ -76,3 +79,49 @@ def validate_distiller(model, features, shapes: Sequence[tuple],
             'features= and the backbones\' out_indices/strides. Pass '
             'allow_resize=True to let the losses resize the student\'s '
             'maps on purpose.')
+
+
+def check_arguments(unexpected: dict, lipschitz_on: str) -> None:
+    """Errors, with the fix, for arguments the distiller does not take."""
+    if unexpected:
+        raise TypeError(
+            'LipschitzDistiller got unexpected config keys '
+            f'{sorted(unexpected)}. If these are your base model\'s keys '
+            '(backbone, neck, bbox_head, ...), the distiller dict was '
+            'merged into `_base_.model`: add `_delete_=True` to '
+            '`model=dict(...)` and pass the base model as `student=`.')
+    if lipschitz_on not in LIPSCHITZ_WIRINGS:
+        raise ValueError(f'lipschitz_on must be one of {LIPSCHITZ_WIRINGS}'
+                         f', got {lipschitz_on!r}')
+
+
+def _plain(cfg):
+    """A config value without ``_scope_`` keys, tuples as lists (to compare
+    configs that went through the registry or a dump)."""
+    if isinstance(cfg, dict):
+        return {k: _plain(v) for k, v in cfg.items() if k != '_scope_'}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def check_data_preprocessor(data_preprocessor, student: dict) -> None:
+    """The student's data preprocessor serves both nets. mmengine's Runner
+    passes a config's top-level ``data_preprocessor`` to the model (mmseg
+    configs have one): accepted when it is the student's, else an error,
+    since it would be ignored."""
+    if data_preprocessor is None:
+        return
+    own = student.get('data_preprocessor', None) \
+        if isinstance(student, dict) else None
+    if isinstance(data_preprocessor, dict) and \
+            _plain(data_preprocessor) == _plain(own):
+        return
+    raise TypeError(
+        'LipschitzDistiller got a data_preprocessor that is not the '
+        f'student\'s ({data_preprocessor!r}); the student\'s own '
+        'data_preprocessor preprocesses the batch for both nets. Set it '
+        'in student=dict(..., data_preprocessor=...) and remove '
+        'model.data_preprocessor (and a top-level data_preprocessor that '
+        'differs from it: mmengine\'s Runner passes that one to the '
+        'model).')
