@@ -1,22 +1,20 @@
 """Training / testing one demo model through mmengine's Runner."""
 import gc
-import json
-import os
 import os.path as osp
 import time
 from typing import Optional
 
 import torch
 from mmengine.config import Config
-from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
+from mmlckd.engine.hooks import LipschitzMonitorHook
 from mmlckd.testing import (drop_validation, iter_schedule,
                             set_voc_data_root, single_process_loaders)
 from mmlckd.utils.cli import prepare_distill_cfg
 from .tasks import DemoTask, config_dir
 
-__all__ = ['DemoRunner', 'LossCurveHook', 'build_cfg', 'train_and_test']
+__all__ = ['DemoRunner', 'build_cfg', 'train_and_test']
 
 
 class DemoRunner(Runner):
@@ -32,33 +30,6 @@ class DemoRunner(Runner):
     def get_hooks_info(self) -> str:
         # one line instead of mmengine's per-stage hook table
         return ', '.join(type(h).__name__ for h in self.hooks)
-
-
-class LossCurveHook(Hook):
-    """Writes every ``interval``-th iteration's raw (unsmoothed) log
-    variables (losses, sigmas) as JSON lines, for the demo's plots."""
-    priority = 'LOW'
-
-    def __init__(self, path: str, interval: int = 1):
-        self.path = path
-        self.interval = interval
-
-    def before_train(self, runner) -> None:
-        if osp.exists(self.path):
-            os.remove(self.path)
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
-                         outputs=None) -> None:
-        if not outputs or (runner.iter + 1) % self.interval:
-            return
-        rec = {'iter': runner.iter + 1}
-        for k, v in outputs.items():
-            try:
-                rec[k] = float(v.item() if hasattr(v, 'item') else v)
-            except (TypeError, ValueError):
-                continue
-        with open(self.path, 'a', encoding='utf-8') as f:
-            f.write(json.dumps(rec) + '\n')
 
 
 def _set_schedule(cfg: Config, iters: int) -> None:
@@ -121,8 +92,9 @@ def train_and_test(cfg: Config, extra_hooks=()) -> dict:
     the test metrics and the checkpoint path."""
     t0 = time.perf_counter()
     runner = DemoRunner.from_cfg(cfg)
+    # every logged value of every iteration, for the plots
     runner.register_hook(
-        LossCurveHook(osp.join(cfg.work_dir, 'losses.jsonl')))
+        LipschitzMonitorHook(out_file='losses.jsonl', keys=('', )))
     for hook in extra_hooks:
         runner.register_hook(hook)
     t1 = time.perf_counter()

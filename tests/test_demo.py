@@ -73,6 +73,12 @@ def test_quick_demo_artifacts_and_logs(quick_demo):
     # the balancer logs its weights and the gradient shares
     assert 'weight_lipschitz' in recs[-1] and 'gshare_task' in recs[-1]
     assert 'sigma_t.backbone.0' in recs[-1]
+    # the plain student's history: the same writer, without the schedule
+    base = work_dir / 'data1' / 'det-scarce' / 'baseline' / 'seed0'
+    recs = [json.loads(line) for line in
+            (base / 'losses.jsonl').read_text().splitlines()]
+    assert len(recs) > 1 and 'loss' in recs[-1]
+    assert 'distill_weight' not in recs[-1]
     assert (run / 'student_final.pth').is_file()
     assert (run / 'result.json').is_file()
 

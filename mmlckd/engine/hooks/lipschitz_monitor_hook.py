@@ -10,7 +10,7 @@ from mmengine.hooks import Hook
 
 from mmlckd.registry import HOOKS
 from .paths import check_work_dir_relative
-from .utils import get_distiller
+from .utils import unwrap_model
 
 
 @HOOKS.register_module()
@@ -26,7 +26,9 @@ class LipschitzMonitorHook(Hook):
     ``<work_dir>/<out_file>`` (iteration, epoch, sigmas, distillation
     losses, and the distillation schedule of that step: ``distill_weight``
     and ``distill_to_student``, False during a connector warm-up), e.g.
-    for plotting.
+    for plotting. On a model that is not a distiller (the plain student of
+    a comparison) it records that model's own outputs, so both sides of a
+    comparison have one history format.
 
     A resumed run keeps the history up to its start iteration. A fresh run
     in a work dir that already holds a history never overwrites it: the old
@@ -52,10 +54,10 @@ class LipschitzMonitorHook(Hook):
         self.out_file = out_file
         self.keys = tuple(keys)
         self._path = None
-        self._model = None  # the unwrapped distiller, set in before_train
+        self._model = None  # the unwrapped model, set in before_train
 
     def before_train(self, runner) -> None:
-        self._model = get_distiller(runner, type(self).__name__)
+        self._model = unwrap_model(runner)
         if self.out_file:
             self._path = osp.join(runner.work_dir, self.out_file)
             if runner.iter == 0:
@@ -105,9 +107,10 @@ class LipschitzMonitorHook(Hook):
         if not outputs or not self.every_n_train_iters(runner, self.interval):
             return
         model = self._model
-        record = {'iter': runner.iter + 1, 'epoch': runner.epoch,
-                  'distill_weight': float(model.distill_weight),
-                  'distill_to_student': bool(model.distill_to_student)}
+        record = {'iter': runner.iter + 1, 'epoch': runner.epoch}
+        if hasattr(model, 'distill_weight'):  # a distiller
+            record.update(distill_weight=float(model.distill_weight),
+                          distill_to_student=bool(model.distill_to_student))
         for k, v in outputs.items():
             if k.startswith(self.keys):
                 record[k] = float(v.item() if hasattr(v, 'item') else v)
