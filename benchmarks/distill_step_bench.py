@@ -43,7 +43,8 @@ import torch
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
-from mmlckd.testing import make_synthetic_voc, narrow_model_cfg, tiny_model_cfg
+from mmlckd.testing import (make_synthetic_voc, narrow_model_cfg,
+                            tiny_model_cfg)
 from mmlckd.utils import load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
