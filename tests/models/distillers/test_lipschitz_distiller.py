@@ -236,26 +236,8 @@ def test_connector_warmup_trains_only_the_connectors():
     model.distill_weight = 1.0
 
 
-def test_distill_weight_hook_rejects_connector_warmup():
-    with pytest.raises(TypeError, match='mmlckd.ConnectorWarmupHook'):
-        DistillWeightHook(connector_warmup=3)
-    with pytest.raises(TypeError, match='unexpected'):
-        DistillWeightHook(warm_up=3)
 
 
-def test_distill_weight_schedule():
-    hook = DistillWeightHook(warmup=10, warmup_ratio=0.0, decay='linear',
-                             min_ratio=0.5, stop_at=90)
-    assert hook.weight(0, 100) == 0.0
-    assert hook.weight(5, 100) == pytest.approx(0.5)
-    assert hook.weight(10, 100) == pytest.approx(1.0)
-    assert hook.weight(55, 100) == pytest.approx(0.75)
-    assert hook.weight(89, 100) < 0.6
-    assert hook.weight(90, 100) == 0.0
-    cos = DistillWeightHook(decay='cosine')
-    assert cos.weight(50, 100) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match='decay'):
-        DistillWeightHook(decay='exp')
 
 
 def test_autocast_bf16_gives_float32_sigmas():
@@ -529,39 +511,3 @@ def test_lipschitz_check_finite_default_and_override():
     model = build(s(), t(), scope, lipschitz_loss=dict(
         type='mmlckd.LipschitzLoss', loss_weight=1e-3, check_finite=True))
     assert model.lipschitz_loss.check_finite is True
-
-
-def test_recorder_calibrate_and_recorded():
-    from mmlckd.models import FeatureRecorder, RecordSpec
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(2, 2, 1), torch.nn.ReLU())
-    net[0].unused = torch.nn.Identity()  # never called
-    tail = []
-    net[3].register_forward_hook(lambda *a: tail.append(1))
-    x = torch.randn(1, 1, 4, 4)
-    rec = FeatureRecorder(net, [RecordSpec('0'),
-                                RecordSpec('1', source='input', call='all')],
-                          stop_when_done=True)
-    with pytest.raises(ValueError):
-        with rec:
-            net(x)
-            raise ValueError('the forward failed after the records')
-    # a recording that fails does not calibrate
-    assert not rec.calibrated and len(tail) == 1
-    feats = rec.recorded()
-    assert set(feats) == {'0:output', '1:input'}
-    torch.testing.assert_close(feats['0:output'], net[0](x))
-    assert isinstance(feats['1:input'], list) and len(feats['1:input']) == 1
-    rec.calibrate()
-    assert rec.calibrated
-    with rec:
-        net(x)
-    assert len(tail) == 1  # stopped before module 3
-    rec.clear()
-    assert rec.recorded(strict=False) == {}
-    with pytest.raises(RuntimeError, match='did not run'):
-        rec.recorded()
-    missing = FeatureRecorder(net, [RecordSpec('0.unused')])
-    with missing:
-        net(x)
-    assert missing.recorded(strict=False) == {}
