@@ -193,6 +193,11 @@ class LipschitzDistiller(BaseModel):
         self.distill_to_student = True
         self.pairs: List[FeaturePair] = parse_features(
             features, self.student, self.teacher, probe_input_size)
+        #: ``group -> indices into pairs`` of the groups the Lipschitz term
+        #: uses (those with two or more features)
+        self.groups: Dict[str, List[int]] = {
+            g: idx for g, idx in feature_groups(self.pairs).items()
+            if len(idx) >= 2}
         self.response_cfgs = parse_response(response)
         self.student_recorder = self._recorder('student', False)
         self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
@@ -247,13 +252,6 @@ class LipschitzDistiller(BaseModel):
                                  persistent=False)
             margins.append(name)
         return margins
-
-    @property
-    def groups(self) -> Dict[str, List[int]]:
-        """``group -> indices into pairs`` of the groups the Lipschitz term
-        uses (those with two or more features)."""
-        return {g: idx for g, idx in feature_groups(self.pairs).items()
-                if len(idx) >= 2}
 
     # ------------------------------------------------------ nn.Module glue
     def _apply(self, fn, *args, **kwargs):
