@@ -6,7 +6,7 @@ the forward; ``mmlckd.SafeCheckpointHook`` also checks the gradients right
 before ``optimizer.step``), so the weights stay those of the last finite
 step and no non-finite state is written.
 """
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
@@ -61,23 +61,37 @@ def non_finite_loss_error(kind: str, bad: List[str],
         'checkpoint, then resume from that checkpoint. ' + _DISABLE)
 
 
+def _tensors(value) -> List[torch.Tensor]:
+    """The tensors of a logged value: a tensor, or a list/tuple of them."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
+def _all_finite(values: Iterable[Any]) -> bool:
+    """Whether every tensor of ``values`` is finite, with one host sync."""
+    sums = [t.detach().float().sum() for v in values for t in _tensors(v)]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
+
+
+def _non_finite(named: Dict[str, Any]) -> List[str]:
+    """The names of the values holding NaN/Inf (a sync per value: called
+    only once a check failed)."""
+    return [k for k, v in named.items()
+            if any(not bool(torch.isfinite(t.detach()).all())
+                   for t in _tensors(v))]
+
+
 def check_terms_finite(terms: Dict[str, torch.Tensor],
-                       features: Dict[str, torch.Tensor]) -> None:
+                       features: Dict[str, Any]) -> None:
     """One host sync: every distillation term finite, else a
     FloatingPointError naming the non-finite terms and which of
     ``features`` (``'student <key>'``/``'teacher <key>'`` -> the map the
     terms were computed from) are non-finite."""
-    if not terms:
+    if _all_finite(terms.values()):
         return
-    values = torch.stack([v.detach().float().sum() for v in terms.values()])
-    if bool(torch.isfinite(values).all()):  # the one host sync
-        return
-    bad_terms = [k for k, v in terms.items()
-                 if not bool(torch.isfinite(v.detach()).all())]
-    bad_feats = [name for name, f in features.items()
-                 if not bool(torch.isfinite(f.detach()).all())]
+    bad_feats = _non_finite(features)
     raise non_finite_loss_error(
-        'distillation loss', bad_terms,
+        'distillation loss', _non_finite(terms),
         f'; non-finite features: '
         f'{bad_feats or "none (the loss itself overflowed)"}')
 
@@ -87,24 +101,12 @@ def check_losses_finite(losses: Dict[str, torch.Tensor], inputs=None
     """One host sync: every ``loss*`` value finite, else a
     FloatingPointError naming the non-finite ones (or the input, when
     the input batch itself is non-finite)."""
-    items = [(k, v) for k, v in losses.items() if 'loss' in k]
-    values = []
-    for _, v in items:
-        if isinstance(v, torch.Tensor):
-            values.append(v.detach().float().sum())
-        elif isinstance(v, (list, tuple)):
-            values.extend(x.detach().float().sum() for x in v
-                          if isinstance(x, torch.Tensor))
-    if not values or bool(torch.isfinite(torch.stack(values)).all()):
+    named = {k: v for k, v in losses.items() if 'loss' in k}
+    if _all_finite(named.values()):
         return
     check_inputs_finite(inputs)
-    bad = []
-    for k, v in items:
-        vs = v if isinstance(v, (list, tuple)) else [v]
-        if any(isinstance(x, torch.Tensor) and not bool(
-                torch.isfinite(x.detach()).all()) for x in vs):
-            bad.append(k)
-    raise non_finite_loss_error('loss', bad, ' (task or distillation)')
+    raise non_finite_loss_error('loss', _non_finite(named),
+                                ' (task or distillation)')
 
 
 def reraise_for_input(err: FloatingPointError, inputs) -> Optional[
