@@ -165,6 +165,10 @@ class LossBalancer(nn.Module):
         self.register_buffer('sums', torch.zeros(n + 1, dtype=torch.float64))
         self.register_buffer('count', torch.zeros((), dtype=torch.long))
         self.register_buffer('step', torch.zeros((), dtype=torch.long))
+        # Python mirrors of ``count`` and ``step``, read every step without
+        # a host-device sync; re-read from the buffers when a state loads
+        self._count = 0
+        self._step = 0
 
     def _resolve_fractions(self, fraction: Fraction) -> List[float]:
         if isinstance(fraction, (int, float)):
@@ -191,7 +195,11 @@ class LossBalancer(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        return bool(self.count >= self.iters)
+        return self._count >= self.iters
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count, self._step = int(self.count), int(self.step)
 
     def weight_of(self) -> Dict[str, Tensor]:
         """The current weight of every auto term (0 during calibration), as
@@ -212,8 +220,9 @@ class LossBalancer(nn.Module):
         """
         logs: Dict[str, Tensor] = {}
         weights = self.weight_of()  # the weights applied at this step
-        step = int(self.step)
+        step = self._step
         self.step += 1
+        self._step += 1
         calibrating = not self.calibrated and bool(self.terms)
         share_due = self.log_interval > 0 and step % self.log_interval == 0
         names = ['task'] + list(terms)  # the rows of ``norms``
@@ -252,10 +261,11 @@ class LossBalancer(nn.Module):
         stats = stats.detach().to(self.sums)
         if get_world_size() > 1:
             all_reduce(stats, op='mean')
-        if int(self.count) >= self._first_measured:
+        if self._count >= self._first_measured:
             self.sums += stats
         self.count += 1
-        if int(self.count) == self.iters:
+        self._count += 1
+        if self._count == self.iters:
             self._fix_weights()
 
     def _fix_weights(self) -> None:
