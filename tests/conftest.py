@@ -9,6 +9,8 @@
   px), its generator root (the folder that holds ``VOCdevkit``) and the
   ``VOCdevkit`` path (``data_root`` of the stock mmdet VOC configs; mmseg's use
   ``<voc_devkit>/VOC2012``).
+* ``teacher_ckpt`` (module): the checkpoint of a seeded random tiny
+  RetinaNet teacher (the one of ``engine_toys.tiny_cfg``).
 * :func:`limit_torch_threads` (plain function) / ``torch_threads`` (opt-in
   fixture): cap torch's CPU threads; a no-op when torch is not importable.
 """
@@ -17,7 +19,7 @@ import os
 
 import pytest
 
-from mmlckd.testing import make_synthetic_voc
+from mmlckd.testing import det_model, make_synthetic_voc
 
 SMALL_VOC = dict(
     num_trainval_07=8,
@@ -82,3 +84,15 @@ def voc_root(voc_summary):
 @pytest.fixture(scope='session')
 def voc_devkit(voc_summary):
     return voc_summary['devkit']
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    import torch
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    torch.manual_seed(1)
+    teacher = MODELS.build(det_model('retinanet', base=32))
+    path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
+    torch.save(dict(state_dict=teacher.state_dict()), path)
+    return str(path)

@@ -21,16 +21,9 @@ import mmlckd  # noqa: F401
 from mmlckd.compat import safe_torch_load
 from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_torch_save,
                                          sha256_file, verify_checksum)
-from tool_modules import load_tool
+from tool_modules import REPO, TESTS, load_tool
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
-TESTS = osp.dirname(osp.abspath(__file__))
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
-
-
-@pytest.fixture(autouse=True)
-def _tests_on_path(monkeypatch):
-    monkeypatch.syspath_prepend(TESTS)
 
 
 def _dump(cfg: dict, path) -> str:
@@ -627,21 +620,16 @@ def test_teacher_checkpoint_with_finite_corrupted_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path):
+def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path,
+                                                      teacher_ckpt):
     """The issue's case on a tiny RetinaNet distillation: the guard stops
     the first non-finite step before its update, names the last finite
     checkpoint, and every checkpoint written is finite."""
-    from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import Runner
+    from engine_toys import tiny_cfg
     from mmlckd.engine.hooks.safe_checkpoint_hook import non_finite_tensors
-    from test_engine import tiny_cfg
-    init_default_scope('mmdet')
-    torch.manual_seed(1)
-    teacher = tmp_path / 'teacher.pth'
-    torch.save(dict(state_dict=MODELS.build(_det(base=32)).state_dict()),
-               teacher)
     work = tmp_path / 'w'
-    cfg = tiny_cfg(voc_devkit, work, str(teacher), max_iters=4)
+    cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=4)
     cfg.custom_hooks = [h for h in cfg.custom_hooks
                         if h['type'] != 'RankDumpHook']
     cfg.default_hooks.checkpoint = dict(type='mmlckd.SafeCheckpointHook',
