@@ -42,11 +42,10 @@ from mmengine.registry import MODELS, DefaultScope
 import mmlckd  # noqa: F401
 from mmlckd.compat import safe_torch_load
 from mmlckd.testing import tiny_model_cfg, tiny_voc_cfg
-from tool_modules import load_tool
+from tool_modules import REPO, load_tool
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 ALL_CONFIGS = sorted(
     osp.relpath(p, REPO)
     for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'),

@@ -2,13 +2,13 @@
 VOC generation, mmengine Runner training of teacher / baseline / LONDON
 student, VOCMetric test, reports), tiny data and 2 iterations per model."""
 import json
-import os.path as osp
 import subprocess
 import sys
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from tool_modules import REPO as ROOT
+
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 # the quick demo trains teachers and students through the Runner

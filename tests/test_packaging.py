@@ -14,7 +14,7 @@ import textwrap
 import pytest
 from packaging.requirements import Requirement
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+from tool_modules import REPO
 
 
 def _setup_kwargs() -> dict:

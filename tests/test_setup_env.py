@@ -5,7 +5,6 @@ script is run against a fake virtualenv whose ``python`` records every call
 (``pip install`` included) and stops the script right after the torch step.
 The only index URLs used are local ``file://`` placeholders.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -16,7 +15,8 @@ import sys
 
 import pytest
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+from tool_modules import REPO, load_tool
+
 SETUP = osp.join(REPO, 'tools', 'setup_env.sh')
 V = '2.13.0'
 TAG = f'cp{sys.version_info[0]}{sys.version_info[1]}'
@@ -25,15 +25,7 @@ PIP_INDEX = 'file:///some/local/index'
 PIP_EXTRA = 'file:///some/local/extra-index'
 
 
-def _load_planner():
-    spec = importlib.util.spec_from_file_location(
-        'torch_install_plan', osp.join(REPO, 'tools', 'torch_install_plan.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tip = _load_planner()
+tip = load_tool('torch_install_plan')
 
 
 @pytest.fixture

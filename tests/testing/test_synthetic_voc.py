@@ -14,7 +14,7 @@ from mmlckd.testing import (CLASS_STYLES, MANIFEST_NAME, VOC_CLASSES,
                              VOC_PALETTE, DatasetExistsError,
                              make_synthetic_voc, parse_voc_xml)
 
-from tool_modules import REPO
+from tool_modules import load_tool
 TINY = dict(
     num_trainval_07=3,
     num_test_07=2,
@@ -446,11 +446,7 @@ def test_class_subset_and_sizes(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        'make_synthetic_voc_cli', osp.join(REPO, 'tools',
-                                           'make_synthetic_voc.py'))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool('make_synthetic_voc')
     argv = [
         str(tmp_path / 'cli'), '--trainval-07', '2', '--test-07', '1',
         '--trainval-12', '2', '--val-12', '1', '--img-size-range', '40', '50',
