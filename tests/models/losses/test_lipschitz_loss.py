@@ -533,14 +533,18 @@ def test_registered():
 # --------------------------------------------------------------------------
 # LipschitzLoss state: buffers, checkpoints, legacy checkpoints
 # --------------------------------------------------------------------------
-def trained_loss(steps=3, **kwargs):
-    """A loss after a few steps on two groups (all its blocks warm)."""
-    loss_fn = LipschitzLoss(**kwargs)
+def run_steps(loss_fn, steps=3):
+    """``steps`` steps of ``loss_fn`` on two groups (all its blocks warm)."""
     for step in range(steps):
         for key, seed in (('backbone', 0), ('neck', 10)):
             feats = stage_feats(seed=seed + step)
             loss_fn(feats, stage_feats(seed=seed + step + 100), key=key)
     return loss_fn
+
+
+def trained_loss(steps=3, **kwargs):
+    """A loss after a few steps on two groups (all its blocks warm)."""
+    return run_steps(LipschitzLoss(**kwargs), steps)
 
 
 def next_step(loss_fn):
@@ -619,10 +623,7 @@ def test_register_blocks_then_load():
     trained = registered()
     states = dict(trained.states.items())
     assert len(states) == 12 and not any(s.warm for s in states.values())
-    for step in range(3):
-        for key, seed in (('backbone', 0), ('neck', 10)):
-            feats = stage_feats(seed=seed + step)
-            trained(feats, stage_feats(seed=seed + step + 100), key=key)
+    run_steps(trained)
     # the registered shapes fit: the forward kept the same modules
     assert all(trained.states[n] is s for n, s in states.items())
     assert all(s.warm for s in states.values())
