@@ -173,13 +173,12 @@ def plan(env: Mapping[str, str], pip_config: Mapping[str, Sequence[str]],
                         f'no GPU: installing the local CPU wheel {wheel}')
 
     if index:
+        extras = [u for u in configured if u != index]
         args = [spec, '--index-url', index]
-        for u in configured:
-            if u != index:
-                args += ['--extra-index-url', u]
+        for u in extras:
+            args += ['--extra-index-url', u]
         extra = (' (pip\'s configured indexes kept as extra: ' +
-                 ', '.join(redact(u) for u in configured if u != index) +
-                 ')') if len(args) > 3 else ''
+                 ', '.join(map(redact, extras)) + ')') if extras else ''
         return Plan(args, f'installing {spec} from {INDEX_VAR}='
                     f'{redact(index)}{extra}')
 
