@@ -20,7 +20,6 @@ resumes where it stopped.
 """
 import json
 import math
-import os
 import os.path as osp
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -179,7 +178,6 @@ def _worker(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
     if osp.isfile(path):
         with open(path, encoding='utf-8') as f:
             return json.load(f)
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     out = _run_one(job, opts, teacher_ckpt)
     text = json.dumps(out, indent=1).encode()
     atomic_write(path, lambda f: f.write(text))
