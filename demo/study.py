@@ -144,7 +144,7 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
     single_process_loaders(cfg)  # one process = one core
     if role == 'london':
         cfg.model.update(ROWS[job.row])
-        cfg.model.balance = dict(log_interval=opts['share_interval'])
+        cfg.model.balance = dict(log_interval=opts['log_interval'])
     if role == 'teacher':
         return cfg, -1
     cfg.train_dataloader.batch_size = opts['student_batch']
