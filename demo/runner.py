@@ -37,7 +37,7 @@ def _set_schedule(cfg: Config, iters: int) -> None:
     cosine decay of the config's learning rate; no validation during
     training (the demo tests once at the end)."""
     warmup = max(1, min(50, iters // 10))
-    iter_schedule(cfg, iters, val_interval=iters + 1)
+    iter_schedule(cfg, iters)
     lr = cfg.optim_wrapper.optimizer.lr
     scheds = [dict(type='LinearLR', start_factor=0.01, by_epoch=False,
                    begin=0, end=warmup)]
