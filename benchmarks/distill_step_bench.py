@@ -699,8 +699,6 @@ def sweep(args, devkit, device) -> dict:
                 # or batch 1 with BN over 1x1 maps (DeepLabV3+ image pool)
                 print(f'   B={batch:<3d} {size:>4d}px  skipped: '
                       f'{str(err).splitlines()[0][:100]}', flush=True)
-                bench.distiller.student_recorder.clear()
-                bench.distiller.teacher_recorder.clear()
                 if device.type == 'cuda':
                     torch.cuda.empty_cache()
                 continue
