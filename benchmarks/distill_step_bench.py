@@ -247,13 +247,13 @@ class Bench:
         d = self.distiller
         if d.lipschitz_loss is None:
             return None
+        # leaves: the Lipschitz term alone (d.lipschitz_term wires them);
+        # _record's student features already are
         s_feats, t_feats = self._record(batch)
-        s_raw = [s_feats[p.student.key].detach() for p in d.pairs]
+        raw = [s_feats[p.student.key] for p in d.pairs]
         t_list = [t_feats[p.teacher.key] for p in d.pairs]
         with torch.no_grad(), self.autocast():
-            s_conn = d.connect(s_raw)
-        # leaves: the Lipschitz term alone (d.lipschitz_term wires them)
-        raw = [s.detach().requires_grad_() for s in s_raw]
+            s_conn = d.connect(raw)
         conn = [s.detach().requires_grad_() for s in s_conn]
         if cold:
             d.lipschitz_loss.reset_state()
@@ -699,8 +699,6 @@ def sweep(args, devkit, device) -> dict:
                 # or batch 1 with BN over 1x1 maps (DeepLabV3+ image pool)
                 print(f'   B={batch:<3d} {size:>4d}px  skipped: '
                       f'{str(err).splitlines()[0][:100]}', flush=True)
-                bench.distiller.student_recorder.clear()
-                bench.distiller.teacher_recorder.clear()
                 if device.type == 'cuda':
                     torch.cuda.empty_cache()
                 continue

@@ -151,8 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         student_batch=2 if args.quick else 4,
         teacher_iters=dict(det=2 if args.quick else 600,
                            seg=2 if args.quick else 400),
-        log_interval=1 if args.quick else 25,
-        share_interval=1 if args.quick else 25)
+        log_interval=1 if args.quick else 25)
     phases = plan_jobs(args.regimes, args.rows, args.seeds, args.data_seeds)
     jobs = args.jobs or os.cpu_count() or 1
     print(f'[demo] {sum(map(len, phases))} runs, {jobs} at a time',

@@ -178,11 +178,13 @@ def plot_run(path: str, title: str, distilled_dir: str,
            'balancer\'s calibration)')
     ax.legend(fontsize=8)
     ax = axes[2]
-    for run_dir, color, label in ((baseline_dir, 'C0', 'student alone'),
-                                  (distilled_dir, 'C3', 'distilled')):
+    for run_dir, run_recs, color, label in (
+            (baseline_dir, None, 'C0', 'student alone'),
+            (distilled_dir, recs, 'C3', 'distilled')):  # read above
         if run_dir:
-            xs, ys = _series(read_jsonl(osp.join(run_dir, 'losses.jsonl')),
-                             _task_loss, 20)
+            if run_recs is None:
+                run_recs = read_jsonl(osp.join(run_dir, 'losses.jsonl'))
+            xs, ys = _series(run_recs, _task_loss, 20)
             ax.plot(xs, ys, color=color, label=label)
     ax.set(yscale='log', xlabel='iteration', ylabel='task loss (moving '
            'average)', title='Task loss')

@@ -20,7 +20,6 @@ resumes where it stopped.
 """
 import json
 import math
-import os
 import os.path as osp
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -145,7 +144,7 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
     single_process_loaders(cfg)  # one process = one core
     if role == 'london':
         cfg.model.update(ROWS[job.row])
-        cfg.model.balance = dict(log_interval=opts['share_interval'])
+        cfg.model.balance = dict(log_interval=opts['log_interval'])
     if role == 'teacher':
         return cfg, -1
     cfg.train_dataloader.batch_size = opts['student_batch']
@@ -179,7 +178,6 @@ def _worker(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
     if osp.isfile(path):
         with open(path, encoding='utf-8') as f:
             return json.load(f)
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     out = _run_one(job, opts, teacher_ckpt)
     text = json.dumps(out, indent=1).encode()
     atomic_write(path, lambda f: f.write(text))

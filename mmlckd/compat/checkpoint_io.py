@@ -112,7 +112,7 @@ def _disk_full(folder: str) -> bool:
     return st.f_bavail * st.f_frsize < _DISK_FULL_BYTES
 
 
-def _is_enospc(e: BaseException, folder: Optional[str] = None) -> bool:
+def _is_enospc(e: BaseException, folder: str) -> bool:
     """The OS reports a full disk as ENOSPC; torch's zip writer as a
     RuntimeError (``unexpected pos`` / ``file write failed``), which is
     taken for a full disk only when the disk is in fact (nearly) full."""
@@ -128,8 +128,7 @@ def _is_enospc(e: BaseException, folder: Optional[str] = None) -> bool:
         return False
     if 'No space left' in str(e):
         return True
-    return folder is not None and (
-        'unexpected pos' in str(e) or 'write failed' in str(e)) and \
+    return ('unexpected pos' in str(e) or 'write failed' in str(e)) and \
         _disk_full(folder)
 
 
@@ -213,13 +212,8 @@ def atomic_torch_save(obj, path: str, checksum: bool = True) -> str:
     if checksum and osp.exists(sidecar_path(path)):
         os.remove(sidecar_path(path))
     atomic_write(path, lambda f: torch.save(obj, f), digest)
-    if checksum:
-        try:
-            write_checksum(path, holder['digest'])
-        except OSError as e:
-            if _is_enospc(e, osp.dirname(osp.abspath(path))):
-                raise _no_space(sidecar_path(path), e) from None
-            raise
+    if checksum:  # atomic_write reports a full disk with the sidecar's path
+        write_checksum(path, holder['digest'])
     return path
 
 

@@ -279,15 +279,13 @@ def single_process_loaders(cfg: Config,
     return cfg
 
 
-def iter_schedule(cfg: Config, max_iters: int,
-                  val_interval: Optional[int] = None) -> Config:
+def iter_schedule(cfg: Config, max_iters: int) -> Config:
     """In place: an ``IterBasedTrainLoop`` of ``max_iters`` iterations,
-    validating every ``val_interval`` (default: once, at the end).
-    Returns ``cfg``."""
+    validating once, at the end. Returns ``cfg``."""
     cfg.train_cfg = dict(
         type='IterBasedTrainLoop',
         max_iters=max_iters,
-        val_interval=max_iters if val_interval is None else val_interval)
+        val_interval=max_iters)
     return cfg
 
 
