@@ -51,6 +51,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--iters-seg', type=int, default=None,
                    help='segmentation student iterations (default 200 at batch 4; the '
                    'teacher trains 400; --quick 2)')
+    p.add_argument('--teacher-iters-det', type=int, default=None,
+                   help='detection teacher iterations at batch 8')
+    p.add_argument('--teacher-iters-seg', type=int, default=None,
+                   help='segmentation teacher iterations at batch 8')
+    p.add_argument('--teachers-only', action='store_true',
+                   help='train (or reuse) the teachers of the plan and stop')
     p.add_argument('--jobs', type=int, default=None,
                    help='runs in parallel, one torch thread each (default: '
                    'the CPU cores)')
@@ -149,14 +155,20 @@ def run(args: argparse.Namespace) -> dict:
         iters=dict(det=args.iters_det or (2 if args.quick else 300),
                    seg=args.iters_seg or (2 if args.quick else 200)),
         student_batch=2 if args.quick else 4,
-        teacher_iters=dict(det=2 if args.quick else 600,
-                           seg=2 if args.quick else 400),
+        teacher_iters=dict(
+            det=args.teacher_iters_det or (2 if args.quick else 600),
+            seg=args.teacher_iters_seg or (2 if args.quick else 400)),
         log_interval=1 if args.quick else 25)
     phases = plan_jobs(args.regimes, args.rows, args.seeds, args.data_seeds)
+    if args.teachers_only:
+        phases = phases[:1]
     jobs = args.jobs or os.cpu_count() or 1
     print(f'[demo] {sum(map(len, phases))} runs, {jobs} at a time',
           flush=True)
     results = run_jobs(phases, opts, jobs=jobs)
+    if args.teachers_only:
+        return dict(teachers={job.name: r['metric']
+                              for job, r in results.items()})
     table = summarize(results)
     header = _header(args, opts, jobs)
     names = {t: TASKS[t].metric_name for t in TASKS}

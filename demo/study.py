@@ -18,6 +18,7 @@ Each run is one process of a small pool (one torch thread each), and its
 result is kept as ``result.json`` in its run folder, so an interrupted study
 resumes where it stopped.
 """
+import copy
 import json
 import math
 import os.path as osp
@@ -43,22 +44,57 @@ REGIMES = {
                 title='(c) segmentation, same images'),
 }
 
-#: row -> changes to the distiller config (None: the plain student)
+#: the pluggable terms of the task-aware rows (mmlckd.models.terms)
+NECK = dict(neck=dict(type='mmlckd.NeckPKDTerm'))
+HEAD_LIP = dict(head_lip=dict(type='mmlckd.HeadLipschitzTerm'))
+
+
+def preds(distance: str) -> dict:
+    """Prediction-level KD on the head's classifier, with ``distance``."""
+    return dict(preds=dict(type='mmlckd.PredictionKDTerm',
+                           distance=distance))
+
+
+#: the prediction distance carried forward (chosen on data seed 1; see
+#: docs/demo/study_results.md)
+KD_DISTANCE = 'kl'
+
+#: row -> changes to the distiller config (None: the plain student). Every
+#: distilled row starts from the distiller's backbone terms (LONDON + OFD)
+#: unless it removes them; ``terms`` rows add the task-aware terms.
 ROWS = {
     'baseline': None,
     'ofd': dict(lipschitz_loss=None),
     'london': dict(feature_loss=None),
-    'london+ofd': dict(),
+    'london+ofd': dict(terms=None),
     # the alternative student wiring, compared on the selection data seed
-    'london+ofd-connector': dict(lipschitz_on='connector'),
+    'london+ofd-connector': dict(lipschitz_on='connector', terms=None),
+    '+neck': dict(terms=NECK),
+    '+kd-kl': dict(terms=preds('kl')),
+    '+kd-logit': dict(terms=preds('logit')),
+    '+kd-corr': dict(terms=preds('correlation')),
+    '+head-lip': dict(terms=HEAD_LIP),
+    'task-aware': dict(terms=dict(NECK, **preds(KD_DISTANCE), **HEAD_LIP)),
+    'task-aware-no-lip': dict(lipschitz_loss=None,
+                              terms=dict(NECK, **preds(KD_DISTANCE))),
 }
 ROW_NAMES = {
     'baseline': 'student alone',
     'ofd': '+ OFD only',
     'london': '+ LONDON term only',
-    'london+ofd': '+ LONDON + OFD (default)',
+    'london+ofd': '+ LONDON + OFD (backbone; the old default)',
     'london+ofd-connector': '+ LONDON + OFD, connector wiring',
+    '+neck': 'backbone + neck PKD',
+    '+kd-kl': 'backbone + prediction KD (KL)',
+    '+kd-logit': 'backbone + prediction KD (logit matching)',
+    '+kd-corr': 'backbone + prediction KD (correlation)',
+    '+head-lip': 'backbone + head Lipschitz',
+    'task-aware': 'task-aware: backbone + neck + prediction KD + head '
+                  'Lipschitz',
+    'task-aware-no-lip': 'task-aware minus every Lipschitz term',
 }
+#: rows that need a neck (FPN); a segmentation regime skips them
+NEEDS_NECK = ('+neck',)
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,8 @@ def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
         for data_seed in data_seeds:
             for seed in seeds:
                 for row in rows_of(regime):
+                    if row in NEEDS_NECK and REGIMES[regime]['task'] == 'seg':
+                        continue  # the segmentation demo model has no neck
                     students.append(Job(REGIMES[regime]['task'], data_seed,
                                         seed, regime, row))
     return [teachers, students]
@@ -143,9 +181,15 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
                     log_interval=opts['log_interval'], quick=opts['quick'])
     single_process_loaders(cfg)  # one process = one core
     if role == 'london':
-        cfg.model.update(ROWS[job.row])
+        cfg.model.update(copy.deepcopy(ROWS[job.row]))
+        terms = cfg.model.get('terms')
+        if job.task == 'seg' and terms:  # no neck in the segmentor
+            cfg.model.terms = {k: v for k, v in terms.items()
+                               if k != 'neck'}
         cfg.model.balance = dict(log_interval=opts['log_interval'])
     if role == 'teacher':
+        from .curve import with_validation
+        with_validation(cfg, iters)  # the teacher's learning curve
         return cfg, -1
     cfg.train_dataloader.batch_size = opts['student_batch']
     return cfg, _subset_train_data(
@@ -156,13 +200,17 @@ def _run_one(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
     """Train and test one job in this process; returns its result."""
     import torch
     torch.set_num_threads(1)
+    from .curve import ValCurveHook
     from .metrics import KeepTestResultsHook, bootstrap_se
     from .runner import train_and_test
     from .tasks import TASKS
     cfg, kept = _build_job_cfg(job, opts, teacher_ckpt)
     keep = KeepTestResultsHook()
-    out = train_and_test(cfg, extra_hooks=[keep])
+    curve = ValCurveHook()
+    out = train_and_test(cfg, extra_hooks=[keep, curve])
     task = TASKS[job.task]
+    out['curve'] = [dict(iter=p['iter'], metric=p['metrics'][
+        task.metric_key] * task.metric_scale) for p in curve.points]
     out['metric'] = float(out['metrics'][task.metric_key]) * \
         task.metric_scale
     out['metric_bootstrap_se'] = bootstrap_se(job.task, keep.results,
@@ -177,7 +225,16 @@ def _worker(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
     path = osp.join(job.run_dir(opts['work_dir']), 'result.json')
     if osp.isfile(path):
         with open(path, encoding='utf-8') as f:
-            return json.load(f)
+            done = json.load(f)
+        want = opts['teacher_iters' if job.row is None else 'iters'][
+            job.task]
+        if done.get('train_iters') != want:
+            raise ValueError(
+                f'{path} holds a run of {done.get("train_iters")} '
+                f'iterations, but this study asks for {want}; give another '
+                '--work-dir (or move that folder away) instead of mixing '
+                'schedules')
+        return done
     out = _run_one(job, opts, teacher_ckpt)
     text = json.dumps(out, indent=1).encode()
     atomic_write(path, lambda f: f.write(text))

@@ -72,7 +72,8 @@ def auto_weight(cfg: Optional[dict], what: str
 
 def build_losses(lipschitz_loss: Optional[dict],
                  feature_loss: Optional[dict], response_cfgs: List[dict],
-                 balance: Optional[dict]) -> tuple:
+                 balance: Optional[dict],
+                 term_auto: Sequence[str] = ()) -> tuple:
     """``(lipschitz loss, feature loss, response losses, balancer, loss
     configs)`` of the distiller's arguments: the balancer weights every
     term that sets no ``loss_weight`` (:func:`auto_weight`; the response
@@ -92,6 +93,7 @@ def build_losses(lipschitz_loss: Optional[dict],
     auto = [name for name, is_auto in (
         ('loss_lipschitz', lip_auto), ('loss_feat', feat_auto),
         ('loss_kd', bool(response_auto) and all(response_auto))) if is_auto]
+    auto += list(term_auto)
     lip = MODELS.build(lipschitz_loss) if lipschitz_loss else None
     if lip is not None and 'check_finite' not in lipschitz_loss and \
             hasattr(lip, 'check_finite'):

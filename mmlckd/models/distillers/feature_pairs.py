@@ -17,7 +17,7 @@ from ..recorders import FeatureRecorder, RecordSpec, StopForward, get_module
 
 __all__ = [
     'FeaturePair', 'to_spec', 'parse_features', 'parse_response',
-    'resnet_stage_specs', 'auto_pairs', 'count_outputs', 'probe_input',
+    'resnet_stage_specs', 'auto_pairs', 'count_outputs', 'probe_input', 'probe_samples',
     'probe_forward', 'probe', 'probe_shapes', 'feature_groups',
     'warn_single_feature_groups',
     'lipschitz_maps', 'lipschitz_block_shapes', 'LIPSCHITZ_WIRINGS'
@@ -174,6 +174,23 @@ def probe_input(model: nn.Module, probe_size) -> torch.Tensor:
         param.device if param is not None else 'cpu')
 
 
+def probe_samples(model: nn.Module, probe_size) -> Optional[list]:
+    """One data sample with the image meta a ``mode='tensor'`` forward may
+    read (a two-stage detector's RPN does), for mmdet / mmseg models; None
+    for others."""
+    size = tuple(probe_size)
+    meta = dict(img_shape=size, ori_shape=size, pad_shape=size,
+                batch_input_shape=size, scale_factor=(1.0, 1.0))
+    module = type(model).__module__
+    if module.startswith('mmdet.'):
+        from mmdet.structures import DetDataSample
+        return [DetDataSample(metainfo=meta)]
+    if module.startswith('mmseg.'):
+        from mmseg.structures import SegDataSample
+        return [SegDataSample(metainfo=meta)]
+    return None
+
+
 def probe_forward(model: nn.Module, probe_size) -> Optional[Exception]:
     """One dummy forward (eval mode, no grad, train mode restored).
 
@@ -185,7 +202,8 @@ def probe_forward(model: nn.Module, probe_size) -> Optional[Exception]:
     model.eval()
     try:
         with torch.no_grad():
-            model(probe_input(model, probe_size), None, mode='tensor')
+            model(probe_input(model, probe_size),
+                  probe_samples(model, probe_size), mode='tensor')
     except StopForward:
         pass
     except Exception as e:
@@ -234,10 +252,10 @@ def count_outputs(model: nn.Module, part: str, probe_size) -> int:
 def probe_shapes(pairs: Sequence[FeaturePair], student: nn.Module,
                  teacher: nn.Module, student_recorder: FeatureRecorder,
                  teacher_recorder: FeatureRecorder,
-                 probe_size) -> List[Tuple[tuple, tuple]]:
+                 probe_size) -> Tuple[List[Tuple[tuple, tuple]], dict, dict]:
     """Probe both nets (calibrating their recorders) and return the
-    ``(student shape, teacher shape)`` of every pair; features must be
-    4-D."""
+    ``(student shape, teacher shape)`` of every pair (features must be
+    4-D), and what each recorder recorded."""
     s_feats = probe(student, student_recorder, probe_size)
     t_feats = probe(teacher, teacher_recorder, probe_size)
     shapes = []
@@ -248,7 +266,7 @@ def probe_shapes(pairs: Sequence[FeaturePair], student: nn.Module,
                 f'{pair}: features must be 4-D (B,C,H,W), got student '
                 f'{tuple(s.shape)} and teacher {tuple(t.shape)}')
         shapes.append((tuple(s.shape), tuple(t.shape)))
-    return shapes
+    return shapes, s_feats, t_feats
 
 
 def feature_groups(pairs: Sequence[FeaturePair]) -> Dict[str, List[int]]:

@@ -47,6 +47,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmlckd.registry import MODELS
 from ..recorders import FeatureRecorder, get_module
 from .balance import build_losses
+from .term_runner import build_terms, run_terms
 from .feature_pairs import (FeaturePair, feature_groups,
                             lipschitz_block_shapes, lipschitz_maps,
                             parse_features, parse_response, probe_shapes,
@@ -115,6 +116,16 @@ class LipschitzDistiller(BaseModel):
             ``use_labels=True`` passes the segmentation labels (ignore index)
             to the loss. If no response loss sets ``loss_weight``, the
             balancer weights ``loss_kd``.
+        terms (dict, optional): pluggable distillation terms,
+            ``name -> term config`` (:mod:`mmlckd.models.terms`), e.g.
+            ``dict(neck=dict(type='mmlckd.NeckPKDTerm'),
+            preds=dict(type='mmlckd.PredictionKDTerm', distance='kl'))``.
+            Each term says what it reads (recorded by the distiller) and
+            returns its unweighted loss, logged and balanced as
+            ``loss_<name>``; ``loss_weight`` in a term's config (a number,
+            or ``'auto'``, the default) is applied by the distiller. A term
+            set to ``None`` is left out (so ``--cfg-options`` can remove
+            one).
         lipschitz_on (str): how the student's maps form its transmitting
             matrices (:func:`lipschitz_maps`): ``'reference'`` (default,
             LONDON's loop: ``TM(connector_i(s_i), s_{i+1})`` with the raw
@@ -164,6 +175,7 @@ class LipschitzDistiller(BaseModel):
                      type='mmlckd.LipschitzLoss', check_finite=False),
                  feature_loss: Optional[dict] = dict(type='mmlckd.OFDLoss'),
                  response: Optional[Sequence[dict]] = None,
+                 terms: Optional[dict] = None,
                  lipschitz_on: str = 'reference',
                  balance: Optional[dict] = dict(),
                  teacher_early_stop: bool = True,
@@ -199,14 +211,23 @@ class LipschitzDistiller(BaseModel):
             g: idx for g, idx in feature_groups(self.pairs).items()
             if len(idx) >= 2}
         self.response_cfgs = parse_response(response)
+        #: the pluggable terms (name -> DistillTerm), their explicit
+        #: weights (``loss_<name> -> float``) and auto-weighted names
+        self.terms, self.term_weights, term_auto, term_cfgs = build_terms(
+            terms, self.student, self.teacher)
         self.student_recorder = self._recorder('student', False)
         self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
-        shapes = probe_shapes(self.pairs, self.student, self.teacher,
-                              self.student_recorder, self.teacher_recorder,
-                              probe_input_size)
+        shapes, s_probe, t_probe = probe_shapes(
+            self.pairs, self.student, self.teacher, self.student_recorder,
+            self.teacher_recorder, probe_input_size)
+        for term in self.terms.values():
+            term.build([s_probe[r.student.key] for r in term.reads],
+                       [t_probe[r.teacher.key] for r in term.reads])
         (self.lipschitz_loss, self.feature_loss, self.response_losses,
          self.balancer, loss_cfgs) = build_losses(
-             lipschitz_loss, feature_loss, self.response_cfgs, balance)
+             lipschitz_loss, feature_loss, self.response_cfgs, balance,
+             term_auto)
+        loss_cfgs.update(term_cfgs)
         self.connectors = nn.ModuleList()
         if self.feature_loss is not None or (
                 self.lipschitz_loss is not None and lipschitz_on != 'raw'):
@@ -234,7 +255,8 @@ class LipschitzDistiller(BaseModel):
         """The recorder of the ``role`` net: its side of every pair and
         response entry."""
         specs = [getattr(p, role) for p in self.pairs] + [
-            r[f'{role}_spec'] for r in self.response_cfgs]
+            r[f'{role}_spec'] for r in self.response_cfgs] + [
+            getattr(r, role) for t in self.terms.values() for r in t.reads]
         return FeatureRecorder(getattr(self, role), specs, role,
                                stop_when_done=stop_when_done)
 
@@ -312,6 +334,8 @@ class LipschitzDistiller(BaseModel):
         for k, v in distill.items():
             if k in weights:
                 v = v * weights[k].to(v.dtype)
+            elif k in self.term_weights:
+                v = v * self.term_weights[k]
             losses[k] = v * w if w != 1.0 else v
         losses.update(logs)
         return losses
@@ -341,7 +365,8 @@ class LipschitzDistiller(BaseModel):
                       data_samples=None) -> Tuple[dict, dict]:
         """``(terms, logs)`` from recorded features (see :meth:`record`):
         unweighted by the balancer and ``distill_weight``; ``terms`` holds
-        ``loss_feat``, ``loss_lipschitz`` and ``loss_kd`` as configured,
+        ``loss_feat``, ``loss_lipschitz``, ``loss_kd`` and ``loss_<name>`` of
+        every pluggable term as configured,
         ``logs`` the sigmas and their ratios. Checked by the NaN guard."""
         terms, logs = {}, {}
         if self.pairs:
@@ -360,6 +385,9 @@ class LipschitzDistiller(BaseModel):
         if self.response_cfgs:
             terms['loss_kd'] = self.response_term(student_feats,
                                                   teacher_feats, data_samples)
+        if self.terms:
+            run_terms(self.terms, student_feats, teacher_feats, data_samples,
+                      terms, logs, detach_student=not self.distill_to_student)
         if self.nan_guard:
             self.check_finite(terms, student_feats, teacher_feats)
         return terms, logs

@@ -1,0 +1,194 @@
+"""Learning curves: how far a schedule is from convergence.
+
+``python -m demo.curve`` trains a role (``student`` alone or ``teacher``)
+of a task at several schedule lengths on one data seed, validates every
+20% of each schedule with the task's real metric, and writes the curves
+(``curve.json``, ``curve.md``, ``curve_<task>.png``) to its work dir. A
+schedule of ``L`` iterations is *converged* when its last 20% change the
+metric by less than ``--tolerance`` points (default 1): the demo and the
+study use the shortest converged length of the grid, for the teachers too.
+
+Runs are resumable: a finished run keeps ``curve_run.json`` in its folder
+and is not retrained.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Dict, List
+
+from mmengine.hooks import Hook
+
+from mmlckd.compat.checkpoint_io import atomic_write
+
+__all__ = ['ValCurveHook', 'with_validation', 'converged_length', 'main']
+
+
+class ValCurveHook(Hook):
+    """Keeps ``(iteration, metrics)`` of every validation."""
+
+    def __init__(self):
+        self.points: List[dict] = []
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.points.append(dict(iter=runner.iter, metrics={
+            k: float(v) for k, v in (metrics or {}).items()
+            if isinstance(v, (int, float))}))
+
+
+def with_validation(cfg, iters: int, points: int = 5):
+    """Validate on the test split every ``iters / points`` iterations."""
+    cfg.val_dataloader = dict(cfg.test_dataloader)
+    cfg.val_evaluator = cfg.test_evaluator
+    cfg.val_cfg = dict(type='ValLoop')
+    cfg.train_cfg.val_interval = max(1, iters // points)
+    return cfg
+
+
+def _run(task_name: str, role: str, iters: int, data_root: str,
+         work_dir: str, seed: int) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    from mmlckd.testing import single_process_loaders
+    from .runner import build_cfg, train_and_test
+    from .tasks import TASKS
+    path = osp.join(work_dir, 'curve_run.json')
+    if osp.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    task = TASKS[task_name]
+    cfg = build_cfg(task, role, seed=seed, iters=iters, work_dir=work_dir,
+                    data_root=data_root, log_interval=50)
+    single_process_loaders(cfg)
+    if role == 'student':
+        cfg.train_dataloader.batch_size = 4  # the study's student batch
+    with_validation(cfg, iters)
+    hook = ValCurveHook()
+    out = train_and_test(cfg, extra_hooks=[hook])
+    scale = task.metric_scale
+    out.update(task=task_name, role=role, iters=iters, curve=[
+        dict(iter=p['iter'], metric=p['metrics'][task.metric_key] * scale)
+        for p in hook.points])
+    text = json.dumps(out, indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
+    return out
+
+
+def converged_length(runs: List[dict], tolerance: float = 1.0):
+    """The shortest schedule whose last 20% moved the metric by less than
+    ``tolerance`` points, or None."""
+    for run in sorted(runs, key=lambda r: r['iters']):
+        pts = run['curve']
+        if len(pts) >= 2 and abs(pts[-1]['metric'] -
+                                 pts[-2]['metric']) < tolerance:
+            return run['iters']
+    return None
+
+
+def _markdown(runs: List[dict], tolerance: float) -> str:
+    lines = []
+    by_key: Dict[tuple, List[dict]] = {}
+    for r in runs:
+        by_key.setdefault((r['task'], r['role']), []).append(r)
+    for (task, role), rs in sorted(by_key.items()):
+        lines += [f'### {task} {role}', '',
+                  '| schedule (iters) | metric at 20/40/60/80/100% | last '
+                  '20% change | train time (s) |', '|---|---|---|---|']
+        for r in sorted(rs, key=lambda r: r['iters']):
+            m = [p['metric'] for p in r['curve']]
+            lines.append(
+                f'| {r["iters"]} | {" / ".join(f"{x:.1f}" for x in m)} | '
+                f'{m[-1] - m[-2]:+.1f} | {r["train_time_s"]:.0f} |')
+        length = converged_length(rs, tolerance)
+        lines += ['', f'Converged (last 20% < {tolerance} point): '
+                  f'{length if length else "none of these"}.', '']
+    return '\n'.join(lines)
+
+
+def _plot(runs: List[dict], path: str, task: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in sorted(runs, key=lambda r: (r['role'], r['iters'])):
+        if r['task'] != task:
+            continue
+        ax.plot([p['iter'] for p in r['curve']],
+                [p['metric'] for p in r['curve']], marker='o',
+                ls='-' if r['role'] == 'student' else '--',
+                label=f'{r["role"]} {r["iters"]} iters')
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('test metric (%)')
+    ax.set_title(f'{task}: learning curves (SYNTHETIC data)')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog='python -m demo.curve',
+                                description=__doc__.split('\n\n')[1])
+    p.add_argument('--task', choices=['det', 'seg'], nargs='+',
+                   default=['det', 'seg'])
+    p.add_argument('--role', choices=['student', 'teacher'], nargs='+',
+                   default=['student', 'teacher'])
+    p.add_argument('--iters-det', type=int, nargs='+',
+                   default=[500, 1000, 2000])
+    p.add_argument('--iters-seg', type=int, nargs='+',
+                   default=[400, 800, 1600])
+    p.add_argument('--teacher-factor', type=float, default=1.0,
+                   help='teacher schedules = this x the student grid')
+    p.add_argument('--data-seed', type=int, default=1,
+                   help='the selection data seed (default 1)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--tolerance', type=float, default=1.0)
+    p.add_argument('--jobs', type=int, default=os.cpu_count() or 1)
+    p.add_argument('--work-dir', default=osp.join('work_dirs', 'curve'))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> List[dict]:
+    from .__main__ import prepare_process_env
+    prepare_process_env()
+    args = parse_args(argv)
+    from mmlckd.testing import make_synthetic_voc
+    from .tasks import DATA_FULL
+    work_dir = osp.abspath(args.work_dir)
+    root = osp.join(work_dir, f'data-seed{args.data_seed}')
+    make_synthetic_voc(root,
+                       **dict(DATA_FULL, seed=args.data_seed))
+    jobs = []
+    for task in args.task:
+        grid = args.iters_det if task == 'det' else args.iters_seg
+        for role in args.role:
+            scale = args.teacher_factor if role == 'teacher' else 1.0
+            for iters in grid:
+                n = int(round(iters * scale))
+                jobs.append((task, role, n, root, osp.join(
+                    work_dir, f'data{args.data_seed}', f'{task}-{role}',
+                    f'iters{n}'), args.seed))
+    # longest first: the pool ends together
+    jobs.sort(key=lambda j: -j[2] * (3 if j[1] == 'teacher' else 1))
+    ctx = get_context('spawn')
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        runs = list(pool.map(_run, *zip(*jobs)))
+    for r in runs:
+        print(f'[curve] {r["task"]} {r["role"]} {r["iters"]}: ' + ' '.join(
+            f'{p["metric"]:.1f}' for p in r['curve']), flush=True)
+    md = _markdown(runs, args.tolerance)
+    for task in args.task:
+        _plot(runs, osp.join(work_dir, f'curve_{task}.png'), task)
+    with open(osp.join(work_dir, 'curve.md'), 'w', encoding='utf-8') as f:
+        f.write(md)
+    with open(osp.join(work_dir, 'curve.json'), 'w', encoding='utf-8') as f:
+        json.dump(runs, f, indent=1)
+    print(md, flush=True)
+    return runs
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

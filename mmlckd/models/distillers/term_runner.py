@@ -1,0 +1,71 @@
+"""The distiller's side of the pluggable terms (:mod:`mmlckd.models.terms`):
+build them from ``terms=``, run them on the recorded features."""
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import torch.nn as nn
+
+from mmlckd.registry import MODELS
+from .balance import auto_weight
+
+__all__ = ['build_terms', 'run_terms', 'RESERVED']
+
+#: loss names of the distiller's built-in terms
+RESERVED = ('feat', 'lipschitz', 'kd')
+
+
+def build_terms(cfgs: Optional[dict], student: nn.Module,
+                teacher: nn.Module
+                ) -> Tuple[nn.ModuleDict, Dict[str, float], List[str], dict]:
+    """``(terms, explicit weights, auto-weighted names, weight configs)``
+    of the distiller's ``terms=`` argument; every term is attached to the
+    two nets (:meth:`~mmlckd.models.terms.DistillTerm.attach`)."""
+    terms, weights, auto, weight_cfgs = nn.ModuleDict(), {}, [], {}
+    if cfgs is None:
+        return terms, weights, auto, weight_cfgs
+    if not isinstance(cfgs, dict):
+        raise TypeError('terms must be a dict name -> term config, got '
+                        f'{type(cfgs).__name__}')
+    for name, cfg in cfgs.items():
+        if cfg is None:  # removed, e.g. by --cfg-options
+            continue
+        if name in RESERVED or '.' in name:
+            raise ValueError(
+                f'terms: the name {name!r} is taken by a built-in term or '
+                "holds a '.'; choose another")
+        cfg, is_auto = auto_weight(copy.deepcopy(dict(cfg)),
+                                   f'terms.{name}')
+        weight = float(cfg.pop('loss_weight'))
+        term = MODELS.build(cfg)
+        from ..terms import DistillTerm
+        if not isinstance(term, DistillTerm):
+            raise TypeError(f'terms.{name}: {type(term).__name__} is not a '
+                            'mmlckd DistillTerm')
+        term.attach(student, teacher)
+        terms[name] = term
+        key = f'loss_{name}'
+        if is_auto:
+            auto.append(key)
+        else:
+            weights[key] = weight
+        weight_cfgs[f'terms.{name}'] = dict(loss_weight=weight)
+    return terms, weights, auto, weight_cfgs
+
+
+def run_terms(terms: nn.ModuleDict, student_feats: dict, teacher_feats: dict,
+              data_samples, out: dict, logs: dict,
+              detach_student: bool = False) -> None:
+    """Run every term on the recorded features: ``out['loss_<name>']`` its
+    loss, ``logs`` its logs. ``detach_student`` (the connector warm-up)
+    stops the terms' gradients at the student's features."""
+    for name, term in terms.items():
+        s = [student_feats[r.student.key] for r in term.reads]
+        t = [teacher_feats[r.teacher.key] for r in term.reads]
+        if detach_student:
+            s = [[x.detach() for x in v] if isinstance(v, list)
+                 else v.detach() for v in s]
+        result = term(s, t, data_samples)
+        if isinstance(result, tuple):
+            result, extra = result
+            logs.update(extra)
+        out[f'loss_{name}'] = result
