@@ -8,10 +8,46 @@ import torch.nn as nn
 from mmlckd.registry import MODELS
 from .balance import auto_weight
 
-__all__ = ['build_terms', 'run_terms', 'RESERVED']
+__all__ = ['build_terms', 'run_terms', 'task_aware_terms', 'RESERVED',
+           'TASK_AWARE']
 
 #: loss names of the distiller's built-in terms
 RESERVED = ('feat', 'lipschitz', 'kd')
+
+#: ``terms='auto'``: the task-aware terms, each with the kind of model it
+#: applies to (``'neck'``: a model with a neck, ``'head'``: any model with
+#: a detection or decode head). Chosen on the selection data seed
+#: (docs/demo/study_results.md); a term that did not earn its place there
+#: is not listed.
+TASK_AWARE = {
+    'neck': ('neck', dict(type='mmlckd.NeckPKDTerm')),
+    'preds': ('head', dict(type='mmlckd.PredictionKDTerm', distance='kl')),
+    'head_lip': ('tower', dict(type='mmlckd.HeadLipschitzTerm')),
+}
+
+
+def task_aware_terms(student: nn.Module) -> dict:
+    """The :data:`TASK_AWARE` terms that apply to ``student``: a detector
+    with a neck gets all of them, a segmentor its head terms; a head
+    without a classifier or tower the terms find is skipped."""
+    from ..terms.base import head_of
+    from ..terms.head_lipschitz_term import tower_of
+    from ..terms.prediction_kd_term import classifier_of
+    out = {}
+    for name, (needs, cfg) in TASK_AWARE.items():
+        try:
+            if needs == 'neck' and getattr(student, 'neck', None) is None:
+                continue
+            if needs == 'head':
+                classifier_of(student)
+            if needs == 'tower':
+                head = head_of(student)[0]
+                tower_of(student, 'convs' if head == 'decode_head'
+                         else 'cls_convs')
+        except ValueError:
+            continue
+        out[name] = copy.deepcopy(cfg)
+    return out
 
 
 def build_terms(cfgs: Optional[dict], student: nn.Module,
@@ -23,9 +59,11 @@ def build_terms(cfgs: Optional[dict], student: nn.Module,
     terms, weights, auto, weight_cfgs = nn.ModuleDict(), {}, [], {}
     if cfgs is None:
         return terms, weights, auto, weight_cfgs
+    if cfgs == 'auto':
+        cfgs = task_aware_terms(student)
     if not isinstance(cfgs, dict):
-        raise TypeError('terms must be a dict name -> term config, got '
-                        f'{type(cfgs).__name__}')
+        raise TypeError("terms must be 'auto', None or a dict name -> term "
+                        f'config, got {cfgs!r}')
     for name, cfg in cfgs.items():
         if cfg is None:  # removed, e.g. by --cfg-options
             continue

@@ -227,3 +227,15 @@ def test_a_new_term_is_one_module_and_one_config_line():
     losses['loss_mine'].backward()
     assert model.terms['mine'].proj.weight.grad is not None
     assert any(k.startswith('terms.mine.proj') for k in model.state_dict())
+
+
+def test_auto_terms_follow_the_model():
+    from mmlckd.models.distillers.term_runner import TASK_AWARE
+    model = build(*retina(), terms='auto', balance=dict())
+    assert set(model.terms) == set(TASK_AWARE)
+    seg = build(seg_model(), seg_model(base=32), 'mmseg', terms='auto',
+                balance=dict())
+    # DeepLabV3+: no neck, no conv tower the head term knows
+    assert set(seg.terms) == set(TASK_AWARE) - {'neck', 'head_lip'}
+    with pytest.raises(TypeError, match="'auto'"):
+        build(*retina(), terms='all')
