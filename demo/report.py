@@ -9,12 +9,26 @@ from .study import REGIMES, ROW_NAMES
 __all__ = ['study_markdown', 'summary_markdown', 'write_results',
            'plot_run', 'read_jsonl']
 
-_DISTILL_KEYS = ('loss_lipschitz', 'loss_feat', 'loss_kd')
+#: the distillation terms' loss names (the study's task-aware terms too)
+_DISTILL_KEYS = ('loss_lipschitz', 'loss_feat', 'loss_kd', 'loss_neck',
+                 'loss_preds', 'loss_head_lip')
+
+
+def _gap_closed(diff: Optional[dict], cell: dict) -> str:
+    """The paired gain as a share of (teacher - student alone)."""
+    teacher = cell.get('teacher')
+    base = cell['rows'].get('baseline', {}).get('metric')
+    if diff is None or teacher is None or base is None:
+        return '--'
+    gap = teacher - base['mean']
+    if gap <= 0:
+        return 'no gap'
+    return f'{100 * diff["mean"] / gap:.0f}% ± {100 * diff["se"] / gap:.0f}%'
 
 
 def _pm(stat: dict, digits: int = 1) -> str:
     if stat['n'] < 2:
-        return f'{stat["mean"]:.{digits}f} (n=1)'
+        return f'{stat["mean"]:.{digits}f}'
     return f'{stat["mean"]:.{digits}f} ± {stat["se"]:.{digits}f}'
 
 
@@ -47,7 +61,8 @@ def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
             f'Bootstrap SE of one model\'s {metric} over the test images: '
             f'{any_row["bootstrap_se"]:.2f}.', '',
             f'| student | {metric}: mean ± SE | minus baseline '
-            '(paired by seed) | verdict |', '|---|---|---|---|']
+            '(paired by seed) | verdict | share of the teacher-student gap '
+            'closed |', '|---|---|---|---|---|']
         for row in ROW_NAMES:
             if row not in rows:
                 continue
@@ -57,7 +72,8 @@ def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
                 f'| {ROW_NAMES[row]} | {_pm(r["metric"])} '
                 f'(n={r["metric"]["n"]}) | '
                 f'{"--" if diff is None else _pm(diff, 2)} | '
-                f'{"--" if diff is None else _verdict(diff)} |')
+                f'{"--" if diff is None else _verdict(diff)} | '
+                f'{_gap_closed(diff, cell)} |')
         lines.append('')
     return '\n'.join(lines)
 

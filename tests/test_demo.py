@@ -11,8 +11,9 @@ from tool_modules import REPO as ROOT
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
-# the quick demo trains teachers and students through the Runner
-pytestmark = pytest.mark.slow
+# the quick demo trains teachers and students through the Runner (the
+# tests of pure functions at the end are fast)
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
@@ -27,6 +28,7 @@ def quick_demo(tmp_path_factory):
     return work_dir, proc.stdout, cmd
 
 
+@slow
 def test_quick_demo_prints_and_writes_the_paired_table(quick_demo):
     work_dir, out, _ = quick_demo
     md = (work_dir / 'results.md').read_text()
@@ -40,6 +42,7 @@ def test_quick_demo_prints_and_writes_the_paired_table(quick_demo):
     assert 'one seed: no verdict' in md
 
 
+@slow
 def test_quick_demo_json_pairs_students_by_seed(quick_demo):
     work_dir, _, _ = quick_demo
     res = json.loads((work_dir / 'results.json').read_text())
@@ -62,6 +65,7 @@ def test_quick_demo_json_pairs_students_by_seed(quick_demo):
     assert res['table']['seg|1']['rows']['baseline']['train_images'] == -1
 
 
+@slow
 def test_quick_demo_artifacts_and_logs(quick_demo):
     work_dir, _, _ = quick_demo
     for regime in ('det-scarce', 'seg'):
@@ -83,6 +87,7 @@ def test_quick_demo_artifacts_and_logs(quick_demo):
     assert (run / 'result.json').is_file()
 
 
+@slow
 def test_quick_demo_resumes_without_retraining(quick_demo):
     work_dir, _, cmd = quick_demo
     result = work_dir / 'data1' / 'seg' / 'baseline' / 'seed0' / \
@@ -93,3 +98,41 @@ def test_quick_demo_resumes_without_retraining(quick_demo):
     assert again.returncode == 0, again.stdout[-6000:]
     assert result.stat().st_mtime_ns == before
     assert 'Runner' not in again.stdout and 'Iter(train)' not in again.stdout
+
+
+def test_converged_length_is_the_shortest_schedule_with_a_flat_tail():
+    from demo.curve import converged_length
+
+    def run(iters, *metrics):
+        return dict(iters=iters, curve=[dict(iter=i, metric=m)
+                                        for i, m in enumerate(metrics)])
+
+    runs = [run(2000, 10, 50, 80, 88.0, 88.5), run(500, 5, 9, 12, 15, 30),
+            run(1000, 8, 40, 70, 80, 83)]
+    assert converged_length(runs) == 2000  # 500: +15, 1000: +3, 2000: +0.5
+    assert converged_length(runs, tolerance=5) == 1000
+    assert converged_length(runs[1:2]) is None
+
+
+def test_gap_closed_is_the_paired_gain_over_the_teacher_gap():
+    from demo.report import _gap_closed
+    cell = dict(teacher=90.0, rows=dict(baseline=dict(metric=dict(
+        mean=70.0, se=1.0, n=3))))
+    assert _gap_closed(dict(mean=5.0, se=1.0, n=3), cell) == '25% ± 5%'
+    cell['teacher'] = 60.0
+    assert _gap_closed(dict(mean=5.0, se=1.0, n=3), cell) == 'no gap'
+    assert _gap_closed(None, cell) == '--'
+
+
+def test_study_refuses_to_mix_schedules_in_one_work_dir(tmp_path):
+    from demo.study import Job, _worker
+    job = Job('det', 1, 0, 'det-scarce', 'baseline')
+    run_dir = tmp_path / 'data1' / 'det-scarce' / 'baseline' / 'seed0'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'result.json').write_text(json.dumps(dict(train_iters=300)))
+    opts = dict(work_dir=str(tmp_path), iters=dict(det=1500),
+                teacher_iters=dict(det=1200))
+    with pytest.raises(ValueError, match='--work-dir'):
+        _worker(job, opts, None)
+    opts['iters']['det'] = 300  # the same schedule: reused, not retrained
+    assert _worker(job, opts, None) == dict(train_iters=300)
