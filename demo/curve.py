@@ -49,7 +49,7 @@ def with_validation(cfg, iters: int, points: int = 5):
 
 
 def _run(task_name: str, role: str, iters: int, data_root: str,
-         work_dir: str, seed: int) -> dict:
+         work_dir: str, seed: int, label_fraction: float = 1.0) -> dict:
     import torch
     torch.set_num_threads(1)
     from mmlckd.testing import single_process_loaders
@@ -64,12 +64,15 @@ def _run(task_name: str, role: str, iters: int, data_root: str,
                     data_root=data_root, log_interval=50)
     single_process_loaders(cfg)
     if role == 'student':
+        from .study import _subset_train_data
         cfg.train_dataloader.batch_size = 4  # the study's student batch
+        _subset_train_data(cfg, label_fraction, cfg.data_root)
     with_validation(cfg, iters)
     hook = ValCurveHook()
     out = train_and_test(cfg, extra_hooks=[hook])
     scale = task.metric_scale
-    out.update(task=task_name, role=role, iters=iters, curve=[
+    out.update(task=task_name, role=role, iters=iters,
+               label_fraction=label_fraction, curve=[
         dict(iter=p['iter'], metric=p['metrics'][task.metric_key] * scale)
         for p in hook.points])
     text = json.dumps(out, indent=1).encode()
@@ -92,9 +95,11 @@ def _markdown(runs: List[dict], tolerance: float) -> str:
     lines = []
     by_key: Dict[tuple, List[dict]] = {}
     for r in runs:
-        by_key.setdefault((r['task'], r['role']), []).append(r)
-    for (task, role), rs in sorted(by_key.items()):
-        lines += [f'### {task} {role}', '',
+        by_key.setdefault((r['task'], r['role'], r.get(
+            'label_fraction', 1.0)), []).append(r)
+    for (task, role, fraction), rs in sorted(by_key.items()):
+        labels = '' if fraction >= 1 else f', {fraction:.0%} of the labels'
+        lines += [f'### {task} {role}{labels}', '',
                   '| schedule (iters) | metric at 20/40/60/80/100% | last '
                   '20% change | train time (s) |', '|---|---|---|---|']
         for r in sorted(rs, key=lambda r: r['iters']):
@@ -119,7 +124,9 @@ def _plot(runs: List[dict], path: str, task: str) -> None:
         ax.plot([p['iter'] for p in r['curve']],
                 [p['metric'] for p in r['curve']], marker='o',
                 ls='-' if r['role'] == 'student' else '--',
-                label=f'{r["role"]} {r["iters"]} iters')
+                label=f'{r["role"]}'
+                f'{"" if r.get("label_fraction", 1) >= 1 else " 25% labels"}'
+                f' {r["iters"]} iters')
     ax.set_xlabel('iteration')
     ax.set_ylabel('test metric (%)')
     ax.set_title(f'{task}: learning curves (SYNTHETIC data)')
@@ -142,22 +149,71 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=[400, 800, 1600])
     p.add_argument('--teacher-factor', type=float, default=1.0,
                    help='teacher schedules = this x the student grid')
+    p.add_argument('--label-fraction', type=float, default=1.0,
+                   help='students train on this share of the labelled '
+                   'images (0.25: the scarce-label regime)')
     p.add_argument('--data-seed', type=int, default=1,
                    help='the selection data seed (default 1)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--tolerance', type=float, default=1.0)
     p.add_argument('--jobs', type=int, default=os.cpu_count() or 1)
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'curve'))
+    p.add_argument('--report', action='store_true',
+                   help='train nothing: tabulate and plot every finished '
+                   'run under --work-dir (and the teachers of --study-dir)')
+    p.add_argument('--study-dir', default=None,
+                   help='a `python -m demo` work dir whose teachers\' '
+                   'curves join the report')
     return p.parse_args(argv)
+
+
+def collect(work_dir: str, study_dir=None) -> List[dict]:
+    """Every finished curve run under ``work_dir``, and the teachers of
+    the study in ``study_dir`` (they record their curve too)."""
+    import glob
+    runs = []
+    for path in sorted(glob.glob(osp.join(work_dir, '**', 'curve_run.json'),
+                                 recursive=True)):
+        with open(path, encoding='utf-8') as f:
+            runs.append(json.load(f))
+    if study_dir:
+        pattern = osp.join(study_dir, 'data*', '*-teacher', 'result.json')
+        for path in sorted(glob.glob(pattern)):
+            with open(path, encoding='utf-8') as f:
+                r = json.load(f)
+            if r.get('curve'):
+                job = r['job']
+                runs.append(dict(r, task=job['task'], role='teacher',
+                                 iters=r['train_iters'],
+                                 data_seed=job['data_seed']))
+    return runs
+
+
+def report(runs: List[dict], work_dir: str, tolerance: float) -> str:
+    """``curve.md``, ``curve.json`` and one ``curve_<task>.png`` per
+    task in ``work_dir``; returns the Markdown."""
+    md = _markdown(runs, tolerance)
+    for task in sorted({r['task'] for r in runs}):
+        _plot(runs, osp.join(work_dir, f'curve_{task}.png'), task)
+    with open(osp.join(work_dir, 'curve.md'), 'w', encoding='utf-8') as f:
+        f.write(md)
+    with open(osp.join(work_dir, 'curve.json'), 'w', encoding='utf-8') as f:
+        json.dump(runs, f, indent=1)
+    return md
 
 
 def main(argv=None) -> List[dict]:
     from .__main__ import prepare_process_env
     prepare_process_env()
     args = parse_args(argv)
+    work_dir = osp.abspath(args.work_dir)
+    if args.report:
+        md = report(collect(work_dir, args.study_dir), work_dir,
+                    args.tolerance)
+        print(md, flush=True)
+        return []
     from mmlckd.testing import make_synthetic_voc
     from .tasks import DATA_FULL
-    work_dir = osp.abspath(args.work_dir)
     root = osp.join(work_dir, f'data-seed{args.data_seed}')
     make_synthetic_voc(root,
                        **dict(DATA_FULL, seed=args.data_seed))
@@ -168,9 +224,11 @@ def main(argv=None) -> List[dict]:
             scale = args.teacher_factor if role == 'teacher' else 1.0
             for iters in grid:
                 n = int(round(iters * scale))
+                frac = args.label_fraction if role == 'student' else 1.0
+                sub = '' if frac >= 1 else f'-labels{frac:g}'
                 jobs.append((task, role, n, root, osp.join(
-                    work_dir, f'data{args.data_seed}', f'{task}-{role}',
-                    f'iters{n}'), args.seed))
+                    work_dir, f'data{args.data_seed}', f'{task}-{role}{sub}',
+                    f'iters{n}'), args.seed, frac))
     # longest first: the pool ends together
     jobs.sort(key=lambda j: -j[2] * (3 if j[1] == 'teacher' else 1))
     ctx = get_context('spawn')
@@ -179,14 +237,7 @@ def main(argv=None) -> List[dict]:
     for r in runs:
         print(f'[curve] {r["task"]} {r["role"]} {r["iters"]}: ' + ' '.join(
             f'{p["metric"]:.1f}' for p in r['curve']), flush=True)
-    md = _markdown(runs, args.tolerance)
-    for task in args.task:
-        _plot(runs, osp.join(work_dir, f'curve_{task}.png'), task)
-    with open(osp.join(work_dir, 'curve.md'), 'w', encoding='utf-8') as f:
-        f.write(md)
-    with open(osp.join(work_dir, 'curve.json'), 'w', encoding='utf-8') as f:
-        json.dump(runs, f, indent=1)
-    print(md, flush=True)
+    print(report(runs, work_dir, args.tolerance), flush=True)
     return runs
 
 
