@@ -23,6 +23,8 @@ def _gap_closed(diff: Optional[dict], cell: dict) -> str:
     gap = teacher - base['mean']
     if gap <= 0:
         return 'no gap'
+    if diff['n'] < 2:
+        return f'{100 * diff["mean"] / gap:.0f}%'
     return f'{100 * diff["mean"] / gap:.0f}% ± {100 * diff["se"] / gap:.0f}%'
 
 

@@ -29,9 +29,11 @@ from multiprocessing import get_context
 from typing import Dict, List, Optional, Sequence
 
 from mmlckd.compat.checkpoint_io import atomic_write
+from mmlckd.models.distillers.term_runner import TASK_AWARE
 from mmlckd.testing import single_process_loaders
 
-__all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'run_jobs', 'summarize',
+__all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'run_jobs', 'finished',
+           'summarize',
            'paired']
 
 REGIMES = {
@@ -55,17 +57,19 @@ def preds(distance: str) -> dict:
                            distance=distance))
 
 
-#: the prediction distance carried forward (chosen on data seed 1; see
-#: docs/demo/study_results.md)
-KD_DISTANCE = 'kl'
-
 #: row -> changes to the distiller config (None: the plain student). Every
 #: distilled row starts from the distiller's backbone terms (LONDON + OFD)
 #: unless it removes them; ``terms`` rows add the task-aware terms.
 ROWS = {
     'baseline': None,
-    'ofd': dict(lipschitz_loss=None),
-    'london': dict(feature_loss=None),
+    # the distiller's defaults, nothing said (task-aware terms included)
+    'default': dict(),
+    # the same minus every Lipschitz term (the backbone's and the head's)
+    'default-no-lip': dict(lipschitz_loss=None, terms=dict(
+        (name, cfg) for name, (_, cfg) in TASK_AWARE.items()
+        if 'Lipschitz' not in cfg['type'])),
+    'ofd': dict(lipschitz_loss=None, terms=None),
+    'london': dict(feature_loss=None, terms=None),
     'london+ofd': dict(terms=None),
     # the alternative student wiring, compared on the selection data seed
     'london+ofd-connector': dict(lipschitz_on='connector', terms=None),
@@ -74,12 +78,11 @@ ROWS = {
     '+kd-logit': dict(terms=preds('logit')),
     '+kd-corr': dict(terms=preds('correlation')),
     '+head-lip': dict(terms=HEAD_LIP),
-    'task-aware': dict(terms=dict(NECK, **preds(KD_DISTANCE), **HEAD_LIP)),
-    'task-aware-no-lip': dict(lipschitz_loss=None,
-                              terms=dict(NECK, **preds(KD_DISTANCE))),
 }
 ROW_NAMES = {
     'baseline': 'student alone',
+    'default': 'default (task-aware)',
+    'default-no-lip': 'default minus every Lipschitz term',
     'ofd': '+ OFD only',
     'london': '+ LONDON term only',
     'london+ofd': '+ LONDON + OFD (backbone; the old default)',
@@ -89,9 +92,6 @@ ROW_NAMES = {
     '+kd-logit': 'backbone + prediction KD (logit matching)',
     '+kd-corr': 'backbone + prediction KD (correlation)',
     '+head-lip': 'backbone + head Lipschitz',
-    'task-aware': 'task-aware: backbone + neck + prediction KD + head '
-                  'Lipschitz',
-    'task-aware-no-lip': 'task-aware minus every Lipschitz term',
 }
 #: rows that need a neck (FPN); a segmentation regime skips them
 NEEDS_NECK = ('+neck',)
@@ -239,6 +239,22 @@ def _worker(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
     text = json.dumps(out, indent=1).encode()
     atomic_write(path, lambda f: f.write(text))
     return out
+
+
+def finished(phases: List[List[Job]], opts: dict) -> dict:
+    """``{job: result}`` of the jobs of ``phases`` that have finished (a
+    student only with its teacher); trains nothing."""
+    results: Dict[Job, dict] = {}
+    for phase in phases:
+        for job in phase:
+            path = osp.join(job.run_dir(opts['work_dir']), 'result.json')
+            teacher = Job(job.task, job.data_seed, 0)
+            if not osp.isfile(path) or (
+                    job.row is not None and ROWS[job.row] is not None and
+                    teacher not in results):
+                continue
+            results[job] = _worker(job, opts, None)
+    return results
 
 
 def run_jobs(phases: List[List[Job]], opts: dict, jobs: int = 2) -> dict:

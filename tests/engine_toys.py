@@ -40,6 +40,7 @@ def tiny_cfg(devkit, work_dir, teacher_ckpt, max_iters=2, batch_size=2,
                          checkpoint=teacher_ckpt),
             lipschitz_loss=dict(type='mmlckd.LipschitzLoss', loss_weight=0.2),
             feature_loss=dict(type='mmlckd.OFDLoss', loss_weight=1e-4),
+            terms=None,  # the engine with the backbone terms (fast)
             probe_input_size=(64, 64)),
         train_dataloader=dict(
             batch_size=batch_size, num_workers=0,

@@ -116,8 +116,13 @@ class LipschitzDistiller(BaseModel):
             ``use_labels=True`` passes the segmentation labels (ignore index)
             to the loss. If no response loss sets ``loss_weight``, the
             balancer weights ``loss_kd``.
-        terms (dict, optional): pluggable distillation terms,
-            ``name -> term config`` (:mod:`mmlckd.models.terms`), e.g.
+        terms (str | dict, optional): the task-aware distillation terms.
+            ``'auto'`` (default): those of
+            :data:`~mmlckd.models.distillers.term_runner.TASK_AWARE` that
+            apply to the student (chosen on the demo's selection data;
+            README, "Distillation terms"); ``None``: none (the backbone
+            terms only); or ``name -> term config``
+            (:mod:`mmlckd.models.terms`), e.g.
             ``dict(neck=dict(type='mmlckd.NeckPKDTerm'),
             preds=dict(type='mmlckd.PredictionKDTerm', distance='kl'))``.
             Each term says what it reads (recorded by the distiller) and
@@ -175,7 +180,7 @@ class LipschitzDistiller(BaseModel):
                      type='mmlckd.LipschitzLoss', check_finite=False),
                  feature_loss: Optional[dict] = dict(type='mmlckd.OFDLoss'),
                  response: Optional[Sequence[dict]] = None,
-                 terms: Optional[dict] = None,
+                 terms: Union[str, dict, None] = 'auto',
                  lipschitz_on: str = 'reference',
                  balance: Optional[dict] = dict(),
                  teacher_early_stop: bool = True,

@@ -20,6 +20,8 @@ def build(student, teacher, scope='mmdet', checkpoint=None, **kw):
     the first step; the automatic balance is tested in
     test_reference_wiring.py)."""
     init_default_scope(scope)
+    # the backbone terms (the task-aware terms: tests/models/terms)
+    kw.setdefault('terms', None)
     kw.setdefault('lipschitz_loss', dict(type='mmlckd.LipschitzLoss',
                                          loss_weight=1e-3))
     kw.setdefault('feature_loss', dict(type='mmlckd.OFDLoss',
@@ -116,6 +118,24 @@ def test_teacher_runs_only_as_deep_as_needed():
     # stopped inside the backbone, before the neck and the head
     assert calls['head'] == 0
     assert calls['backbone'] == 0  # stopped before the backbone returned
+
+
+def test_default_terms_run_the_teacher_through_its_head():
+    """With nothing said, the task-aware terms read the neck and the
+    head's classifier, so the teacher's forward reaches the head (once per
+    FPN level), and both terms are balanced."""
+    s, t, scope, batch = FAMILIES['retinanet']
+    model = build(s(), t(), scope, terms='auto')
+    assert sorted(model.terms) == ['neck', 'preds']
+    assert {'loss_neck', 'loss_preds'} <= set(model.balancer.terms)
+    calls = {'head': 0}
+    model.teacher.bbox_head.retina_cls.register_forward_hook(
+        lambda *a: calls.__setitem__('head', calls['head'] + 1))
+    inputs, samples = batch(model)
+    model.train()
+    losses = model(inputs, samples, mode='loss')
+    assert calls['head'] == model.student.neck.num_outs
+    assert torch.isfinite(losses['loss_preds'])
 
 
 def test_response_kd_and_neck_groups_detection():

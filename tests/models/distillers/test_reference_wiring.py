@@ -224,7 +224,9 @@ def _distiller(**kw):
 def test_distiller_defaults_balance_every_term_by_gradient():
     model = _distiller(balance=dict(iters=2, log_interval=1))
     assert model.lipschitz_on == 'reference'
-    assert model.balancer.terms == ['loss_lipschitz', 'loss_feat']
+    # the backbone terms and the task-aware terms of a RetinaNet
+    terms = ['loss_lipschitz', 'loss_feat', 'loss_neck', 'loss_preds']
+    assert model.balancer.terms == terms
     model.train()
     inputs, samples = det_batch(model)
     for _ in range(2):  # calibration: the terms weigh 0 but keep a graph
@@ -237,11 +239,11 @@ def test_distiller_defaults_balance_every_term_by_gradient():
     losses = model(inputs, samples, mode='loss')
     params = model._student_params()
     task = model.parse_losses({k: v for k, v in losses.items()
-                               if k not in ('loss_lipschitz', 'loss_feat')})[0]
+                               if k not in terms})[0]
     g_task = torch.sqrt(sum(g.square().sum() for g in torch.autograd.grad(
         task, params, retain_graph=True, allow_unused=True)
         if g is not None))
-    for term in ('loss_lipschitz', 'loss_feat'):
+    for term in terms:
         g = torch.sqrt(sum(x.square().sum() for x in torch.autograd.grad(
             losses[term], params, retain_graph=True, allow_unused=True)
             if x is not None))
@@ -261,8 +263,11 @@ def test_distiller_defaults_balance_every_term_by_gradient():
 def test_explicit_weights_bypass_the_balancer():
     model = _distiller(
         lipschitz_loss=dict(type='mmlckd.LipschitzLoss', loss_weight=1e-3),
-        feature_loss=dict(type='mmlckd.OFDLoss', loss_weight=5e-5))
+        feature_loss=dict(type='mmlckd.OFDLoss', loss_weight=5e-5),
+        terms=dict(preds=dict(type='mmlckd.PredictionKDTerm',
+                              loss_weight=0.5)))
     assert model.balancer.terms == []
+    assert model.term_weights == {'loss_preds': 0.5}
     assert model.lipschitz_loss.loss_weight == 1e-3
     with pytest.raises(ValueError, match='balance=None'):
         _distiller(balance=None)
