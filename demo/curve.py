@@ -104,8 +104,11 @@ def _markdown(runs: List[dict], tolerance: float) -> str:
                   '20% change | train time (s) |', '|---|---|---|---|']
         for r in sorted(rs, key=lambda r: r['iters']):
             m = [p['metric'] for p in r['curve']]
+            seed = f' (data seed {r["data_seed"]})' if 'data_seed' in r \
+                else ''
             lines.append(
-                f'| {r["iters"]} | {" / ".join(f"{x:.1f}" for x in m)} | '
+                f'| {r["iters"]}{seed} | '
+                f'{" / ".join(f"{x:.1f}" for x in m)} | '
                 f'{m[-1] - m[-2]:+.1f} | {r["train_time_s"]:.0f} |')
         length = converged_length(rs, tolerance)
         lines += ['', f'Converged (last 20% < {tolerance} point): '
