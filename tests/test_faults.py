@@ -133,15 +133,17 @@ def test_project_configs_use_the_safe_checkpoint_hook():
 
 
 @pytest.mark.slow
-def test_fresh_run_in_used_work_dir_keeps_old_history(tmp_path):
-    """A fresh run (no --resume) where a finished run left its
-    lipschitz.jsonl moves the old history aside (timestamped) instead of
-    cutting it down to the new run's iterations."""
+def test_fresh_run_in_used_work_dir_moves_previous_run_aside(tmp_path):
+    """Issue 20, case 1: a fresh run (no --resume) in a work dir where a
+    finished run left checkpoints, config and lipschitz.jsonl moves them,
+    together and unchanged, into previous_runs/<time>/ (the new run used
+    to overwrite iter_N.pth and student_final.pth, and only the history was
+    kept)."""
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
 
     def cfg(iters):
-        c = toy_cfg(work, max_iters=iters)
+        c = toy_cfg(work, max_iters=iters, max_keep_ckpts=3)
         c['model']['type'] = 'FaultToyDistiller'
         c['custom_hooks'] = [dict(type='mmlckd.LipschitzMonitorHook')]
         return c
@@ -149,18 +151,67 @@ def test_fresh_run_in_used_work_dir_keeps_old_history(tmp_path):
     def iters(path):
         return [json.loads(line)['iter'] for line in open(path)]
 
-    _train_in_process(cfg(3), tmp_path)
-    assert iters(work / 'lipschitz.jsonl') == [1, 2, 3]
-    _train_in_process(cfg(1), tmp_path, name='again.py')  # fresh, same dir
+    _train_in_process(cfg(2), tmp_path)
+    assert iters(work / 'lipschitz.jsonl') == [1, 2]
+    before = {p.name: sha256_file(str(p)) for p in work.glob('iter_*.pth')}
+    assert sorted(before) == ['iter_1.pth', 'iter_2.pth']
+    runner = _train_in_process(cfg(1), tmp_path, '--cfg-options',
+                               'optim_wrapper.optimizer.lr=0.05',
+                               name='again.py')  # fresh, same dir
     assert iters(work / 'lipschitz.jsonl') == [1]
-    kept = [p for p in work.glob('lipschitz.*.jsonl')]
-    assert len(kept) == 1 and re.fullmatch(
-        r'lipschitz\.\d{8}_\d{6}\.jsonl', kept[0].name), kept
-    assert iters(kept[0]) == [1, 2, 3]
+    kept = list((work / 'previous_runs').iterdir())
+    assert len(kept) == 1 and re.fullmatch(r'\d{8}_\d{6}', kept[0].name)
+    old = kept[0]
+    # the earlier run, complete and unchanged, in one folder
+    assert {p.name: sha256_file(str(p))
+            for p in old.glob('iter_*.pth')} == before
+    assert (old / 'iter_2.pth.sha256').exists()
+    assert iters(old / 'lipschitz.jsonl') == [1, 2]
+    assert (old / 'cfg.py').exists() and (old / 'last_checkpoint').exists()
+    assert not list(work.glob('lipschitz.*.jsonl'))
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert f'moved together to {old}' in log
+    assert f'--resume {old}/iter_2.pth' in log
     # a resumed run keeps its own history (up to the resumed iteration)
     _train_in_process(cfg(2), tmp_path, '--resume', name='resume.py')
     assert iters(work / 'lipschitz.jsonl') == [1, 2]
-    assert len(list(work.glob('lipschitz.*.jsonl'))) == 1
+    assert len(list((work / 'previous_runs').iterdir())) == 1
+
+
+def _hold_work_dir_lock(work, pid=4242, host='gpu-node-7'):
+    import fcntl
+    from mmlckd.utils.cli import LOCK_NAME
+    work.mkdir(parents=True, exist_ok=True)
+    f = open(work / LOCK_NAME, 'w')
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.write(f'pid={pid}\nhost={host}\nstarted=2026-01-01 00:00:00\n'
+            'command=tools/train.py cfg.py\n')
+    f.flush()
+    return f
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_second_run_in_a_work_dir_in_use_is_refused(tmp_path, resume):
+    """Issue 20, case 2: a second run (fresh or --resume) in a work dir a
+    running run holds stops, naming that run's pid and host, and touches
+    nothing there (both used to run, interleaving history and
+    checkpoints)."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.mkdir()
+    (work / 'iter_1.pth').write_bytes(b'x' * 10)
+    (work / 'last_checkpoint').write_text(str(work / 'iter_1.pth'))
+    lock = _hold_work_dir_lock(work)
+    before = sorted(p.name for p in work.iterdir())
+    try:
+        with pytest.raises(SystemExit, match=r'in use by another run \(pid '
+                           r'4242 on host gpu-node-7.*another --work-dir'):
+            _train_in_process(toy_cfg(work), tmp_path,
+                              *(['--resume'] if resume else []))
+    finally:
+        lock.close()
+    assert sorted(p.name for p in work.iterdir()) == before
 
 
 # ----------------------------------------------------- resume: clear errors
@@ -402,19 +453,26 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
 
 
 @pytest.mark.slow
-def test_guard_off_nan_state_is_not_saved_silently(tmp_path, caplog):
+def test_guard_off_nan_state_is_not_saved_silently(tmp_path):
+    """Guard off and NaN weights: no NaN checkpoint is written, and (issue
+    20, case 10) the tool exits non-zero naming the last finite checkpoint
+    and the restart that works (it used to exit 0)."""
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
     cfg = toy_cfg(work, max_iters=3)
     cfg['model']['nan_guard'] = False  # as LipschitzDistiller(nan_guard=)
     cfg['train_dataloader']['dataset']['nan_at'] = 5  # batch 2
-    runner = _train_in_process(cfg, tmp_path)
-    assert runner.iter == 3
+    with pytest.raises(SystemExit, match=r'^error: training ended with '
+                       r'non-finite .*from step 2 on.*last finite checkpoint '
+                       r'is .*iter_1.pth.*load_from=.*not --resume') as e:
+        _train_in_process(cfg, tmp_path)
+    assert e.value.code != 0
     # iteration 2 made the weights NaN: neither iter_2 nor iter_3 written
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
     assert (work / 'last_checkpoint').read_text().endswith('iter_1.pth')
-    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    log = open(next(work.glob('*/*.log'))).read()
     assert 'checkpoint NOT saved' in log and 'iter_1.pth' in log
+    assert 'training ended with non-finite' in log
 
 
 def test_student_export_refuses_a_non_finite_student(tmp_path):

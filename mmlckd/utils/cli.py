@@ -1,8 +1,10 @@
 """Command-line helpers of tools/train.py and tools/test.py (also used by
 the demo): the shared arguments and the config adjustments."""
 import argparse
+import contextlib
 import os
 import os.path as osp
+import re
 from typing import List, Optional
 
 from mmengine.config import Config, DictAction
@@ -10,7 +12,8 @@ from mmengine.config import Config, DictAction
 __all__ = [
     'is_distill_cfg', 'prepare_distill_cfg', 'student_test_cfg',
     'parse_with_launcher_args', 'load_tool_cfg', 'use_safe_checkpoints',
-    'resolve_resume'
+    'resolve_resume', 'own_work_dir', 'move_previous_run_aside',
+    'check_work_dir_path'
 ]
 
 
@@ -97,6 +100,7 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
     if resume == 'auto':
         from mmengine.runner.checkpoint import find_latest_checkpoint
         work_dir = osp.abspath(cfg.work_dir)
+        check_work_dir_path(work_dir)
         latest = find_latest_checkpoint(work_dir) if osp.isdir(
             work_dir) else None
         if latest is None:
@@ -107,6 +111,7 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
                  else 'no checkpoint was completed there') +
                 '). Check --work-dir, pass the checkpoint explicitly '
                 '(--resume PATH), or drop --resume to start afresh.')
+        latest = _existing_latest(work_dir, latest)
         cfg.resume = True
         cfg.load_from = latest
         return
@@ -114,6 +119,34 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
         raise SystemExit(f'--resume: checkpoint not found: {resume!r}')
     cfg.resume = True
     cfg.load_from = resume
+
+
+def _existing_latest(work_dir: str, latest: str) -> str:
+    """The checkpoint ``last_checkpoint`` names, when it exists; the file of
+    that name in ``work_dir`` when the work dir was moved (it holds an
+    absolute path); else an error naming ``last_checkpoint`` and the
+    checkpoints that do exist."""
+    if osp.isfile(latest):
+        return latest
+    here = osp.join(work_dir, osp.basename(latest))
+    if osp.isfile(here):
+        from mmengine.logging import print_log
+        print_log(f'--resume: last_checkpoint names {latest}, which does '
+                  f'not exist (the work dir was moved?); resuming from '
+                  f'{here}, the file of that name in this work dir.',
+                  logger='current')
+        return here
+    found = sorted((n for n in os.listdir(work_dir)
+                    if re.fullmatch(r'(iter|epoch)_\d+\.pth', n)
+                    and osp.getsize(osp.join(work_dir, n)) > 0),
+                   key=lambda n: osp.getmtime(osp.join(work_dir, n)))
+    raise SystemExit(
+        f'--resume: {osp.join(work_dir, "last_checkpoint")} names {latest}, '
+        'which does not exist (deleted or moved). ' +
+        (f'Checkpoints in the work dir: {", ".join(found[-3:])}; resume '
+         f'from one explicitly: --resume {osp.join(work_dir, found[-1])}'
+         if found else 'There is no other checkpoint in the work dir; '
+         'drop --resume to start afresh') + '.')
 
 
 def student_test_cfg(cfg: Config) -> bool:
@@ -127,3 +160,212 @@ def student_test_cfg(cfg: Config) -> bool:
         if not str(h.get('type', '')).startswith('mmlckd.')
     ]
     return True
+
+
+# ------------------------------------------------------- work dir ownership
+LOCK_NAME = '.mmlckd_run.lock'
+ARCHIVE_DIR = 'previous_runs'
+_RUN_FILES = re.compile(
+    r'(.*\.pth|.*\.pth\.sha256|last_checkpoint|.*\.jsonl|.*\.py|'
+    r'\d{8}_\d{6})$')
+
+
+def check_work_dir_path(work_dir: str) -> None:
+    """A work dir that exists as a file (not a folder) is an error."""
+    if osp.exists(work_dir) and not osp.isdir(work_dir):
+        raise SystemExit(
+            f'error: the work dir {work_dir!r} is a file, not a folder. '
+            'Pass another --work-dir (or set work_dir in the config), or '
+            'move that file away.')
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get('RANK', '0') or 0) == 0
+
+
+def _lock_owner(path: str) -> str:
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            info = dict(line.rstrip('\n').split('=', 1) for line in f
+                        if '=' in line)
+    except OSError:
+        info = {}
+    return (f'pid {info.get("pid", "?")} on host {info.get("host", "?")}, '
+            f'started {info.get("started", "?")}: '
+            f'{info.get("command", "?")}')
+
+
+def _previous_run_entries(work_dir: str) -> List[str]:
+    """The outputs a run leaves in its work dir (checkpoints and their
+    sidecars, last_checkpoint, the dumped config, histories, log
+    folders). Anything else in the folder is not touched."""
+    names = []
+    for name in sorted(os.listdir(work_dir)):
+        if name in (LOCK_NAME, ARCHIVE_DIR) or name.startswith('.'):
+            continue
+        path = osp.join(work_dir, name)
+        is_log_dir = osp.isdir(path) and re.fullmatch(r'\d{8}_\d{6}', name)
+        if is_log_dir or (osp.isfile(path) and _RUN_FILES.fullmatch(name)):
+            names.append(name)
+    return names
+
+
+def move_previous_run_aside(work_dir: str) -> Optional[str]:
+    """A fresh run in a work dir that holds an earlier run's checkpoints:
+    move that run's checkpoints, config and history together into
+    ``<work_dir>/previous_runs/<YYYYmmdd_HHMMSS>/`` (the time the earlier
+    run last wrote), so nothing is overwritten and the kept history still
+    describes the kept checkpoints. Returns the message, or None when the
+    folder held no earlier run (no checkpoint, no last_checkpoint, no
+    history)."""
+    import time
+    if not osp.isdir(work_dir):
+        return None
+    names = _previous_run_entries(work_dir)
+    if not any(n.endswith(('.pth', '.jsonl')) or n == 'last_checkpoint'
+               for n in names):
+        return None
+    newest = max(osp.getmtime(osp.join(work_dir, n)) for n in names)
+    stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime(newest))
+    dest, n = osp.join(work_dir, ARCHIVE_DIR, stamp), 1
+    while osp.exists(dest):
+        dest, n = osp.join(work_dir, ARCHIVE_DIR, f'{stamp}_{n}'), n + 1
+    os.makedirs(dest)
+    for name in names:
+        os.replace(osp.join(work_dir, name), osp.join(dest, name))
+    ckpts = [n for n in names if n.endswith('.pth')]
+    latest = _named_in_last_checkpoint(dest) or (ckpts[-1] if ckpts
+                                                 else None)
+    return (f'the work dir {work_dir} held an earlier run (' +
+            (f'{len(ckpts)} checkpoints' if ckpts else 'its history') +
+            '); this is a fresh run (no --resume), so that run\'s '
+            f'checkpoints, config and history were moved together to {dest} '
+            '(nothing was overwritten).' +
+            (f' To continue that run instead: --resume '
+             f'{osp.join(dest, latest)}' if latest else ''))
+
+
+def _named_in_last_checkpoint(folder: str) -> Optional[str]:
+    try:
+        with open(osp.join(folder, 'last_checkpoint')) as f:
+            name = osp.basename(f.read().strip())
+    except OSError:
+        return None
+    return name if name and osp.isfile(osp.join(folder, name)) else None
+
+
+@contextlib.contextmanager
+def own_work_dir(cfg: Config, resume: bool):
+    """Hold ``<work_dir>/.mmlckd_run.lock`` (``fcntl.flock``) for the whole
+    run: a second run in the same work dir (fresh or ``--resume``) stops
+    with the first run's pid and host instead of interleaving checkpoints
+    and history. A fresh run then moves an earlier run's outputs aside
+    (:func:`move_previous_run_aside`). Yields the notes to log (the
+    runner's logger does not exist yet). Only rank 0 locks and moves."""
+    import fcntl
+    import socket
+    import sys
+    import time
+    work_dir = osp.abspath(cfg.work_dir)
+    check_work_dir_path(work_dir)
+    notes: List[str] = []
+    if not _is_main_rank():
+        yield notes
+        return
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, LOCK_NAME)
+    f = open(path, 'a+', encoding='utf-8')
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SystemExit(
+                f'error: the work dir {work_dir} is in use by another run '
+                f'({_lock_owner(path)}). Two runs in one work dir overwrite '
+                "each other's checkpoints and history. Wait for that run to "
+                'end (or stop it), or pass another --work-dir.') from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid={os.getpid()}\nhost={socket.gethostname()}\n'
+                f'started={time.strftime("%Y-%m-%d %H:%M:%S")}\n'
+                f'command={" ".join(sys.argv)}\n')
+        f.flush()
+        if not resume:
+            note = move_previous_run_aside(work_dir)
+            if note:
+                notes.append(note)
+        yield notes
+    finally:
+        f.close()  # releases the lock
+
+
+# ------------------------------------------------------------ tools/train.py
+def _checkpoint_lrs(ckpt) -> List[float]:
+    opt = ckpt.get('optimizer', None) if isinstance(ckpt, dict) else None
+    if not isinstance(opt, dict):
+        return []
+    states = [opt] if 'param_groups' in opt else [
+        v for v in opt.values() if isinstance(v, dict)]
+    return [g['lr'] for st in states for g in st.get('param_groups', [])
+            if isinstance(g, dict) and 'lr' in g]
+
+
+def warn_resume_lr_override(runner, args) -> Optional[str]:
+    """``--resume`` restores the optimizer state of the checkpoint, its lr
+    included: an lr given in ``--cfg-options`` is then not used. Logs a
+    warning saying so and how to train on with the new lr (``load_from``,
+    no ``--resume``). Returns the warning, or None."""
+    if not getattr(runner, '_resume', False) or not args.cfg_options:
+        return None
+    overrides = {k: v for k, v in args.cfg_options.items()
+                 if re.search(r'(^|\.)lr$', k)}
+    path = getattr(runner, '_load_from', None)
+    if not overrides or not path or not osp.isfile(path):
+        return None
+    from mmlckd.compat import safe_torch_load
+    try:
+        lrs = _checkpoint_lrs(safe_torch_load(path, role='resume checkpoint'))
+    except Exception:  # the checkpoint check reports a bad file
+        return None
+    differ = {k: v for k, v in overrides.items()
+              if lrs and any(float(v) != lr for lr in lrs)}
+    if not differ:
+        return None
+    key, value = next(iter(differ.items()))
+    msg = (f'--resume restores the optimizer state of {path}, including its '
+           f'lr ({lrs[0]:g}): the override {key}={value} is NOT used (the '
+           "checkpoint's lr wins). To train on from those weights with "
+           f'lr {value}, start a new run without --resume: --cfg-options '
+           f'load_from={path} {key}={value} (the iteration count starts '
+           'again from 0).')
+    runner.logger.warning(msg)
+    return msg
+
+
+def check_finished(runner) -> None:
+    """A run that ends with weights it could not save (NaN/Inf: checkpoints
+    refused by ``SafeCheckpointHook``, the student not exported) exits
+    non-zero, naming the last finite checkpoint."""
+    from mmlckd.engine.hooks.safe_checkpoint_hook import (SafeCheckpointHook,
+                                                          non_finite_tensors)
+    from mmlckd.engine.hooks.utils import unwrap_model
+    hooks = [h for h in runner.hooks if isinstance(h, SafeCheckpointHook)]
+    refused = next((h.non_finite_at for h in hooks
+                    if getattr(h, 'non_finite_at', None)), None)
+    bad = non_finite_tensors(unwrap_model(runner).state_dict())
+    if refused is None and not bad:
+        return
+    last = next((h.last_ckpt for h in hooks if h.last_ckpt), None)
+    msg = ('error: training ended with non-finite (NaN/Inf) weights' +
+           (f' (from step {refused} on, no checkpoint was saved)'
+            if refused else f' ({len(bad)} tensors, e.g. {bad[:3]})') +
+           '; nothing non-finite was written, and a distillation run did not '
+           'export its student. ' +
+           (f'The last finite checkpoint is {last}. ' if last else '') +
+           'Restart from it with a lower learning rate: --cfg-options '
+           'load_from=<that checkpoint> optim_wrapper.optimizer.lr=<lower> '
+           '(not --resume, which keeps the checkpoint\'s lr), or turn the '
+           'NaN guard back on (model.nan_guard=True) to stop at the first '
+           'non-finite step.')
+    runner.logger.error(msg)
+    raise SystemExit(msg)

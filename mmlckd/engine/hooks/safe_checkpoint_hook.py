@@ -89,6 +89,7 @@ class SafeCheckpointHook(CheckpointHook):
         self.verify_resume = verify_resume
         self.guard_updates = guard_updates
         self._handles = []
+        self.non_finite_at = None  # the first step whose save was refused
 
     # ---------------------------------------------------------- grad guard
     def before_train(self, runner) -> None:
@@ -188,6 +189,8 @@ class SafeCheckpointHook(CheckpointHook):
                 'checkpoint NOT saved; the last finite checkpoint is '
                 f'{self.last_ckpt or "none"}. Set default_hooks.checkpoint.'
                 'save_non_finite=True to save such states anyway.'):
+            if self.non_finite_at is None:
+                self.non_finite_at = step
             return
 
         drop = []
