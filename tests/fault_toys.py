@@ -59,6 +59,20 @@ class FaultToyDistiller(FaultToyModel):
     distill_to_student = True
 
 
+@MODELS.register_module(force=True)
+class FaultToyKD(BaseModel):
+    """A distiller's key layout: the student under ``student.``, plus a
+    connector (``connectors.*``)."""
+
+    def __init__(self, dim=4, width=8):
+        super().__init__()
+        self.student = FaultToyModel(dim, width)
+        self.connectors = nn.ModuleList([nn.Linear(2, 2)])
+
+    def forward(self, inputs, label=None, mode='loss'):
+        return self.student(inputs, label, mode)
+
+
 def toy_cfg(work_dir, max_iters=3, interval=1, max_keep_ckpts=1, width=8,
             lr=0.1, hook='CheckpointHook', **data):
     return dict(

@@ -278,6 +278,59 @@ def test_load_from_a_text_file_is_a_clear_error(tmp_path):
     assert not _unsafe_hint(str(e.value))
 
 
+@pytest.mark.slow
+def test_load_from_a_plain_student_checkpoint_loads_into_the_student(
+        tmp_path):
+    """Issue 20, case 3: load_from=<plain student checkpoint> on a
+    distillation model matched 0 tensors (backbone.* vs student.backbone.*)
+    and trained from random weights; now the keys are mapped onto
+    student. with one log line."""
+    from fault_toys import toy_cfg
+    plain = tmp_path / 'plain'
+    _train_in_process(toy_cfg(plain, max_iters=1), tmp_path, name='p.py')
+    ckpt = plain / 'iter_1.pth'
+    want = safe_torch_load(str(ckpt))['state_dict']
+    cfg = toy_cfg(tmp_path / 'kd', max_iters=1, lr=0.0)
+    cfg['model'] = dict(type='FaultToyKD')
+    runner = _train_in_process(cfg, tmp_path, '--cfg-options',
+                               f'load_from={ckpt}', name='kd.py')
+    got = runner.model.student.state_dict()
+    for k in want:  # lr 0: the weights are the checkpoint's
+        assert torch.equal(got[k], want[k]), k
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'a plain student checkpoint (4 of the student\'s 4 tensors ' \
+        'match); loading it into the student' in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', ['distillation_into_plain', 'prefix'])
+def test_load_from_that_loads_nothing_is_an_error(tmp_path, kind):
+    """Issue 20, case 3: a load_from of which no tensor matches the model
+    (a distillation checkpoint into a plain config, a prefixed file) is an
+    error naming the mismatch and the fix, before any training."""
+    from fault_toys import toy_cfg
+    import fault_toys  # noqa: F401
+    from mmengine.registry import MODELS
+    state = MODELS.build(dict(type='FaultToyModel')).state_dict()
+    ckpt = tmp_path / f'{kind}.pth'
+    if kind == 'distillation_into_plain':
+        torch.save(dict(state_dict={f'student.{k}': v
+                                    for k, v in state.items()}), ckpt)
+        want = (r'is a distillation checkpoint .*none of its 4 tensors would '
+                r'load.*export_student.py')
+    else:
+        torch.save(dict(state_dict={f'model.{k}': v
+                                    for k, v in state.items()}), ckpt)
+        want = (r"matches none of the model's 4 tensors.*prefix mismatch: "
+                r'the file has "model.fc1.weight" where the model has '
+                r'"fc1.weight" \(extra prefix "model." in the file\)')
+    work = tmp_path / 'w'
+    with pytest.raises(SystemExit, match=want):
+        _train_in_process(toy_cfg(work), tmp_path, '--cfg-options',
+                          f'load_from={ckpt}')
+    assert not list(work.glob('*.pth'))
+
+
 # ------------------------------------------------- checkpoint file errors
 def test_text_or_truncated_checkpoint_never_suggests_unsafe_loading(
         tmp_path):

@@ -257,12 +257,76 @@ class SafeCheckpointHook(CheckpointHook):
 
 def check_load_from_checkpoint(runner, path: str) -> None:
     """``load_from`` (weights only, non-strict as in mmengine): a readable,
-    complete checkpoint that matches its SHA-256."""
+    complete checkpoint that matches its SHA-256, and that loads something.
+
+    * A plain student checkpoint given to a distillation model (keys
+      ``backbone.*`` vs ``student.backbone.*``) is loaded into the student:
+      the keys are mapped onto ``student.`` (one log line).
+    * A distillation checkpoint given to a plain model, or any file of which
+      no tensor matches the model, is a CheckpointError naming the prefix
+      mismatch and the fix (mmengine only warns and trains from the
+      initial weights).
+    """
+    import functools
+    import re
+
     from mmlckd.compat import safe_torch_load
     role = 'load_from checkpoint'
     check_checkpoint_file(path, role)
     verify_checksum(path, role, log=runner.logger.info)
-    state_dict_from(safe_torch_load(path, role=role), path, role)
+    state = state_dict_from(safe_torch_load(path, role=role), path, role)
+    state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+    model = unwrap_model(runner)
+    expected = model.state_dict()
+    if any(k in expected for k in state):
+        return
+    student = getattr(model, 'student', None)
+    if isinstance(student, torch.nn.Module):
+        keys = student.state_dict()
+        n = sum(k in keys for k in state)
+        if n:
+            load = runner.load_checkpoint
+            runner.load_checkpoint = functools.partial(
+                load, revise_keys=[(r'^module\.', ''), (r'^', 'student.')])
+            runner.logger.info(
+                f'load_from {path}: a plain student checkpoint ({n} of the '
+                f"student's {len(keys)} tensors match); loading it into the "
+                'student (keys mapped onto "student.").')
+            return
+    config = getattr(runner.cfg, 'filename', None) or 'in memory'
+    if any(k.startswith('student.') for k in state):
+        raise CheckpointError(
+            f'{role} {path!r} is a distillation checkpoint (keys '
+            f'"student.*") and the model of the config ({config}) is a plain '
+            f'model: none of its {len(state)} tensors would load, and '
+            'training would start from the initial weights. Export the '
+            f'student (python tools/export_student.py {path} student.pth) '
+            'and set load_from=student.pth, or train with the distillation '
+            'config.')
+    raise CheckpointError(
+        f'{role} {path!r} matches none of the model\'s {len(expected)} '
+        f'tensors (config {config}): {_prefix_mismatch(state, expected)}. '
+        'Loading it would load nothing and train from the initial weights. '
+        'Rename the keys of the file (torch.load it, rename, torch.save) or '
+        'use a checkpoint of this model.')
+
+
+def _prefix_mismatch(state: dict, expected: dict) -> str:
+    """The file's and the model's keys, and the prefix between them when
+    one is the other with a prefix."""
+    fk, mk = next(iter(state)), next(iter(expected), '')
+    for f in list(state)[:50]:
+        for m in expected:
+            if m.endswith('.' + f):
+                return (f'a prefix mismatch: the model has "{m}" where the '
+                        f'file has "{f}" (prefix "{m[:-len(f)]}" missing '
+                        'in the file)')
+            if f.endswith('.' + m):
+                return (f'a prefix mismatch: the file has "{f}" where the '
+                        f'model has "{m}" (extra prefix "{f[:-len(m)]}" in '
+                        'the file)')
+    return (f'its keys look like "{fk}", the model\'s like "{mk}" (another '
+            'architecture or a prefix mismatch)')
 
 
 def check_resume_checkpoint(runner, path: str) -> None:
