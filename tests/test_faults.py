@@ -506,6 +506,54 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
 
 
 @pytest.mark.slow
+def test_nan_guard_names_the_checkpoint_before_the_loss_spike(tmp_path):
+    """Issue 20, case 4: the guard used to name the last finite checkpoint,
+    written while the loss had already exploded, and to advise --resume
+    (which keeps the checkpoint's lr). Now the checkpoint written during
+    the spike is marked, the last one before it is kept (even with
+    max_keep_ckpts=1) and named, and the advice is load_from + lower lr."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    # batches: iter 1-2 normal, iter 3 inputs x 1e4 (a spike), iter 4 NaN
+    cfg = toy_cfg(work, max_iters=4, n=16, scale_from=8, nan_at=13)
+    with pytest.raises(FloatingPointError) as e:
+        _train_in_process(cfg, tmp_path)
+    msg = str(e.value)
+    assert 'non-finite gradients at iteration 4' in msg
+    assert (f'the last finite checkpoint is {work}/iter_3.pth, written '
+            'during a loss spike') in msg
+    assert ('the last one written before the losses left their normal '
+            f'range is {work}/iter_2.pth') in msg
+    assert 'load_from=' in msg and 'not --resume' in msg
+    assert 'then resume from that checkpoint' not in msg
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_2.pth',
+                                                          'iter_3.pth']
+    assert verify_checksum(str(work / 'iter_2.pth')) is True
+    log = open(next(work.glob('*/*.log'))).read()
+    assert 'iter_3.pth is written during a loss spike' in log
+
+
+@pytest.mark.slow
+def test_resume_with_an_lr_override_says_the_checkpoint_lr_wins(tmp_path):
+    """Issue 20, case 4: --resume restores the optimizer's param groups, so
+    an lr given with --cfg-options was dropped silently. Now a warning (in
+    the log) says the checkpoint's lr wins and how to use the new one."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    _train_in_process(toy_cfg(work, max_iters=1, lr=0.1), tmp_path)
+    runner = _train_in_process(
+        toy_cfg(work, max_iters=2, lr=0.1), tmp_path, '--resume',
+        '--cfg-options', 'optim_wrapper.optimizer.lr=0.01', name='r.py')
+    assert runner.optim_wrapper.get_lr()['lr'][0] == pytest.approx(0.1)
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert re.search(r'--resume restores the optimizer state of .*iter_1.pth'
+                     r', including its lr \(0.1\): the override '
+                     r'optim_wrapper.optimizer.lr=0.01 is NOT used.*'
+                     r'load_from=.*iter_1.pth optim_wrapper.optimizer.lr='
+                     r'0.01', log), log[-3000:]
+
+
+@pytest.mark.slow
 def test_guard_off_nan_state_is_not_saved_silently(tmp_path):
     """Guard off and NaN weights: no NaN checkpoint is written, and (issue
     20, case 10) the tool exits non-zero naming the last finite checkpoint

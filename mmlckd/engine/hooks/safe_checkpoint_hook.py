@@ -1,4 +1,6 @@
 """A CheckpointHook whose checkpoints survive a crash."""
+import collections
+import math
 import os
 import os.path as osp
 
@@ -79,17 +81,27 @@ class SafeCheckpointHook(CheckpointHook):
             Default True.
         guard_updates (bool): stop before an optimizer step with NaN/Inf
             gradients. Default True.
+        spike_factor (float): a training loss above ``spike_factor`` times
+            the median of the last 20 (at least 2) is a spike: checkpoints
+            written then are marked (a warning), the last one written before
+            the spike is kept beyond ``max_keep_ckpts`` and named by the
+            NaN guard's messages. Default 10.
     """
 
     def __init__(self, *args, save_non_finite: bool = False,
                  verify_resume: bool = True, guard_updates: bool = True,
-                 **kwargs):
+                 spike_factor: float = 10.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_non_finite = save_non_finite
         self.verify_resume = verify_resume
         self.guard_updates = guard_updates
         self._handles = []
         self.non_finite_at = None  # the first step whose save was refused
+        self.spike_factor = spike_factor
+        self._losses = collections.deque(maxlen=20)
+        self._spike = None  # this iteration's loss is a spike: its record
+        self.last_normal_ckpt = None  # the last one written before a spike
+        self._deferred = []  # kept past max_keep_ckpts: last_normal_ckpt
 
     # ---------------------------------------------------------- grad guard
     def before_train(self, runner) -> None:
@@ -131,20 +143,44 @@ class SafeCheckpointHook(CheckpointHook):
             bad = [names.get(id(p), '?') for g in optimizer.param_groups
                    for p in g['params'] if p.grad is not None
                    and not bool(torch.isfinite(p.grad).all())]
+            from mmlckd.models.distillers.guard import (
+                RESTART_HINT, last_finite_checkpoint)
             raise FloatingPointError(
                 f'non-finite gradients at iteration {runner.iter + 1} in '
                 f'{len(bad)} parameters (e.g. {bad[:3]}): the optimizer step '
                 'was stopped, so no non-finite update was applied and none '
-                'will be saved; ' + (
-                    f'the last finite checkpoint is {self.last_ckpt}'
-                    if self.last_ckpt else
-                    'no checkpoint was written in this run yet') +
-                '. Fixes: lower the learning rate, clip gradients '
+                f'will be saved; {last_finite_checkpoint()}. Fixes: lower '
+                'the learning rate, clip gradients '
                 '(optim_wrapper.clip_grad=dict(max_norm=35)), check the '
-                'data, then resume from that checkpoint. Set '
+                f'data; {RESTART_HINT}. Set '
                 'default_hooks.checkpoint.guard_updates=False to disable '
                 'this check.')
         return check
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        self._track_loss(runner, outputs)
+        super().after_train_iter(runner, batch_idx, data_batch, outputs)
+
+    def _track_loss(self, runner, outputs) -> None:
+        """A short history of the training loss; ``self._spike`` is set
+        while the loss is out of its recent range."""
+        loss = (outputs or {}).get('loss', None) if isinstance(
+            outputs, dict) else None
+        if loss is None:
+            return
+        loss = float(loss)
+        hist = sorted(self._losses)
+        median = hist[len(hist) // 2] if hist else None
+        if median is not None and len(hist) >= 2 and (
+                not math.isfinite(loss) or
+                abs(loss) > self.spike_factor * abs(median)):
+            self._spike = dict(iter=runner.iter + 1, loss=loss,
+                               median=median)
+            runner.message_hub.update_info('loss_spike', dict(self._spike))
+        else:
+            self._spike = None
+            self._losses.append(loss)
 
     def after_train(self, runner) -> None:
         for h in self._handles:
@@ -206,6 +242,18 @@ class SafeCheckpointHook(CheckpointHook):
         previous = self.last_ckpt
         self.last_ckpt = final
         runner.message_hub.update_info('last_ckpt', final)
+        previous_normal = self.last_normal_ckpt
+        if self._spike is None:
+            self.last_normal_ckpt = final
+            runner.message_hub.update_info('last_normal_ckpt', final)
+        else:
+            runner.logger.warning(
+                f'{final} is written during a loss spike (loss '
+                f'{self._spike["loss"]:.4g} at iteration '
+                f'{self._spike["iter"]}, {self.spike_factor:g}x above the '
+                f'recent median {self._spike["median"]:.4g}); the last '
+                'checkpoint before the spike, '
+                f'{self.last_normal_ckpt or "(none in this run)"}, is kept.')
 
         tmp_name = f'.{ckpt_filename}.tmp'
         tmp = osp.join(self.out_dir, tmp_name)
@@ -225,6 +273,9 @@ class SafeCheckpointHook(CheckpointHook):
         except BaseException:
             self.last_ckpt = previous
             runner.message_hub.update_info('last_ckpt', previous)
+            self.last_normal_ckpt = previous_normal
+            runner.message_hub.update_info('last_normal_ckpt',
+                                           previous_normal)
             if is_main_process() and osp.exists(tmp):
                 os.remove(tmp)
             raise
@@ -233,11 +284,16 @@ class SafeCheckpointHook(CheckpointHook):
         line = final.encode()
         atomic_write(osp.join(runner.work_dir, 'last_checkpoint'),
                      lambda f: f.write(line))
-        for old in drop:  # only now that the new one is complete
-            if old == step:
+        paths = [self.file_backend.join_path(self.out_dir,
+                                             self.filename_tmpl.format(old))
+                 for old in drop if old != step]
+        if self._spike is None:  # a normal one again: drop the kept ones
+            paths += [p for p in self._deferred if p != final]
+            self._deferred = []
+        for path in paths:  # only now that the new one is complete
+            if path == self.last_normal_ckpt and path != final:
+                self._deferred.append(path)  # the one before the spike
                 continue
-            path = self.file_backend.join_path(self.out_dir,
-                                               self.filename_tmpl.format(old))
             for p in (path, sidecar_path(path)):
                 if osp.isfile(p):
                     os.remove(p)
