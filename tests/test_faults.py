@@ -810,3 +810,76 @@ def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path,
     # is why the message points to the checkpoint to resume from)
     params = dict(runner.model.named_parameters())
     assert non_finite_tensors(params) == []
+
+
+# ------------------------------------- silent distillation setups (issue 20)
+def test_frozen_student_is_an_error_naming_the_recorded_layers():
+    """Issue 20, cases 5 and 20: with backbone.frozen_stages=4 the
+    distillation gradient reached no student parameter and nothing was said
+    (or, with automatic weights, a connector warm-up was blamed). Now the
+    recorded layers without a trainable parameter are named: an error when
+    all are, a warning when some are."""
+    from mmlckd.utils.cli import distill_setup_problems
+    student = _det()
+    student['backbone']['frozen_stages'] = 4
+    errors, _ = distill_setup_problems(_build(student, _det(base=32)), 100)
+    assert len(errors) == 1
+    assert re.search(r"recorded layers \['backbone.layer1.1.relu', .*"
+                     r"'backbone.layer4.1.relu'\] have no trainable "
+                     r'parameter.*would not be distilled.*frozen_stages',
+                     errors[0]), errors
+    student['backbone']['frozen_stages'] = 2
+    errors, warnings = distill_setup_problems(
+        _build(student, _det(base=32)), 100)
+    assert errors == []
+    assert any("['backbone.layer1.1.relu', 'backbone.layer2.1.relu'] have "
+               'no trainable parameter' in w for w in warnings), warnings
+
+
+def test_balance_iters_not_shorter_than_the_run_is_an_error():
+    """Issue 20, case 6: balance.iters >= max_iters left every distillation
+    weight at 0 for the whole run and exported a "distilled" student."""
+    from mmlckd.utils.cli import distill_setup_problems
+    model = _build(_det(), _det(base=32), balance=dict(iters=10))
+    errors, _ = distill_setup_problems(model, 10)
+    assert any(re.search(r'model.balance.iters=10 .* not shorter than the '
+                         r'run \(10 iterations\).*stay 0.*Lower '
+                         r'balance.iters', e) for e in errors), errors
+    assert distill_setup_problems(model, 11)[0] == []
+
+
+def test_response_kd_on_a_multi_call_module_without_call_warns():
+    """Issue 20, case 7: response KD on bbox_head.retina_cls (called once
+    per FPN level) without call= distilled the last level only, silently."""
+    from mmlckd.utils.cli import distill_setup_problems
+    entry = dict(student='bbox_head.retina_cls',
+                 teacher='bbox_head.retina_cls',
+                 loss=dict(type='mmlckd.KDLoss', activation='sigmoid'))
+    _, warnings = distill_setup_problems(
+        _build(_det(), _det(base=32), response=[entry]), 100)
+    assert any(re.search(r"'bbox_head.retina_cls': that module runs 5 times "
+                         r".*only its last call is distilled.*call='all'", w)
+               for w in warnings), warnings
+    _, warnings = distill_setup_problems(
+        _build(_det(), _det(base=32), response=[dict(entry, call='all')]),
+        100)
+    assert not any('times per forward' in w for w in warnings)
+
+
+@pytest.mark.slow
+def test_train_tool_stops_a_frozen_student_run_before_training(
+        voc_devkit, tmp_path, teacher_ckpt):
+    """The checks run in tools/train.py before the first step: non-zero
+    exit, the message in the work dir's log too, no checkpoint."""
+    from engine_toys import tiny_cfg
+    work = tmp_path / 'w'
+    cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=2)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    cfg.model.student.backbone.frozen_stages = 4
+    with pytest.raises(SystemExit, match='^error: .*recorded layers .*have '
+                       'no trainable parameter'):
+        _train_in_process(cfg.to_dict(), tmp_path)
+    assert not list(work.glob('*.pth'))
+    log = open(next(work.glob('*/*.log'))).read()
+    assert 'have no trainable parameter' in log

@@ -26,7 +26,7 @@ from mmengine.runner import Runner
 from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
                            init_cpu_dist)
 from mmlckd.compat.checkpoint_io import CheckpointError
-from mmlckd.utils.cli import (check_finished, load_tool_cfg,
+from mmlckd.utils.cli import (check_distill_setup, check_finished, load_tool_cfg,
                               own_work_dir, parse_with_launcher_args,
                               prepare_distill_cfg, resolve_resume,
                               use_safe_checkpoints, warn_resume_lr_override)
@@ -90,6 +90,7 @@ def main(argv=None):
             for note in notes:  # into the work dir's log too
                 runner.logger.warning(note)
             warn_resume_lr_override(runner, args)
+            check_distill_setup(runner)
             runner.train()
         except CheckpointError as e:  # a checkpoint that cannot be used
             raise SystemExit(f'error: {e}') from None

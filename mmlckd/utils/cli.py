@@ -5,7 +5,7 @@ import contextlib
 import os
 import os.path as osp
 import re
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from mmengine.config import Config, DictAction
 
@@ -369,3 +369,104 @@ def check_finished(runner) -> None:
            'non-finite step.')
     runner.logger.error(msg)
     raise SystemExit(msg)
+
+
+# ------------------------------------------------ distillation setup checks
+def _upstream_trainable(student, path: str) -> bool:
+    """Whether a parameter that may feed ``student.<path>`` is trainable:
+    those of the modules registered up to the end of that module's subtree
+    (registration order follows the forward in the OpenMMLab backbones,
+    necks and heads), so False means the recorded feature cannot pass a
+    gradient to the student."""
+    for name, module in student.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            return True
+        if name == path:  # the rest of the subtree follows it
+            return any(p.requires_grad for p in module.parameters())
+    return False
+
+
+def frozen_recorded_layers(model) -> Tuple[List[str], List[str]]:
+    """(the student's recorded layers that no trainable parameter feeds,
+    all the student's recorded layers) of a distiller."""
+    recorder = getattr(model, 'student_recorder', None)
+    if recorder is None:
+        return [], []
+    paths = list(dict.fromkeys(s.path for s in recorder.specs))
+    return [p for p in paths if not _upstream_trainable(model.student, p)
+            ], paths
+
+
+def distill_setup_problems(model, max_iters: Optional[int]
+                           ) -> Tuple[List[str], List[str]]:
+    """(errors, warnings) of a built distiller that would otherwise train
+    without a word: a student whose recorded layers are all frozen, a
+    calibration as long as the run, a multi-call module distilled at its
+    last call only because ``call`` was not set."""
+    errors: List[str] = []
+    warnings: List[str] = []
+    frozen, paths = frozen_recorded_layers(model)
+    if frozen:
+        what = (f'the student\'s recorded layers {frozen} have no trainable '
+                'parameter up to them (frozen, e.g. by '
+                'backbone.frozen_stages or requires_grad=False)')
+        if len(frozen) == len(paths):
+            errors.append(
+                f'{what}: the distillation terms can change only the '
+                'connectors, never the student, so the exported "distilled" '
+                'student would not be distilled (with automatic weights the '
+                'calibration finds no student gradient either). Unfreeze '
+                'them (e.g. a lower backbone.frozen_stages) or record '
+                'trainable layers (features=[...], e.g. the neck).')
+        else:
+            warnings.append(
+                f'{what}: their distillation terms train only the '
+                f'connectors. The other recorded layers '
+                f'{[p for p in paths if p not in frozen]} are distilled.')
+    balancer = getattr(model, 'balancer', None)
+    if balancer is not None and getattr(balancer, 'terms', None) and \
+            max_iters is not None and balancer.iters >= max_iters:
+        errors.append(
+            f'model.balance.iters={balancer.iters} (the calibration, during '
+            f'which the automatic distillation weights of '
+            f'{list(balancer.terms)} are 0) is not shorter than the run '
+            f'({max_iters} iterations): every distillation weight would stay '
+            '0 for the whole run, and the exported student would not be '
+            'distilled. Lower balance.iters (e.g. to '
+            f'{max(1, max_iters // 10)}), train longer, or give the losses '
+            'explicit loss_weight values.')
+    recorder = getattr(model, 'student_recorder', None)
+    counts = dict(getattr(recorder, '_expected', None) or {})
+    for r in getattr(model, 'response_cfgs', None) or []:
+        spec = r.get('student_spec')
+        n = counts.get(getattr(spec, 'key', None), 1)
+        if 'call' not in r and n > 1:
+            warnings.append(
+                f'response distillation of {spec.path!r}: that module runs '
+                f'{n} times per forward (e.g. once per FPN level) and the '
+                "entry sets no call, so only its last call is distilled. Set "
+                "call='all' in that response entry to distil every call, or "
+                "call='last' to keep only the last one (and silence this).")
+    return errors, warnings
+
+
+def check_distill_setup(runner) -> List[str]:
+    """:func:`distill_setup_problems` for ``tools/train.py``: warnings and
+    errors are logged (console and the work dir's log); an error stops
+    the run before training (SystemExit). Returns the warnings."""
+    from mmlckd.engine.hooks.utils import unwrap_model
+    model = unwrap_model(runner)
+    if getattr(model, 'student_recorder', None) is None:
+        return []
+    try:
+        max_iters = runner.max_iters  # builds the train loop
+    except Exception:  # an unusual loop: the balance check is skipped
+        max_iters = None
+    errors, warnings = distill_setup_problems(model, max_iters)
+    for w in warnings:
+        runner.logger.warning(w)
+    for e in errors:
+        runner.logger.error(e)
+    if errors:
+        raise SystemExit('error: ' + '\nerror: '.join(errors))
+    return warnings
