@@ -883,3 +883,74 @@ def test_train_tool_stops_a_frozen_student_run_before_training(
     assert not list(work.glob('*.pth'))
     log = open(next(work.glob('*/*.log'))).read()
     assert 'have no trainable parameter' in log
+
+
+def test_annotations_of_unknown_classes_are_counted(voc_devkit, tmp_path):
+    """Issue 20, case 8: a VOC box whose class is not one of the dataset's
+    ('dining table' for 'diningtable') was dropped by mmdet without a word,
+    and an image left without a box with it. Now counted and named once,
+    with the likely spelling."""
+    import shutil
+    from mmengine.registry import DATASETS, init_default_scope
+    from mmlckd.utils.cli import unknown_class_annotations
+    init_default_scope('mmdet')
+    root = tmp_path / 'VOCdevkit'
+    shutil.copytree(osp.join(voc_devkit, 'VOC2007'), root / 'VOC2007')
+    ids = (root / 'VOC2007/ImageSets/Main/trainval.txt').read_text().split()
+    xml = root / 'VOC2007/Annotations' / f'{ids[0]}.xml'
+    text = xml.read_text()
+    names = re.findall(r'<name>([^<]+)</name>', text)
+    xml.write_text(re.sub(r'<name>[^<]+</name>', '<name>dining table</name>',
+                          text))  # every box of the first image
+    ds = DATASETS.build(dict(
+        type='VOCDataset', data_root=str(root),
+        ann_file='VOC2007/ImageSets/Main/trainval.txt',
+        data_prefix=dict(sub_data_root='VOC2007/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=1), pipeline=[]))
+    assert len(ds) == len(ids) - 1  # mmdet dropped the image silently
+    msgs = unknown_class_annotations(ds)
+    assert len(msgs) == 1, msgs
+    n = len(names)
+    assert re.search(rf"hold {n} boxes of classes that are not among the "
+                     rf"dataset's 20 classes: \{{'dining table': {n}\}}.*"
+                     rf'{n} boxes dropped, 1 images left without a box.*'
+                     r"'dining table' -> 'diningtable'\?", msgs[0]), msgs[0]
+    xml.write_text(text)
+    assert unknown_class_annotations(ds) == []
+
+
+def test_calibration_on_batches_without_a_box_warns():
+    """Issue 20, case 9: the balancer calibrated on batches without a
+    single positive box (filter_empty_gt=False) and its weights came out
+    100x off, silently."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    from mmlckd.utils.cli import CalibrationPositivesHook
+
+    def batch(n_boxes):
+        s = DetDataSample()
+        s.gt_instances = InstanceData(bboxes=torch.zeros(n_boxes, 4),
+                                      labels=torch.zeros(n_boxes).long())
+        return dict(data_samples=[s, s])
+
+    check = CalibrationPositivesHook(iters=4)  # measures steps 2 and 3
+    got = [check.record(i, batch(3 if i < 2 else 0)) for i in range(6)]
+    assert got[:3] == [None] * 3 and got[4:] == [None] * 2
+    assert re.search(r'the 2 batches the calibration measured \(iterations '
+                     r'3-4\) hold no ground-truth box.*filter_empty_gt=True',
+                     got[3]), got[3]
+    check = CalibrationPositivesHook(iters=4)
+    assert [check.record(i, batch(i % 2)) for i in range(4)] == [None] * 4
+
+
+def test_empty_image_set_file_is_named(voc_devkit, tmp_path, teacher_ckpt):
+    """Issue 20, case 17: an empty ImageSets file ended in 'ValueError: need
+    at least one array to concatenate', naming no file."""
+    from engine_toys import tiny_cfg
+    empty = tmp_path / 'empty.txt'
+    empty.write_text('\n')
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'w', teacher_ckpt)
+    cfg.train_dataloader.dataset.ann_file = str(empty)
+    with pytest.raises(SystemExit, match=r"image-set file '.*empty.txt' "
+                       r'\(train_dataloader ann_file\) lists no image'):
+        _train_in_process(cfg.to_dict(), tmp_path)

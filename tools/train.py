@@ -26,7 +26,8 @@ from mmengine.runner import Runner
 from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
                            init_cpu_dist)
 from mmlckd.compat.checkpoint_io import CheckpointError
-from mmlckd.utils.cli import (check_distill_setup, check_finished, load_tool_cfg,
+from mmlckd.utils.cli import (check_distill_setup, check_empty_ann_files,
+                              check_finished, load_tool_cfg,
                               own_work_dir, parse_with_launcher_args,
                               prepare_distill_cfg, resolve_resume,
                               use_safe_checkpoints, warn_resume_lr_override)
@@ -71,6 +72,7 @@ def build_cfg(args) -> Config:
             raise SystemExit('--auto-scale-lr: the config has no '
                              'auto_scale_lr.base_batch_size')
     resolve_resume(cfg, args.resume)
+    check_empty_ann_files(cfg)
     use_safe_checkpoints(cfg)
     prepare_distill_cfg(cfg)
     adapt_cfg_for_cpu_dist(cfg)

@@ -456,17 +456,182 @@ def check_distill_setup(runner) -> List[str]:
     the run before training (SystemExit). Returns the warnings."""
     from mmlckd.engine.hooks.utils import unwrap_model
     model = unwrap_model(runner)
+    try:  # builds the train loop and its dataset
+        max_iters = runner.max_iters
+        data_warnings = unknown_class_annotations(
+            runner.train_dataloader.dataset)
+    except Exception:  # an unusual loop: runner.train() says what fails
+        max_iters, data_warnings = None, []
+    for w in data_warnings:
+        runner.logger.warning(w)
     if getattr(model, 'student_recorder', None) is None:
-        return []
-    try:
-        max_iters = runner.max_iters  # builds the train loop
-    except Exception:  # an unusual loop: the balance check is skipped
-        max_iters = None
+        return data_warnings
     errors, warnings = distill_setup_problems(model, max_iters)
+    balancer = getattr(model, 'balancer', None)
+    if balancer is not None and getattr(balancer, 'terms', None):
+        runner.register_hook(_calibration_hook(balancer.iters))
     for w in warnings:
         runner.logger.warning(w)
     for e in errors:
         runner.logger.error(e)
     if errors:
         raise SystemExit('error: ' + '\nerror: '.join(errors))
-    return warnings
+    return data_warnings + warnings
+
+
+# ------------------------------------------------------------- data checks
+def _dataset_cfgs(cfg) -> list:
+    """The dataset configs of ``cfg`` (a dataset config), wrappers
+    (``dataset=``/``datasets=``) opened."""
+    if not isinstance(cfg, dict):
+        return []
+    out = [cfg]
+    if isinstance(cfg.get('dataset', None), dict):
+        out += _dataset_cfgs(cfg['dataset'])
+    for d in cfg.get('datasets', None) or []:
+        out += _dataset_cfgs(d)
+    return out
+
+
+def check_empty_ann_files(cfg: Config) -> None:
+    """An image-set list (``ann_file`` ``*.txt``) with no image id is an
+    error naming the file (mmengine fails later with "need at least one
+    array to concatenate")."""
+    loader = cfg.get('train_dataloader', None) or {}
+    for d in _dataset_cfgs(loader.get('dataset', None)):
+        ann = d.get('ann_file', None)
+        if not isinstance(ann, str) or not ann.endswith('.txt'):
+            continue
+        root = d.get('data_root', None) or ''
+        path = ann if osp.isabs(ann) or not root else osp.join(root, ann)
+        if not osp.isfile(path):
+            continue
+        with open(path, encoding='utf-8', errors='replace') as f:
+            empty = not any(line.strip() for line in f)
+        if empty:
+            raise SystemExit(
+                f'error: the image-set file {path!r} (train_dataloader '
+                'ann_file) lists no image: it is empty. Fill it with one '
+                'image id per line (the names of the Annotations/*.xml '
+                'files without .xml), or point ann_file at another list.')
+
+
+def _xml_datasets(dataset) -> list:
+    try:
+        from mmdet.datasets import XMLDataset
+    except ImportError:  # no mmdet
+        return []
+    if isinstance(dataset, XMLDataset):
+        return [dataset]
+    out = []
+    inner = getattr(dataset, 'dataset', None)
+    if inner is not None:
+        out += _xml_datasets(inner)
+    for d in getattr(dataset, 'datasets', None) or []:
+        out += _xml_datasets(d)
+    return out
+
+
+def unknown_class_annotations(dataset) -> List[str]:
+    """One message per VOC-style (XML) dataset in ``dataset`` whose
+    annotations name classes that are not the dataset's: mmdet drops those
+    boxes, and the images left without a box, without a word."""
+    import collections
+    import difflib
+    import xml.etree.ElementTree as ET
+    from mmengine.fileio import list_from_file
+    msgs = []
+    for ds in _xml_datasets(dataset):
+        classes = list(ds.metainfo.get('classes', None) or [])
+        if not classes:
+            continue
+        names = collections.Counter()
+        boxes, images, emptied, example = 0, 0, 0, None
+        for img_id in list_from_file(ds.ann_file):
+            xml = osp.join(ds.sub_data_root, ds.ann_subdir, f'{img_id}.xml')
+            try:
+                objs = ET.parse(xml).getroot().findall('object')
+            except (OSError, ET.ParseError):
+                continue
+            images += 1
+            found = [o.findtext('name', '') for o in objs]
+            boxes += len(found)
+            bad = [n for n in found if n not in classes]
+            if bad:
+                names.update(bad)
+                example = example or xml
+                emptied += len(bad) == len(found)
+        if not names:
+            continue
+        hints = []
+        for n in names:
+            close = difflib.get_close_matches(
+                n.replace(' ', ''), classes, n=1, cutoff=0.6)
+            if close:
+                hints.append(f'{n!r} -> {close[0]!r}?')
+        n_bad = sum(names.values())
+        msgs.append(
+            f'the annotations of {ds.ann_file} hold {n_bad} boxes of '
+            f'classes that are not among the dataset\'s {len(classes)} '
+            f'classes: {dict(names)} (e.g. in {example}); mmdet drops them '
+            f'({images} images / {boxes} boxes read, {n_bad} boxes dropped, '
+            f'{emptied} images left without a box, dropped with '
+            'filter_empty_gt). Fix the names in the XML files' +
+            (f' ({", ".join(hints)})' if hints else '') +
+            ", or add the classes to the dataset's metainfo.")
+    return msgs
+
+
+class CalibrationPositivesHook:
+    """Counts the ground-truth boxes of the batches the loss balancer
+    measures (calibration steps ``iters // 2 .. iters - 1``) and warns,
+    once, when none of them holds a box: the weights are then scaled
+    against a background-only task loss (up to 100x off)."""
+
+    def __init__(self, iters: int):
+        self.iters = int(iters)
+        self.boxes: List[int] = []
+
+    @staticmethod
+    def count_boxes(data_batch) -> Optional[int]:
+        samples = data_batch.get('data_samples', None) if isinstance(
+            data_batch, dict) else None
+        counts = [len(s.gt_instances) for s in samples or []
+                  if hasattr(s, 'gt_instances')]
+        return sum(counts) if counts else None
+
+    def record(self, step: int, data_batch) -> Optional[str]:
+        """Called before training step ``step`` (0-based); returns the
+        warning once the calibration ended without a positive box."""
+        if not self.iters // 2 <= step < self.iters:
+            return None
+        n = self.count_boxes(data_batch)
+        if n is None:
+            return None
+        self.boxes.append(n)
+        if step != self.iters - 1 or any(self.boxes):
+            return None
+        return (f'loss balance: the {len(self.boxes)} batches the '
+                f'calibration measured (iterations {self.iters // 2 + 1}-'
+                f'{self.iters}) hold no ground-truth box, so the automatic '
+                'weights are scaled against a background-only task loss '
+                '(they can be 100x off). Set filter_cfg.filter_empty_gt='
+                'True on the training set, a longer balance.iters, or '
+                'explicit loss_weight values.')
+
+
+def _calibration_hook(iters: int):
+    from mmengine.hooks import Hook
+
+    class _Hook(Hook):
+        priority = 'LOW'
+
+        def __init__(self):
+            self.check = CalibrationPositivesHook(iters)
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            msg = self.check.record(runner.iter, data_batch)
+            if msg:
+                runner.logger.warning(msg)
+
+    return _Hook()
