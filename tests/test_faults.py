@@ -954,3 +954,81 @@ def test_empty_image_set_file_is_named(voc_devkit, tmp_path, teacher_ckpt):
     with pytest.raises(SystemExit, match=r"image-set file '.*empty.txt' "
                        r'\(train_dataloader ann_file\) lists no image'):
         _train_in_process(cfg.to_dict(), tmp_path)
+
+
+# ------------------------------------------ unclear cases, now in words
+def test_empty_sidecar_is_named_not_the_checkpoint(tmp_path):
+    """Issue 20, case 12: a 0-byte .sha256 beside an intact checkpoint was
+    reported as a checkpoint that does not match its SHA-256."""
+    path = str(tmp_path / 'iter_1.pth')
+    atomic_torch_save(dict(state_dict=dict(w=torch.ones(3))), path)
+    open(path + '.sha256', 'w').close()
+    with pytest.raises(CheckpointError) as e:
+        verify_checksum(path, 'resume checkpoint')
+    msg = str(e.value)
+    assert msg.startswith(f"the SHA-256 sidecar '{path}.sha256' of resume "
+                          'checkpoint')
+    assert 'is empty (0 bytes)' in msg and 'may be intact' in msg
+    assert f'delete {path}.sha256' in msg
+    assert 'does not match its recorded' not in msg
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_work_dir_that_is_a_file_is_named(tmp_path, resume):
+    """Issue 20, case 13: a raw FileExistsError, or with --resume "the
+    folder does not exist"."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.write_text('notes')
+    with pytest.raises(SystemExit, match=r"the work dir '.*w' is a file, "
+                       r'not a folder. Pass another --work-dir'):
+        _train_in_process(toy_cfg(work), tmp_path,
+                          *(['--resume'] if resume else []))
+    assert work.read_text() == 'notes'
+
+
+def test_last_checkpoint_naming_a_deleted_file_names_the_others(tmp_path):
+    """Issue 20, case 15: "resume checkpoint not found: .../iter_2.pth",
+    with no word of last_checkpoint or of the iter_1.pth that exists."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.mkdir()
+    (work / 'iter_1.pth').write_bytes(b'x' * 8)
+    (work / 'student_final.pth').write_bytes(b'x' * 8)
+    (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
+    with pytest.raises(SystemExit) as e:
+        _train_in_process(toy_cfg(work), tmp_path, '--resume')
+    msg = str(e.value)
+    assert f'{work}/last_checkpoint names {work}/iter_2.pth, which does ' \
+        'not exist' in msg
+    assert f'--resume {work}/iter_1.pth' in msg
+    assert 'student_final' not in msg
+
+
+def test_resume_in_a_moved_work_dir_finds_the_checkpoint(tmp_path):
+    """Issue 20, case 16: last_checkpoint holds an absolute path; after
+    moving the work dir, --resume --work-dir <new> failed on <old>."""
+    from mmlckd.utils.cli import resolve_resume
+    new = tmp_path / 'new'
+    new.mkdir()
+    (new / 'iter_2.pth').write_bytes(b'x' * 8)
+    (new / 'last_checkpoint').write_text(str(tmp_path / 'old/iter_2.pth'))
+    cfg = Config(dict(work_dir=str(new)))
+    resolve_resume(cfg, 'auto')
+    assert cfg.resume is True and cfg.load_from == str(new / 'iter_2.pth')
+
+
+def test_zero_byte_resume_checkpoint_hint_lists_resumable_ones(tmp_path):
+    """Issue 20, case 22: the hint listed student_final.pth among the
+    checkpoints to resume from; it cannot resume a distillation run."""
+    from mmlckd.compat.checkpoint_io import check_checkpoint_file
+    for name in ('iter_1.pth', 'student_final.pth'):
+        (tmp_path / name).write_bytes(b'x' * 8)
+    (tmp_path / 'iter_2.pth').write_bytes(b'')
+    with pytest.raises(CheckpointError) as e:
+        check_checkpoint_file(str(tmp_path / 'iter_2.pth'),
+                              'resume checkpoint')
+    assert '(in that folder: iter_1.pth)' in str(e.value)
+    with pytest.raises(CheckpointError, match='student_final.pth'):
+        check_checkpoint_file(str(tmp_path / 'iter_2.pth'),
+                              'teacher checkpoint')
