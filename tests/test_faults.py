@@ -1032,3 +1032,76 @@ def test_zero_byte_resume_checkpoint_hint_lists_resumable_ones(tmp_path):
     with pytest.raises(CheckpointError, match='student_final.pth'):
         check_checkpoint_file(str(tmp_path / 'iter_2.pth'),
                               'teacher checkpoint')
+
+
+def test_teacher_checkpoint_url_says_it_is_not_fetched():
+    """Issue 20, case 11: a URL as teacher.checkpoint got "not found ...
+    relative paths are resolved from ...". Now: URLs are not fetched, and
+    how to get the file."""
+    url = 'https://example.com/retinanet_r50.pth'
+    with pytest.raises(FileNotFoundError, match=r'is a URL: mmlckd loads '
+                       r'local files only .*Download the file first.*'
+                       'teacher.checkpoint to the local path') as e:
+        _build(_det(), _det(base=32), checkpoint=url)
+    assert 'relative paths' not in str(e.value)
+
+
+def test_export_student_into_an_existing_folder(tmp_path):
+    """Issue 20, case 18: "[Errno 21] Is a directory: '.outdir.NNN.tmp' ->
+    'outdir'"."""
+    src = tmp_path / 'kd.pth'
+    torch.save(dict(state_dict={'student.w': torch.ones(3)}), src)
+    out = tmp_path / 'outdir'
+    out.mkdir()
+    export = load_tool('export_student')
+    with pytest.raises(SystemExit, match=r"the output '.*outdir' is a "
+                       r'folder; give the path of the file to write, e.g. '
+                       r'.*outdir/student.pth'):
+        export.main([str(src), str(out)])
+    assert list(out.iterdir()) == []
+    assert not list(tmp_path.glob('.*.tmp'))
+
+
+def test_distillation_config_as_teacher_config_is_named():
+    """Issue 20, case 19: "190 missing keys ... set
+    teacher.allow_missing_keys=True", which led to another error."""
+    kd = dict(type='mmlckd.LipschitzDistiller', student=_det(),
+              teacher=dict(config='work_dirs/teacher_r50.py',
+                           checkpoint=None))
+    with pytest.raises(ValueError, match=r'is a distillation config '
+                       r'\(model.type=LipschitzDistiller\).*the plain config '
+                       r"the teacher was trained with \(that distillation "
+                       r"config's own teacher is 'work_dirs/teacher_r50.py'"
+                       r'\)') as e:
+        _build(_det(), kd)
+    assert 'allow_missing_keys' not in str(e.value)
+
+
+def test_random_teacher_warning_reaches_the_log(tmp_path):
+    """Issue 20, case 25: the teacher.checkpoint=None warning went to
+    stderr only, not into the work dir's log."""
+    from mmengine.logging import MMLogger
+    log = tmp_path / 'run.log'
+    MMLogger.get_instance('faults_random_teacher', log_file=str(log))
+    _build(_det(), _det(base=32), checkpoint=None)
+    assert 'teacher has RANDOM weights' in log.read_text()
+
+
+@pytest.mark.slow
+def test_corrupted_teacher_checkpoint_is_a_one_line_tool_error(
+        voc_devkit, tmp_path, teacher_ckpt):
+    """Issue 20, case 21: a flipped byte in a teacher checkpoint with a
+    sidecar arrived as a raw CheckpointError traceback from
+    tools/train.py."""
+    from engine_toys import tiny_cfg
+    path = tmp_path / 'teacher.pth'
+    atomic_torch_save(safe_torch_load(teacher_ckpt), str(path))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'w', str(path))
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    with pytest.raises(SystemExit, match=r"^error: teacher checkpoint '.*"
+                       "teacher.pth' does not match its recorded SHA-256"):
+        _train_in_process(cfg.to_dict(), tmp_path)
