@@ -1105,3 +1105,32 @@ def test_corrupted_teacher_checkpoint_is_a_one_line_tool_error(
     with pytest.raises(SystemExit, match=r"^error: teacher checkpoint '.*"
                        "teacher.pth' does not match its recorded SHA-256"):
         _train_in_process(cfg.to_dict(), tmp_path)
+
+
+@pytest.mark.slow
+def test_full_disk_at_a_checkpoint_names_the_file_and_the_fix(
+        tmp_path, monkeypatch):
+    """Issue 20, case 14: a raw "OSError: [Errno 28]" from mmengine's
+    save_checkpoint, with no path and no advice (nothing was lost)."""
+    import mmengine.runner.runner as runner_mod
+    from fault_toys import toy_cfg
+    real, calls = runner_mod.save_checkpoint, [0]
+
+    def full_on_second(checkpoint, filename, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            with open(filename, 'wb') as f:
+                f.write(b'partial')
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(checkpoint, filename, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, 'save_checkpoint', full_on_second)
+    work = tmp_path / 'w'
+    with pytest.raises(SystemExit, match=r'^error: no space left on device '
+                       r'while writing the checkpoint .*iter_2.pth. Nothing '
+                       r'was lost.*iter_1.pth and last_checkpoint are intact'
+                       r'.*--resume'):
+        _train_in_process(toy_cfg(work, max_iters=3), tmp_path)
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    assert not list(work.glob('.*.tmp'))
+    assert verify_checksum(str(work / 'iter_1.pth')) is True

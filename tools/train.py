@@ -16,6 +16,7 @@ run's checkpoints, config and history aside together
 could not save exits non-zero.
 """
 import argparse
+import errno
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
@@ -96,6 +97,16 @@ def main(argv=None):
             runner.train()
         except CheckpointError as e:  # a checkpoint that cannot be used
             raise SystemExit(f'error: {e}') from None
+        except OSError as e:  # a full disk (a checkpoint, the config dump)
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise SystemExit(f'error: {e.strerror}' if 'no space left on '
+                             'device' in str(e.strerror) else
+                             f'error: no space left on device in the work '
+                             f'dir {cfg.work_dir} ({e}). Free space on that '
+                             'disk, or pass --work-dir on another disk; '
+                             'checkpoints already written are intact '
+                             '(--resume continues).') from None
         check_finished(runner)
     return runner
 

@@ -1,5 +1,6 @@
 """A CheckpointHook whose checkpoints survive a crash."""
 import collections
+import errno
 import math
 import os
 import os.path as osp
@@ -10,7 +11,8 @@ from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
-from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_write,
+from mmlckd.compat.checkpoint_io import (CheckpointError, _is_enospc,
+                                         atomic_write,
                                          check_checkpoint_file,
                                          compare_state_dicts,
                                          describe_mismatch, fsync_dir,
@@ -270,14 +272,26 @@ class SafeCheckpointHook(CheckpointHook):
                 **self.args)
             if is_main_process():
                 self._commit(tmp, final)
-        except BaseException:
+        except BaseException as e:
             self.last_ckpt = previous
             runner.message_hub.update_info('last_ckpt', previous)
             self.last_normal_ckpt = previous_normal
             runner.message_hub.update_info('last_normal_ckpt',
                                            previous_normal)
+            full = isinstance(e, Exception) and _is_enospc(e, self.out_dir)
             if is_main_process() and osp.exists(tmp):
                 os.remove(tmp)
+            if full:
+                raise OSError(
+                    errno.ENOSPC,
+                    f'no space left on device while writing the checkpoint '
+                    f'{final}. Nothing was lost: no partial file was left, '
+                    'and the previous checkpoint ' +
+                    (f'{previous} and last_checkpoint are intact'
+                     if previous else '(none in this run yet) is unchanged')
+                    + '. Free space on that disk and continue with '
+                    '--resume, or train in a work dir on another disk '
+                    '(--work-dir).') from None
             raise
         if not is_main_process():
             return
