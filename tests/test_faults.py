@@ -1134,3 +1134,27 @@ def test_full_disk_at_a_checkpoint_names_the_file_and_the_fix(
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
     assert not list(work.glob('.*.tmp'))
     assert verify_checksum(str(work / 'iter_1.pth')) is True
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_says_the_batch_changed(
+        tmp_path):
+    """Issue 20, case 23: resuming a 2-process run with 1 process said
+    nothing of the global batch being halved. Checkpoints now record the
+    number of processes and the per-process batch."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    _train_in_process(toy_cfg(work, max_iters=1), tmp_path)
+    path = str(work / 'iter_1.pth')
+    ckpt = safe_torch_load(path)
+    assert ckpt['meta']['world_size'] == 1
+    assert ckpt['meta']['batch_size'] == 4
+    ckpt['meta']['world_size'] = 2  # as a 2-process run writes it
+    atomic_torch_save(ckpt, path)
+    runner = _train_in_process(toy_cfg(work, max_iters=2), tmp_path,
+                               '--resume', name='r.py')
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert re.search(r'the resume checkpoint .*iter_1.pth was written by a '
+                     r'run of 2 processes; this run has 1: the global batch '
+                     r'is now 4 instead of 8.*tools/dist_train.sh CONFIG 2 '
+                     r'--resume', log), log[-2000:]

@@ -6,7 +6,7 @@ import os
 import os.path as osp
 
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import get_world_size, is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.runner.checkpoint import find_latest_checkpoint
@@ -239,6 +239,8 @@ class SafeCheckpointHook(CheckpointHook):
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info('keep_ckpt_ids',
                                            list(self.keep_ckpt_ids))
+        meta = dict(meta or {}, world_size=get_world_size(),
+                    batch_size=_batch_size(runner))
         ckpt_filename = self.filename_tmpl.format(step)
         final = self.file_backend.join_path(self.out_dir, ckpt_filename)
         previous = self.last_ckpt
@@ -399,6 +401,38 @@ def _prefix_mismatch(state: dict, expected: dict) -> str:
             'architecture or a prefix mismatch)')
 
 
+def _batch_size(runner):
+    """The per-process batch size of the training loader, or None."""
+    try:
+        loader = runner.train_dataloader
+    except Exception:
+        return None
+    return getattr(loader, 'batch_size', None)
+
+
+def warn_world_size_change(runner, ckpt: dict, path: str) -> None:
+    """A resume with another number of processes than the run that wrote
+    the checkpoint: the global batch (and with it what the lr was set for)
+    changes; say so, with the numbers and the fix."""
+    meta = ckpt.get('meta', None) if isinstance(ckpt, dict) else None
+    then = (meta or {}).get('world_size', None)
+    now = get_world_size()
+    if not then or then == now:
+        return
+    per = _batch_size(runner)
+    old_per = (meta or {}).get('batch_size', None) or per
+    batch = (f': the global batch is now {per * now} instead of '
+             f'{old_per * then}' if per and old_per else
+             ': the global batch changed')
+    runner.logger.warning(
+        f'the resume checkpoint {path} was written by a run of {then} '
+        f'processes; this run has {now}{batch}, while the learning rate and '
+        'its schedule were set for the old one. Resume with the same '
+        f'number of processes (tools/dist_train.sh CONFIG {then} --resume), '
+        'or scale the lr (optim_wrapper.optimizer.lr, or --auto-scale-lr '
+        'for a new run from load_from).')
+
+
 def check_resume_checkpoint(runner, path: str) -> None:
     """Fail, in words, when ``path`` cannot resume ``runner``'s model."""
     from mmlckd.compat import safe_torch_load
@@ -407,6 +441,7 @@ def check_resume_checkpoint(runner, path: str) -> None:
     verify_checksum(path, role, log=runner.logger.info)
     ckpt = safe_torch_load(path, role=role)  # truncated, unsafe
     state = state_dict_from(ckpt, path, role)
+    warn_world_size_change(runner, ckpt, path)
     model = unwrap_model(runner)
     missing, unexpected, mismatched = compare_state_dicts(
         model.state_dict(), state)
