@@ -1158,3 +1158,27 @@ def test_resume_with_another_number_of_processes_says_the_batch_changed(
                      r'run of 2 processes; this run has 1: the global batch '
                      r'is now 4 instead of 8.*tools/dist_train.sh CONFIG 2 '
                      r'--resume', log), log[-2000:]
+
+
+@pytest.mark.slow
+def test_dist_train_with_its_port_in_use_says_set_port(tmp_path):
+    """Issue 20, case 24: PORT in use ended in torchrun's "EADDRINUSE ...
+    port: N". Now checked first: which port, and "set PORT"."""
+    import socket
+    busy = socket.socket()
+    busy.bind(('127.0.0.1', 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        r = subprocess.run(
+            ['bash', 'tools/dist_train.sh', 'no_such_cfg.py', '2'],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, PORT=str(port), PYTHON=sys.executable))
+    finally:
+        busy.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f'error: port {port} (PORT, torchrun\'s master port) is in use' \
+        in r.stderr
+    assert f'PORT={port + 1} bash tools/dist_train.sh no_such_cfg.py 2' \
+        in r.stderr
+    assert 'EADDRINUSE' not in r.stderr
