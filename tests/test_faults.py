@@ -12,6 +12,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -177,6 +178,35 @@ def test_fresh_run_in_used_work_dir_moves_previous_run_aside(tmp_path):
     _train_in_process(cfg(2), tmp_path, '--resume', name='resume.py')
     assert iters(work / 'lipschitz.jsonl') == [1, 2]
     assert len(list((work / 'previous_runs').iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_moving_a_run_aside_follows_the_files_the_new_run_reads(tmp_path):
+    """The restart the NaN guard advises (a fresh run in the same work dir
+    with load_from=<work_dir>/iter_N.pth), and a config run from the work
+    dir itself: the moved checkpoint is loaded from its new place, and the
+    config being run stays where it is (a copy goes with the old run)."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.mkdir()
+    first = _dump(toy_cfg(work, max_iters=2, max_keep_ckpts=3),
+                  work / 'exp.py')
+    load_tool('train').main([first])
+    want = safe_torch_load(str(work / 'iter_2.pth'))['state_dict']
+    # in one process, a run of the same config in the same second would
+    # share mmengine's cached visualizer (named by config and second)
+    time.sleep(1.1)
+    runner = load_tool('train').main(
+        [first, '--cfg-options', f'load_from={work}/iter_2.pth',
+         'optim_wrapper.optimizer.lr=0.0', 'train_cfg.max_iters=1'])
+    old = next((work / 'previous_runs').iterdir())
+    assert (old / 'iter_2.pth').is_file() and (old / 'exp.py').is_file()
+    assert (work / 'exp.py').is_file()
+    got = runner.model.state_dict()
+    for k in want:  # lr 0: the moved checkpoint's weights were loaded
+        assert torch.equal(got[k], want[k]), k
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert f'load_from now reads {old}/iter_2.pth' in log
 
 
 def _hold_work_dir_lock(work, pid=4242, host='gpu-node-7'):

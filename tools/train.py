@@ -84,7 +84,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
     init_cpu_dist(args.launcher)
-    with dist_teardown(), own_work_dir(cfg, bool(args.resume)) as notes:
+    with dist_teardown(), own_work_dir(cfg, bool(args.resume),
+                                         args.config) as notes:
         try:
             if 'runner_type' not in cfg:
                 runner = Runner.from_cfg(cfg)

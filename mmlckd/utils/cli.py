@@ -210,14 +210,37 @@ def _previous_run_entries(work_dir: str) -> List[str]:
     return names
 
 
-def move_previous_run_aside(work_dir: str) -> Optional[str]:
+def _file_refs(cfg) -> List[Tuple[str, str]]:
+    """(setting, path) of the files a config reads at start: load_from and
+    a distiller's teacher.checkpoint."""
+    refs = []
+    if cfg is None:
+        return refs
+    if isinstance(cfg.get('load_from', None), str):
+        refs.append(('load_from', cfg.load_from))
+    teacher = (cfg.get('model', None) or {}).get('teacher', None)
+    if isinstance(teacher, dict) and isinstance(
+            teacher.get('checkpoint', None), str):
+        refs.append(('model.teacher.checkpoint', teacher['checkpoint']))
+    return refs
+
+
+def move_previous_run_aside(work_dir: str, cfg: Optional[Config] = None,
+                            config_path: Optional[str] = None
+                            ) -> Optional[str]:
     """A fresh run in a work dir that holds an earlier run's checkpoints:
     move that run's checkpoints, config and history together into
     ``<work_dir>/previous_runs/<YYYYmmdd_HHMMSS>/`` (the time the earlier
     run last wrote), so nothing is overwritten and the kept history still
     describes the kept checkpoints. Returns the message, or None when the
     folder held no earlier run (no checkpoint, no last_checkpoint, no
-    history)."""
+    history).
+
+    A file this run reads is followed: ``load_from`` or
+    ``model.teacher.checkpoint`` of ``cfg`` naming a moved file is set to
+    its new path; the config file being run (``config_path``) is copied,
+    not moved."""
+    import shutil
     import time
     if not osp.isdir(work_dir):
         return None
@@ -231,16 +254,34 @@ def move_previous_run_aside(work_dir: str) -> Optional[str]:
     while osp.exists(dest):
         dest, n = osp.join(work_dir, ARCHIVE_DIR, f'{stamp}_{n}'), n + 1
     os.makedirs(dest)
+    running = osp.abspath(config_path) if config_path else None
     for name in names:
-        os.replace(osp.join(work_dir, name), osp.join(dest, name))
+        src = osp.join(work_dir, name)
+        if src == running:
+            shutil.copy2(src, osp.join(dest, name))
+        else:
+            os.replace(src, osp.join(dest, name))
+    followed = []
+    for key, path in _file_refs(cfg):
+        if osp.dirname(osp.abspath(path)) == work_dir and \
+                osp.basename(path) in names:
+            new = osp.join(dest, osp.basename(path))
+            if key == 'load_from':
+                cfg.load_from = new
+            else:
+                cfg.model.teacher.checkpoint = new
+            followed.append(f'{key} now reads {new}')
     ckpts = [n for n in names if n.endswith('.pth')]
-    latest = _named_in_last_checkpoint(dest) or (ckpts[-1] if ckpts
-                                                 else None)
+    resumable = [n for n in ckpts if re.fullmatch(r'(iter|epoch)_\d+\.pth', n)]
+    latest = _named_in_last_checkpoint(dest) or (
+        max(resumable, key=lambda n: osp.getmtime(osp.join(dest, n)))
+        if resumable else None)
     return (f'the work dir {work_dir} held an earlier run (' +
             (f'{len(ckpts)} checkpoints' if ckpts else 'its history') +
             '); this is a fresh run (no --resume), so that run\'s '
             f'checkpoints, config and history were moved together to {dest} '
-            '(nothing was overwritten).' +
+            '(nothing was overwritten)' +
+            (f'; {", ".join(followed)}' if followed else '') + '.' +
             (f' To continue that run instead: --resume '
              f'{osp.join(dest, latest)}' if latest else ''))
 
@@ -255,7 +296,8 @@ def _named_in_last_checkpoint(folder: str) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def own_work_dir(cfg: Config, resume: bool):
+def own_work_dir(cfg: Config, resume: bool,
+                 config_path: Optional[str] = None):
     """Hold ``<work_dir>/.mmlckd_run.lock`` (``fcntl.flock``) for the whole
     run: a second run in the same work dir (fresh or ``--resume``) stops
     with the first run's pid and host instead of interleaving checkpoints
@@ -291,7 +333,7 @@ def own_work_dir(cfg: Config, resume: bool):
                 f'command={" ".join(sys.argv)}\n')
         f.flush()
         if not resume:
-            note = move_previous_run_aside(work_dir)
+            note = move_previous_run_aside(work_dir, cfg, config_path)
             if note:
                 notes.append(note)
         yield notes
