@@ -97,8 +97,10 @@ def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
     work = tmp_path / 'w'
     runner = _train_in_process(toy_cfg(work, max_iters=3), tmp_path)
     assert 'SafeCheckpointHook' in [type(h).__name__ for h in runner.hooks]
+    from mmlckd.utils.cli import LOCK_NAME  # the run's work dir lock
     names = sorted(p.name for p in work.iterdir()
-                   if p.is_file() and p.suffix != '.py')
+                   if p.is_file() and p.suffix != '.py'
+                   and p.name != LOCK_NAME)
     assert names == ['iter_3.pth', 'iter_3.pth.sha256', 'last_checkpoint']
     line = (work / 'iter_3.pth.sha256').read_text().split()
     assert line == [sha256_file(str(work / 'iter_3.pth')), 'iter_3.pth']
