@@ -1214,3 +1214,18 @@ def test_dist_train_with_its_port_in_use_says_set_port(tmp_path):
     assert f'PORT={port + 1} bash tools/dist_train.sh no_such_cfg.py 2' \
         in r.stderr
     assert 'EADDRINUSE' not in r.stderr
+
+
+@pytest.mark.slow
+def test_resume_set_in_the_config_moves_nothing_aside(tmp_path):
+    """resume=True in the config (not --resume) is a resume too: the work
+    dir's checkpoints stay where mmengine's auto-resume looks for them."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    _train_in_process(toy_cfg(work, max_iters=1), tmp_path)
+    cfg = toy_cfg(work, max_iters=2)
+    cfg['resume'] = True
+    runner = _train_in_process(cfg, tmp_path, name='r.py')
+    assert runner.iter == 2
+    assert not (work / 'previous_runs').exists()
+    assert (work / 'iter_2.pth').is_file()

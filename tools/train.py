@@ -84,8 +84,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
     init_cpu_dist(args.launcher)
-    with dist_teardown(), own_work_dir(cfg, bool(args.resume),
-                                         args.config) as notes:
+    resume = bool(args.resume or cfg.get('resume', False))
+    with dist_teardown(), own_work_dir(cfg, resume, args.config) as notes:
         try:
             if 'runner_type' not in cfg:
                 runner = Runner.from_cfg(cfg)

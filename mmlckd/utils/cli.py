@@ -369,8 +369,13 @@ def warn_resume_lr_override(runner, args) -> Optional[str]:
         lrs = _checkpoint_lrs(safe_torch_load(path, role='resume checkpoint'))
     except Exception:  # the checkpoint check reports a bad file
         return None
-    differ = {k: v for k, v in overrides.items()
-              if lrs and any(float(v) != lr for lr in lrs)}
+    def differs(v) -> bool:
+        try:
+            return any(float(v) != lr for lr in lrs)
+        except (TypeError, ValueError):  # not a number: not compared
+            return False
+
+    differ = {k: v for k, v in overrides.items() if lrs and differs(v)}
     if not differ:
         return None
     key, value = next(iter(differ.items()))
