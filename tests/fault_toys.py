@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 @DATASETS.register_module(force=True)
 class FaultToyData(Dataset):
 
-    def __init__(self, n=8, dim=4, nan_at=None):
+    def __init__(self, n=8, dim=4, nan_at=None, scale_from=None):
         self.n, self.dim, self.nan_at = n, dim, nan_at
+        self.scale_from = scale_from  # items from here on: inputs x 1e4
 
     def __len__(self):
         return self.n
@@ -30,6 +31,8 @@ class FaultToyData(Dataset):
         x = torch.randn(self.dim, generator=g)
         if self.nan_at is not None and i == self.nan_at:
             x[0] = float('nan')
+        if self.scale_from is not None and i >= self.scale_from:
+            x = x * 1e4
         return dict(inputs=x, label=torch.tensor(i % 2))
 
 
@@ -57,6 +60,20 @@ class FaultToyDistiller(FaultToyModel):
     teacher = None
     distill_weight = 1.0
     distill_to_student = True
+
+
+@MODELS.register_module(force=True)
+class FaultToyKD(BaseModel):
+    """A distiller's key layout: the student under ``student.``, plus a
+    connector (``connectors.*``)."""
+
+    def __init__(self, dim=4, width=8):
+        super().__init__()
+        self.student = FaultToyModel(dim, width)
+        self.connectors = nn.ModuleList([nn.Linear(2, 2)])
+
+    def forward(self, inputs, label=None, mode='loss'):
+        return self.student(inputs, label, mode)
 
 
 def toy_cfg(work_dir, max_iters=3, interval=1, max_keep_ckpts=1, width=8,

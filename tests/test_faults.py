@@ -12,6 +12,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -96,8 +97,10 @@ def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
     work = tmp_path / 'w'
     runner = _train_in_process(toy_cfg(work, max_iters=3), tmp_path)
     assert 'SafeCheckpointHook' in [type(h).__name__ for h in runner.hooks]
+    from mmlckd.utils.cli import LOCK_NAME  # the run's work dir lock
     names = sorted(p.name for p in work.iterdir()
-                   if p.is_file() and p.suffix != '.py')
+                   if p.is_file() and p.suffix != '.py'
+                   and p.name != LOCK_NAME)
     assert names == ['iter_3.pth', 'iter_3.pth.sha256', 'last_checkpoint']
     line = (work / 'iter_3.pth.sha256').read_text().split()
     assert line == [sha256_file(str(work / 'iter_3.pth')), 'iter_3.pth']
@@ -133,15 +136,17 @@ def test_project_configs_use_the_safe_checkpoint_hook():
 
 
 @pytest.mark.slow
-def test_fresh_run_in_used_work_dir_keeps_old_history(tmp_path):
-    """A fresh run (no --resume) where a finished run left its
-    lipschitz.jsonl moves the old history aside (timestamped) instead of
-    cutting it down to the new run's iterations."""
+def test_fresh_run_in_used_work_dir_moves_previous_run_aside(tmp_path):
+    """Issue 20, case 1: a fresh run (no --resume) in a work dir where a
+    finished run left checkpoints, config and lipschitz.jsonl moves them,
+    together and unchanged, into previous_runs/<time>/ (the new run used
+    to overwrite iter_N.pth and student_final.pth, and only the history was
+    kept)."""
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
 
     def cfg(iters):
-        c = toy_cfg(work, max_iters=iters)
+        c = toy_cfg(work, max_iters=iters, max_keep_ckpts=3)
         c['model']['type'] = 'FaultToyDistiller'
         c['custom_hooks'] = [dict(type='mmlckd.LipschitzMonitorHook')]
         return c
@@ -149,18 +154,96 @@ def test_fresh_run_in_used_work_dir_keeps_old_history(tmp_path):
     def iters(path):
         return [json.loads(line)['iter'] for line in open(path)]
 
-    _train_in_process(cfg(3), tmp_path)
-    assert iters(work / 'lipschitz.jsonl') == [1, 2, 3]
-    _train_in_process(cfg(1), tmp_path, name='again.py')  # fresh, same dir
+    _train_in_process(cfg(2), tmp_path)
+    assert iters(work / 'lipschitz.jsonl') == [1, 2]
+    before = {p.name: sha256_file(str(p)) for p in work.glob('iter_*.pth')}
+    assert sorted(before) == ['iter_1.pth', 'iter_2.pth']
+    runner = _train_in_process(cfg(1), tmp_path, '--cfg-options',
+                               'optim_wrapper.optimizer.lr=0.05',
+                               name='again.py')  # fresh, same dir
     assert iters(work / 'lipschitz.jsonl') == [1]
-    kept = [p for p in work.glob('lipschitz.*.jsonl')]
-    assert len(kept) == 1 and re.fullmatch(
-        r'lipschitz\.\d{8}_\d{6}\.jsonl', kept[0].name), kept
-    assert iters(kept[0]) == [1, 2, 3]
+    kept = list((work / 'previous_runs').iterdir())
+    assert len(kept) == 1 and re.fullmatch(r'\d{8}_\d{6}', kept[0].name)
+    old = kept[0]
+    # the earlier run, complete and unchanged, in one folder
+    assert {p.name: sha256_file(str(p))
+            for p in old.glob('iter_*.pth')} == before
+    assert (old / 'iter_2.pth.sha256').exists()
+    assert iters(old / 'lipschitz.jsonl') == [1, 2]
+    assert (old / 'cfg.py').exists() and (old / 'last_checkpoint').exists()
+    assert not list(work.glob('lipschitz.*.jsonl'))
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert f'moved together to {old}' in log
+    assert f'--resume {old}/iter_2.pth' in log
     # a resumed run keeps its own history (up to the resumed iteration)
     _train_in_process(cfg(2), tmp_path, '--resume', name='resume.py')
     assert iters(work / 'lipschitz.jsonl') == [1, 2]
-    assert len(list(work.glob('lipschitz.*.jsonl'))) == 1
+    assert len(list((work / 'previous_runs').iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_moving_a_run_aside_follows_the_files_the_new_run_reads(tmp_path):
+    """The restart the NaN guard advises (a fresh run in the same work dir
+    with load_from=<work_dir>/iter_N.pth), and a config run from the work
+    dir itself: the moved checkpoint is loaded from its new place, and the
+    config being run stays where it is (a copy goes with the old run)."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.mkdir()
+    first = _dump(toy_cfg(work, max_iters=2, max_keep_ckpts=3),
+                  work / 'exp.py')
+    load_tool('train').main([first])
+    want = safe_torch_load(str(work / 'iter_2.pth'))['state_dict']
+    # in one process, a run of the same config in the same second would
+    # share mmengine's cached visualizer (named by config and second)
+    time.sleep(1.1)
+    runner = load_tool('train').main(
+        [first, '--cfg-options', f'load_from={work}/iter_2.pth',
+         'optim_wrapper.optimizer.lr=0.0', 'train_cfg.max_iters=1'])
+    old = next((work / 'previous_runs').iterdir())
+    assert (old / 'iter_2.pth').is_file() and (old / 'exp.py').is_file()
+    assert (work / 'exp.py').is_file()
+    got = runner.model.state_dict()
+    for k in want:  # lr 0: the moved checkpoint's weights were loaded
+        assert torch.equal(got[k], want[k]), k
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert f'load_from now reads {old}/iter_2.pth' in log
+
+
+def _hold_work_dir_lock(work, pid=4242, host='gpu-node-7'):
+    import fcntl
+    from mmlckd.utils.cli import LOCK_NAME
+    work.mkdir(parents=True, exist_ok=True)
+    f = open(work / LOCK_NAME, 'w')
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.write(f'pid={pid}\nhost={host}\nstarted=2026-01-01 00:00:00\n'
+            'command=tools/train.py cfg.py\n')
+    f.flush()
+    return f
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_second_run_in_a_work_dir_in_use_is_refused(tmp_path, resume):
+    """Issue 20, case 2: a second run (fresh or --resume) in a work dir a
+    running run holds stops, naming that run's pid and host, and touches
+    nothing there (both used to run, interleaving history and
+    checkpoints)."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.mkdir()
+    (work / 'iter_1.pth').write_bytes(b'x' * 10)
+    (work / 'last_checkpoint').write_text(str(work / 'iter_1.pth'))
+    lock = _hold_work_dir_lock(work)
+    before = sorted(p.name for p in work.iterdir())
+    try:
+        with pytest.raises(SystemExit, match=r'in use by another run \(pid '
+                           r'4242 on host gpu-node-7.*another --work-dir'):
+            _train_in_process(toy_cfg(work), tmp_path,
+                              *(['--resume'] if resume else []))
+    finally:
+        lock.close()
+    assert sorted(p.name for p in work.iterdir()) == before
 
 
 # ----------------------------------------------------- resume: clear errors
@@ -225,6 +308,59 @@ def test_load_from_a_text_file_is_a_clear_error(tmp_path):
         _train_in_process(toy_cfg(tmp_path / 'w'), tmp_path,
                           '--cfg-options', f'load_from={notes}')
     assert not _unsafe_hint(str(e.value))
+
+
+@pytest.mark.slow
+def test_load_from_a_plain_student_checkpoint_loads_into_the_student(
+        tmp_path):
+    """Issue 20, case 3: load_from=<plain student checkpoint> on a
+    distillation model matched 0 tensors (backbone.* vs student.backbone.*)
+    and trained from random weights; now the keys are mapped onto
+    student. with one log line."""
+    from fault_toys import toy_cfg
+    plain = tmp_path / 'plain'
+    _train_in_process(toy_cfg(plain, max_iters=1), tmp_path, name='p.py')
+    ckpt = plain / 'iter_1.pth'
+    want = safe_torch_load(str(ckpt))['state_dict']
+    cfg = toy_cfg(tmp_path / 'kd', max_iters=1, lr=0.0)
+    cfg['model'] = dict(type='FaultToyKD')
+    runner = _train_in_process(cfg, tmp_path, '--cfg-options',
+                               f'load_from={ckpt}', name='kd.py')
+    got = runner.model.student.state_dict()
+    for k in want:  # lr 0: the weights are the checkpoint's
+        assert torch.equal(got[k], want[k]), k
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'a plain student checkpoint (4 of the student\'s 4 tensors ' \
+        'match); loading it into the student' in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', ['distillation_into_plain', 'prefix'])
+def test_load_from_that_loads_nothing_is_an_error(tmp_path, kind):
+    """Issue 20, case 3: a load_from of which no tensor matches the model
+    (a distillation checkpoint into a plain config, a prefixed file) is an
+    error naming the mismatch and the fix, before any training."""
+    from fault_toys import toy_cfg
+    import fault_toys  # noqa: F401
+    from mmengine.registry import MODELS
+    state = MODELS.build(dict(type='FaultToyModel')).state_dict()
+    ckpt = tmp_path / f'{kind}.pth'
+    if kind == 'distillation_into_plain':
+        torch.save(dict(state_dict={f'student.{k}': v
+                                    for k, v in state.items()}), ckpt)
+        want = (r'is a distillation checkpoint .*none of its 4 tensors would '
+                r'load.*export_student.py')
+    else:
+        torch.save(dict(state_dict={f'model.{k}': v
+                                    for k, v in state.items()}), ckpt)
+        want = (r"matches none of the model's 4 tensors.*prefix mismatch: "
+                r'the file has "model.fc1.weight" where the model has '
+                r'"fc1.weight" \(extra prefix "model." in the file\)')
+    work = tmp_path / 'w'
+    with pytest.raises(SystemExit, match=want):
+        _train_in_process(toy_cfg(work), tmp_path, '--cfg-options',
+                          f'load_from={ckpt}')
+    assert not list(work.glob('*.pth'))
 
 
 # ------------------------------------------------- checkpoint file errors
@@ -402,19 +538,74 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
 
 
 @pytest.mark.slow
-def test_guard_off_nan_state_is_not_saved_silently(tmp_path, caplog):
+def test_nan_guard_names_the_checkpoint_before_the_loss_spike(tmp_path):
+    """Issue 20, case 4: the guard used to name the last finite checkpoint,
+    written while the loss had already exploded, and to advise --resume
+    (which keeps the checkpoint's lr). Now the checkpoint written during
+    the spike is marked, the last one before it is kept (even with
+    max_keep_ckpts=1) and named, and the advice is load_from + lower lr."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    # batches: iter 1-2 normal, iter 3 inputs x 1e4 (a spike), iter 4 NaN
+    cfg = toy_cfg(work, max_iters=4, n=16, scale_from=8, nan_at=13)
+    with pytest.raises(FloatingPointError) as e:
+        _train_in_process(cfg, tmp_path)
+    msg = str(e.value)
+    assert 'non-finite gradients at iteration 4' in msg
+    assert (f'the last finite checkpoint is {work}/iter_3.pth, written '
+            'during a loss spike') in msg
+    assert ('the last one written before the losses left their normal '
+            f'range is {work}/iter_2.pth') in msg
+    assert 'load_from=' in msg and 'not --resume' in msg
+    assert 'then resume from that checkpoint' not in msg
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_2.pth',
+                                                          'iter_3.pth']
+    assert verify_checksum(str(work / 'iter_2.pth')) is True
+    log = open(next(work.glob('*/*.log'))).read()
+    assert 'iter_3.pth is written during a loss spike' in log
+
+
+@pytest.mark.slow
+def test_resume_with_an_lr_override_says_the_checkpoint_lr_wins(tmp_path):
+    """Issue 20, case 4: --resume restores the optimizer's param groups, so
+    an lr given with --cfg-options was dropped silently. Now a warning (in
+    the log) says the checkpoint's lr wins and how to use the new one."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    _train_in_process(toy_cfg(work, max_iters=1, lr=0.1), tmp_path)
+    runner = _train_in_process(
+        toy_cfg(work, max_iters=2, lr=0.1), tmp_path, '--resume',
+        '--cfg-options', 'optim_wrapper.optimizer.lr=0.01', name='r.py')
+    assert runner.optim_wrapper.get_lr()['lr'][0] == pytest.approx(0.1)
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert re.search(r'--resume restores the optimizer state of .*iter_1.pth'
+                     r', including its lr \(0.1\): the override '
+                     r'optim_wrapper.optimizer.lr=0.01 is NOT used.*'
+                     r'load_from=.*iter_1.pth optim_wrapper.optimizer.lr='
+                     r'0.01', log), log[-3000:]
+
+
+@pytest.mark.slow
+def test_guard_off_nan_state_is_not_saved_silently(tmp_path):
+    """Guard off and NaN weights: no NaN checkpoint is written, and (issue
+    20, case 10) the tool exits non-zero naming the last finite checkpoint
+    and the restart that works (it used to exit 0)."""
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
     cfg = toy_cfg(work, max_iters=3)
     cfg['model']['nan_guard'] = False  # as LipschitzDistiller(nan_guard=)
     cfg['train_dataloader']['dataset']['nan_at'] = 5  # batch 2
-    runner = _train_in_process(cfg, tmp_path)
-    assert runner.iter == 3
+    with pytest.raises(SystemExit, match=r'^error: training ended with '
+                       r'non-finite .*from step 2 on.*last finite checkpoint '
+                       r'is .*iter_1.pth.*load_from=.*not --resume') as e:
+        _train_in_process(cfg, tmp_path)
+    assert e.value.code != 0
     # iteration 2 made the weights NaN: neither iter_2 nor iter_3 written
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
     assert (work / 'last_checkpoint').read_text().endswith('iter_1.pth')
-    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    log = open(next(work.glob('*/*.log'))).read()
     assert 'checkpoint NOT saved' in log and 'iter_1.pth' in log
+    assert 'training ended with non-finite' in log
 
 
 def test_student_export_refuses_a_non_finite_student(tmp_path):
@@ -651,3 +842,390 @@ def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path,
     # is why the message points to the checkpoint to resume from)
     params = dict(runner.model.named_parameters())
     assert non_finite_tensors(params) == []
+
+
+# ------------------------------------- silent distillation setups (issue 20)
+def test_frozen_student_is_an_error_naming_the_recorded_layers():
+    """Issue 20, cases 5 and 20: with backbone.frozen_stages=4 the
+    distillation gradient reached no student parameter and nothing was said
+    (or, with automatic weights, a connector warm-up was blamed). Now the
+    recorded layers without a trainable parameter are named: an error when
+    all are, a warning when some are."""
+    from mmlckd.utils.cli import distill_setup_problems
+    student = _det()
+    student['backbone']['frozen_stages'] = 4
+    errors, _ = distill_setup_problems(_build(student, _det(base=32)), 100)
+    assert len(errors) == 1
+    assert re.search(r"recorded layers \['backbone.layer1.1.relu', .*"
+                     r"'backbone.layer4.1.relu'\] have no trainable "
+                     r'parameter.*would not be distilled.*frozen_stages',
+                     errors[0]), errors
+    student['backbone']['frozen_stages'] = 2
+    errors, warnings = distill_setup_problems(
+        _build(student, _det(base=32)), 100)
+    assert errors == []
+    assert any("['backbone.layer1.1.relu', 'backbone.layer2.1.relu'] have "
+               'no trainable parameter' in w for w in warnings), warnings
+
+
+def test_balance_iters_not_shorter_than_the_run_is_an_error():
+    """Issue 20, case 6: balance.iters >= max_iters left every distillation
+    weight at 0 for the whole run and exported a "distilled" student."""
+    from mmlckd.utils.cli import distill_setup_problems
+    model = _build(_det(), _det(base=32), balance=dict(iters=10))
+    errors, _ = distill_setup_problems(model, 10)
+    assert any(re.search(r'model.balance.iters=10 .* not shorter than the '
+                         r'run \(10 iterations\).*stay 0.*Lower '
+                         r'balance.iters', e) for e in errors), errors
+    assert distill_setup_problems(model, 11)[0] == []
+
+
+def test_response_kd_on_a_multi_call_module_without_call_warns():
+    """Issue 20, case 7: response KD on bbox_head.retina_cls (called once
+    per FPN level) without call= distilled the last level only, silently."""
+    from mmlckd.utils.cli import distill_setup_problems
+    entry = dict(student='bbox_head.retina_cls',
+                 teacher='bbox_head.retina_cls',
+                 loss=dict(type='mmlckd.KDLoss', activation='sigmoid'))
+    _, warnings = distill_setup_problems(
+        _build(_det(), _det(base=32), response=[entry]), 100)
+    assert any(re.search(r"'bbox_head.retina_cls': that module runs 5 times "
+                         r".*only its last call is distilled.*call='all'", w)
+               for w in warnings), warnings
+    _, warnings = distill_setup_problems(
+        _build(_det(), _det(base=32), response=[dict(entry, call='all')]),
+        100)
+    assert not any('times per forward' in w for w in warnings)
+
+
+@pytest.mark.slow
+def test_train_tool_stops_a_frozen_student_run_before_training(
+        voc_devkit, tmp_path, teacher_ckpt):
+    """The checks run in tools/train.py before the first step: non-zero
+    exit, the message in the work dir's log too, no checkpoint."""
+    from engine_toys import tiny_cfg
+    work = tmp_path / 'w'
+    cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=2)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    cfg.model.student.backbone.frozen_stages = 4
+    with pytest.raises(SystemExit, match='^error: .*recorded layers .*have '
+                       'no trainable parameter'):
+        _train_in_process(cfg.to_dict(), tmp_path)
+    assert not list(work.glob('*.pth'))
+    log = open(next(work.glob('*/*.log'))).read()
+    assert 'have no trainable parameter' in log
+
+
+def test_annotations_of_unknown_classes_are_counted(voc_devkit, tmp_path):
+    """Issue 20, case 8: a VOC box whose class is not one of the dataset's
+    ('dining table' for 'diningtable') was dropped by mmdet without a word,
+    and an image left without a box with it. Now counted and named once,
+    with the likely spelling."""
+    import shutil
+    from mmengine.registry import DATASETS, init_default_scope
+    from mmlckd.utils.cli import unknown_class_annotations
+    init_default_scope('mmdet')
+    root = tmp_path / 'VOCdevkit'
+    shutil.copytree(osp.join(voc_devkit, 'VOC2007'), root / 'VOC2007')
+    ids = (root / 'VOC2007/ImageSets/Main/trainval.txt').read_text().split()
+    xml = root / 'VOC2007/Annotations' / f'{ids[0]}.xml'
+    text = xml.read_text()
+    names = re.findall(r'<name>([^<]+)</name>', text)
+    xml.write_text(re.sub(r'<name>[^<]+</name>', '<name>dining table</name>',
+                          text))  # every box of the first image
+    ds = DATASETS.build(dict(
+        type='VOCDataset', data_root=str(root),
+        ann_file='VOC2007/ImageSets/Main/trainval.txt',
+        data_prefix=dict(sub_data_root='VOC2007/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=1), pipeline=[]))
+    assert len(ds) == len(ids) - 1  # mmdet dropped the image silently
+    msgs = unknown_class_annotations(ds)
+    assert len(msgs) == 1, msgs
+    n = len(names)
+    assert re.search(rf"hold {n} boxes of classes that are not among the "
+                     rf"dataset's 20 classes: \{{'dining table': {n}\}}.*"
+                     rf'{n} boxes dropped, 1 images left without a box.*'
+                     r"'dining table' -> 'diningtable'\?", msgs[0]), msgs[0]
+    xml.write_text(text)
+    assert unknown_class_annotations(ds) == []
+
+
+def test_calibration_on_batches_without_a_box_warns():
+    """Issue 20, case 9: the balancer calibrated on batches without a
+    single positive box (filter_empty_gt=False) and its weights came out
+    100x off, silently."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    from mmlckd.utils.cli import CalibrationPositivesHook
+
+    def batch(n_boxes):
+        s = DetDataSample()
+        s.gt_instances = InstanceData(bboxes=torch.zeros(n_boxes, 4),
+                                      labels=torch.zeros(n_boxes).long())
+        return dict(data_samples=[s, s])
+
+    check = CalibrationPositivesHook(iters=4)  # measures steps 2 and 3
+    got = [check.record(i, batch(3 if i < 2 else 0)) for i in range(6)]
+    assert got[:3] == [None] * 3 and got[4:] == [None] * 2
+    assert re.search(r'the 2 batches the calibration measured \(iterations '
+                     r'3-4\) hold no ground-truth box.*filter_empty_gt=True',
+                     got[3]), got[3]
+    check = CalibrationPositivesHook(iters=4)
+    assert [check.record(i, batch(i % 2)) for i in range(4)] == [None] * 4
+
+
+def test_empty_image_set_file_is_named(voc_devkit, tmp_path, teacher_ckpt):
+    """Issue 20, case 17: an empty ImageSets file ended in 'ValueError: need
+    at least one array to concatenate', naming no file."""
+    from engine_toys import tiny_cfg
+    empty = tmp_path / 'empty.txt'
+    empty.write_text('\n')
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'w', teacher_ckpt)
+    cfg.train_dataloader.dataset.ann_file = str(empty)
+    with pytest.raises(SystemExit, match=r"image-set file '.*empty.txt' "
+                       r'\(train_dataloader ann_file\) lists no image'):
+        _train_in_process(cfg.to_dict(), tmp_path)
+
+
+# ------------------------------------------ unclear cases, now in words
+def test_empty_sidecar_is_named_not_the_checkpoint(tmp_path):
+    """Issue 20, case 12: a 0-byte .sha256 beside an intact checkpoint was
+    reported as a checkpoint that does not match its SHA-256."""
+    path = str(tmp_path / 'iter_1.pth')
+    atomic_torch_save(dict(state_dict=dict(w=torch.ones(3))), path)
+    open(path + '.sha256', 'w').close()
+    with pytest.raises(CheckpointError) as e:
+        verify_checksum(path, 'resume checkpoint')
+    msg = str(e.value)
+    assert msg.startswith(f"the SHA-256 sidecar '{path}.sha256' of resume "
+                          'checkpoint')
+    assert 'is empty (0 bytes)' in msg and 'may be intact' in msg
+    assert f'delete {path}.sha256' in msg
+    assert 'does not match its recorded' not in msg
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_work_dir_that_is_a_file_is_named(tmp_path, resume):
+    """Issue 20, case 13: a raw FileExistsError, or with --resume "the
+    folder does not exist"."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.write_text('notes')
+    with pytest.raises(SystemExit, match=r"the work dir '.*w' is a file, "
+                       r'not a folder. Pass another --work-dir'):
+        _train_in_process(toy_cfg(work), tmp_path,
+                          *(['--resume'] if resume else []))
+    assert work.read_text() == 'notes'
+
+
+def test_last_checkpoint_naming_a_deleted_file_names_the_others(tmp_path):
+    """Issue 20, case 15: "resume checkpoint not found: .../iter_2.pth",
+    with no word of last_checkpoint or of the iter_1.pth that exists."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    work.mkdir()
+    (work / 'iter_1.pth').write_bytes(b'x' * 8)
+    (work / 'student_final.pth').write_bytes(b'x' * 8)
+    (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
+    with pytest.raises(SystemExit) as e:
+        _train_in_process(toy_cfg(work), tmp_path, '--resume')
+    msg = str(e.value)
+    assert f'{work}/last_checkpoint names {work}/iter_2.pth, which does ' \
+        'not exist' in msg
+    assert f'--resume {work}/iter_1.pth' in msg
+    assert 'student_final' not in msg
+
+
+def test_resume_in_a_moved_work_dir_finds_the_checkpoint(tmp_path):
+    """Issue 20, case 16: last_checkpoint holds an absolute path; after
+    moving the work dir, --resume --work-dir <new> failed on <old>."""
+    from mmlckd.utils.cli import resolve_resume
+    new = tmp_path / 'new'
+    new.mkdir()
+    (new / 'iter_2.pth').write_bytes(b'x' * 8)
+    (new / 'last_checkpoint').write_text(str(tmp_path / 'old/iter_2.pth'))
+    cfg = Config(dict(work_dir=str(new)))
+    resolve_resume(cfg, 'auto')
+    assert cfg.resume is True and cfg.load_from == str(new / 'iter_2.pth')
+
+
+def test_zero_byte_resume_checkpoint_hint_lists_resumable_ones(tmp_path):
+    """Issue 20, case 22: the hint listed student_final.pth among the
+    checkpoints to resume from; it cannot resume a distillation run."""
+    from mmlckd.compat.checkpoint_io import check_checkpoint_file
+    for name in ('iter_1.pth', 'student_final.pth'):
+        (tmp_path / name).write_bytes(b'x' * 8)
+    (tmp_path / 'iter_2.pth').write_bytes(b'')
+    with pytest.raises(CheckpointError) as e:
+        check_checkpoint_file(str(tmp_path / 'iter_2.pth'),
+                              'resume checkpoint')
+    assert '(in that folder: iter_1.pth)' in str(e.value)
+    with pytest.raises(CheckpointError, match='student_final.pth'):
+        check_checkpoint_file(str(tmp_path / 'iter_2.pth'),
+                              'teacher checkpoint')
+
+
+def test_teacher_checkpoint_url_says_it_is_not_fetched():
+    """Issue 20, case 11: a URL as teacher.checkpoint got "not found ...
+    relative paths are resolved from ...". Now: URLs are not fetched, and
+    how to get the file."""
+    url = 'https://example.com/retinanet_r50.pth'
+    with pytest.raises(FileNotFoundError, match=r'is a URL: mmlckd loads '
+                       r'local files only .*Download the file first.*'
+                       'teacher.checkpoint to the local path') as e:
+        _build(_det(), _det(base=32), checkpoint=url)
+    assert 'relative paths' not in str(e.value)
+
+
+def test_export_student_into_an_existing_folder(tmp_path):
+    """Issue 20, case 18: "[Errno 21] Is a directory: '.outdir.NNN.tmp' ->
+    'outdir'"."""
+    src = tmp_path / 'kd.pth'
+    torch.save(dict(state_dict={'student.w': torch.ones(3)}), src)
+    out = tmp_path / 'outdir'
+    out.mkdir()
+    export = load_tool('export_student')
+    with pytest.raises(SystemExit, match=r"the output '.*outdir' is a "
+                       r'folder; give the path of the file to write, e.g. '
+                       r'.*outdir/student.pth'):
+        export.main([str(src), str(out)])
+    assert list(out.iterdir()) == []
+    assert not list(tmp_path.glob('.*.tmp'))
+
+
+def test_distillation_config_as_teacher_config_is_named():
+    """Issue 20, case 19: "190 missing keys ... set
+    teacher.allow_missing_keys=True", which led to another error."""
+    kd = dict(type='mmlckd.LipschitzDistiller', student=_det(),
+              teacher=dict(config='work_dirs/teacher_r50.py',
+                           checkpoint=None))
+    with pytest.raises(ValueError, match=r'is a distillation config '
+                       r'\(model.type=LipschitzDistiller\).*the plain config '
+                       r"the teacher was trained with \(that distillation "
+                       r"config's own teacher is 'work_dirs/teacher_r50.py'"
+                       r'\)') as e:
+        _build(_det(), kd)
+    assert 'allow_missing_keys' not in str(e.value)
+
+
+def test_random_teacher_warning_reaches_the_log(tmp_path):
+    """Issue 20, case 25: the teacher.checkpoint=None warning went to
+    stderr only, not into the work dir's log."""
+    from mmengine.logging import MMLogger
+    log = tmp_path / 'run.log'
+    MMLogger.get_instance('faults_random_teacher', log_file=str(log))
+    _build(_det(), _det(base=32), checkpoint=None)
+    assert 'teacher has RANDOM weights' in log.read_text()
+
+
+@pytest.mark.slow
+def test_corrupted_teacher_checkpoint_is_a_one_line_tool_error(
+        voc_devkit, tmp_path, teacher_ckpt):
+    """Issue 20, case 21: a flipped byte in a teacher checkpoint with a
+    sidecar arrived as a raw CheckpointError traceback from
+    tools/train.py."""
+    from engine_toys import tiny_cfg
+    path = tmp_path / 'teacher.pth'
+    atomic_torch_save(safe_torch_load(teacher_ckpt), str(path))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    cfg = tiny_cfg(voc_devkit, tmp_path / 'w', str(path))
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    with pytest.raises(SystemExit, match=r"^error: teacher checkpoint '.*"
+                       "teacher.pth' does not match its recorded SHA-256"):
+        _train_in_process(cfg.to_dict(), tmp_path)
+
+
+@pytest.mark.slow
+def test_full_disk_at_a_checkpoint_names_the_file_and_the_fix(
+        tmp_path, monkeypatch):
+    """Issue 20, case 14: a raw "OSError: [Errno 28]" from mmengine's
+    save_checkpoint, with no path and no advice (nothing was lost)."""
+    import mmengine.runner.runner as runner_mod
+    from fault_toys import toy_cfg
+    real, calls = runner_mod.save_checkpoint, [0]
+
+    def full_on_second(checkpoint, filename, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            with open(filename, 'wb') as f:
+                f.write(b'partial')
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(checkpoint, filename, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, 'save_checkpoint', full_on_second)
+    work = tmp_path / 'w'
+    with pytest.raises(SystemExit, match=r'^error: no space left on device '
+                       r'while writing the checkpoint .*iter_2.pth. Nothing '
+                       r'was lost.*iter_1.pth and last_checkpoint are intact'
+                       r'.*--resume'):
+        _train_in_process(toy_cfg(work, max_iters=3), tmp_path)
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    assert not list(work.glob('.*.tmp'))
+    assert verify_checksum(str(work / 'iter_1.pth')) is True
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_says_the_batch_changed(
+        tmp_path):
+    """Issue 20, case 23: resuming a 2-process run with 1 process said
+    nothing of the global batch being halved. Checkpoints now record the
+    number of processes and the per-process batch."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    _train_in_process(toy_cfg(work, max_iters=1), tmp_path)
+    path = str(work / 'iter_1.pth')
+    ckpt = safe_torch_load(path)
+    assert ckpt['meta']['world_size'] == 1
+    assert ckpt['meta']['batch_size'] == 4
+    ckpt['meta']['world_size'] = 2  # as a 2-process run writes it
+    atomic_torch_save(ckpt, path)
+    runner = _train_in_process(toy_cfg(work, max_iters=2), tmp_path,
+                               '--resume', name='r.py')
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert re.search(r'the resume checkpoint .*iter_1.pth was written by a '
+                     r'run of 2 processes; this run has 1: the global batch '
+                     r'is now 4 instead of 8.*tools/dist_train.sh CONFIG 2 '
+                     r'--resume', log), log[-2000:]
+
+
+@pytest.mark.slow
+def test_dist_train_with_its_port_in_use_says_set_port(tmp_path):
+    """Issue 20, case 24: PORT in use ended in torchrun's "EADDRINUSE ...
+    port: N". Now checked first: which port, and "set PORT"."""
+    import socket
+    busy = socket.socket()
+    busy.bind(('127.0.0.1', 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        r = subprocess.run(
+            ['bash', 'tools/dist_train.sh', 'no_such_cfg.py', '2'],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, PORT=str(port), PYTHON=sys.executable))
+    finally:
+        busy.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f'error: port {port} (PORT, torchrun\'s master port) is in use' \
+        in r.stderr
+    assert f'PORT={port + 1} bash tools/dist_train.sh no_such_cfg.py 2' \
+        in r.stderr
+    assert 'EADDRINUSE' not in r.stderr
+
+
+@pytest.mark.slow
+def test_resume_set_in_the_config_moves_nothing_aside(tmp_path):
+    """resume=True in the config (not --resume) is a resume too: the work
+    dir's checkpoints stay where mmengine's auto-resume looks for them."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    _train_in_process(toy_cfg(work, max_iters=1), tmp_path)
+    cfg = toy_cfg(work, max_iters=2)
+    cfg['resume'] = True
+    runner = _train_in_process(cfg, tmp_path, name='r.py')
+    assert runner.iter == 2
+    assert not (work / 'previous_runs').exists()
+    assert (work / 'iter_2.pth').is_file()

@@ -15,6 +15,22 @@ PYTHON=${PYTHON:-python}
 if [[ -z "$CONFIG" || -z "$GPUS" ]]; then
   echo "usage: bash $0 CONFIG NUM_PROCS [train.py args...]" >&2; exit 2
 fi
+# the master port must be free on the master node (torchrun would stop with
+# a raw EADDRINUSE)
+if [[ "$NODE_RANK" == 0 ]] && ! "$PYTHON" -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+' "$PORT"; then
+  echo "error: port $PORT (PORT, torchrun's master port) is in use on this" \
+    "machine, e.g. by another training job. Set PORT to a free port:" \
+    "PORT=$((PORT + 1)) bash $0 $*" >&2
+  exit 1
+fi
 PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
 "$PYTHON" -m torch.distributed.run \

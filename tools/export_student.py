@@ -6,6 +6,7 @@ The output loads with the plain student config in stock mmdet / mmseg
 ``tools/test.py``.
 """
 import argparse
+import os
 
 from mmlckd.apis import export_student
 
@@ -15,6 +16,11 @@ def main(argv=None):
     parser.add_argument('checkpoint', help='distillation checkpoint')
     parser.add_argument('out', help='output student checkpoint')
     args = parser.parse_args(argv)
+    if os.path.isdir(args.out):
+        raise SystemExit(
+            f'error: the output {args.out!r} is a folder; give the path of '
+            'the file to write, e.g. '
+            f'{os.path.join(args.out, "student.pth")}')
     try:
         path = export_student(args.checkpoint, args.out)
     except (OSError, ValueError) as e:  # missing, unreadable, disk full

@@ -8,10 +8,15 @@ Same arguments as MMDetection's / MMSegmentation's ``tools/train.py``::
 Differences: ``import mmlckd`` (registry, torch>=2.6 resume fix), gloo DDP on
 machines without CUDA, distillation runs always export the student
 (``<work_dir>/student_final.pth``) at the end, checkpoints are written by
-``mmlckd.SafeCheckpointHook`` (atomic, SHA-256 sidecars), and ``--resume``
-with nothing to resume is an error.
+``mmlckd.SafeCheckpointHook`` (atomic, SHA-256 sidecars), ``--resume``
+with nothing to resume is an error, a work dir belongs to one run at a time
+(a lock naming the other run's pid and host), a fresh run moves an earlier
+run's checkpoints, config and history aside together
+(``<work_dir>/previous_runs/<time>/``), and a run that ends with weights it
+could not save exits non-zero.
 """
 import argparse
+import errno
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
@@ -22,9 +27,11 @@ from mmengine.runner import Runner
 from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
                            init_cpu_dist)
 from mmlckd.compat.checkpoint_io import CheckpointError
-from mmlckd.utils.cli import (load_tool_cfg, parse_with_launcher_args,
+from mmlckd.utils.cli import (check_distill_setup, check_empty_ann_files,
+                              check_finished, load_tool_cfg,
+                              own_work_dir, parse_with_launcher_args,
                               prepare_distill_cfg, resolve_resume,
-                              use_safe_checkpoints)
+                              use_safe_checkpoints, warn_resume_lr_override)
 
 
 def parse_args(argv=None):
@@ -66,6 +73,7 @@ def build_cfg(args) -> Config:
             raise SystemExit('--auto-scale-lr: the config has no '
                              'auto_scale_lr.base_batch_size')
     resolve_resume(cfg, args.resume)
+    check_empty_ann_files(cfg)
     use_safe_checkpoints(cfg)
     prepare_distill_cfg(cfg)
     adapt_cfg_for_cpu_dist(cfg)
@@ -76,15 +84,31 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
     init_cpu_dist(args.launcher)
-    with dist_teardown():
-        if 'runner_type' not in cfg:
-            runner = Runner.from_cfg(cfg)
-        else:
-            runner = RUNNERS.build(cfg)
+    resume = bool(args.resume or cfg.get('resume', False))
+    with dist_teardown(), own_work_dir(cfg, resume, args.config) as notes:
         try:
+            if 'runner_type' not in cfg:
+                runner = Runner.from_cfg(cfg)
+            else:
+                runner = RUNNERS.build(cfg)
+            for note in notes:  # into the work dir's log too
+                runner.logger.warning(note)
+            warn_resume_lr_override(runner, args)
+            check_distill_setup(runner)
             runner.train()
         except CheckpointError as e:  # a checkpoint that cannot be used
             raise SystemExit(f'error: {e}') from None
+        except OSError as e:  # a full disk (a checkpoint, the config dump)
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise SystemExit(f'error: {e.strerror}' if 'no space left on '
+                             'device' in str(e.strerror) else
+                             f'error: no space left on device in the work '
+                             f'dir {cfg.work_dir} ({e}). Free space on that '
+                             'disk, or pass --work-dir on another disk; '
+                             'checkpoints already written are intact '
+                             '(--resume continues).') from None
+        check_finished(runner)
     return runner
 
 

@@ -19,6 +19,7 @@ import errno
 import hashlib
 import os
 import os.path as osp
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
@@ -182,6 +183,16 @@ def verify_checksum(path: str, role: str = 'checkpoint',
         log(f'{role} {path}: no SHA-256 recorded (a file from elsewhere); '
             'loading it unverified.')
         return False
+    if not re.fullmatch(r'[0-9a-f]{64}', want):
+        raise CheckpointError(
+            f'the SHA-256 sidecar {sidecar_path(path)!r} of {role} {path!r} '
+            + ('is empty (0 bytes)' if not want else
+               f'does not hold a SHA-256 (it starts with {want[:16]!r})') +
+            ': the sidecar is broken (its write was cut off, or it was '
+            'edited), so the checkpoint could not be checked; the '
+            'checkpoint itself may be intact. Restore the sidecar from the '
+            f'same copy, or delete {sidecar_path(path)} to load the '
+            'checkpoint unverified.')
     got = sha256_file(path)
     if got != want:
         raise CheckpointError(
@@ -231,7 +242,7 @@ def check_checkpoint_file(path: str, role: str = 'checkpoint') -> None:
         raise CheckpointError(
             f'{role} {path!r} is empty (0 bytes): its write was cut off (a '
             'killed run or a full disk). Use an earlier checkpoint' +
-            _others_hint(path) + '.')
+            _others_hint(path, resume='resume' in role) + '.')
     with open(path, 'rb') as f:
         head = f.read(64)
     if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO):
@@ -246,11 +257,15 @@ def check_checkpoint_file(path: str, role: str = 'checkpoint') -> None:
         'config or last_checkpoint file).')
 
 
-def _others_hint(path: str) -> str:
+def _others_hint(path: str, resume: bool = False) -> str:
+    """Other checkpoints in ``path``'s folder; for a resume, only those of
+    the training run (``iter_N``/``epoch_N``: a student export cannot
+    resume a distillation run)."""
     folder = osp.dirname(osp.abspath(path))
+    pattern = r'(iter|epoch)_\d+\.pth' if resume else r'.*\.pth'
     try:
         others = sorted(
-            (n for n in os.listdir(folder) if n.endswith('.pth')
+            (n for n in os.listdir(folder) if re.fullmatch(pattern, n)
              and n != osp.basename(path)
              and osp.getsize(osp.join(folder, n)) > 0),
             key=lambda n: osp.getmtime(osp.join(folder, n)))

@@ -10,24 +10,51 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
-__all__ = ['last_finite_checkpoint', 'check_inputs_finite',
+__all__ = ['last_finite_checkpoint', 'RESTART_HINT', 'check_inputs_finite',
            'check_losses_finite', 'check_terms_finite',
            'non_finite_loss_error']
 
 _DISABLE = 'Set model.nan_guard=False to disable this check.'
 
 
-def last_finite_checkpoint() -> str:
-    """The last checkpoint written in this process (SafeCheckpointHook
-    writes finite states only), as words for a message."""
+def _runtime_info() -> dict:
     try:
         from mmengine.logging import MessageHub
-        hub = MessageHub.get_current_instance()
-        path = hub.runtime_info.get('last_ckpt', None)
+        return MessageHub.get_current_instance().runtime_info
     except Exception:  # no runner (model-level use)
-        path = None
-    return (f'the last finite checkpoint is {path}' if path else
-            'no checkpoint was written in this run yet')
+        return {}
+
+
+def last_finite_checkpoint() -> str:
+    """The last checkpoint written in this process (SafeCheckpointHook
+    writes finite states only), as words for a message; when it was written
+    while the loss was far above its recent range (a spike, marked by
+    SafeCheckpointHook), also the last one written before that."""
+    info = _runtime_info()
+    path = info.get('last_ckpt', None)
+    if not path:
+        return 'no checkpoint was written in this run yet'
+    normal = info.get('last_normal_ckpt', None)
+    spike = info.get('loss_spike', None) or {}
+    if normal == path or not spike:
+        return f'the last finite checkpoint is {path}'
+    where = (f'the last one written before the losses left their normal '
+             f'range is {normal}' if normal else
+             'no checkpoint was written before the losses left their normal '
+             'range')
+    return (f'the last finite checkpoint is {path}, written during a loss '
+            f'spike (loss {spike.get("loss", float("nan")):.4g} at iteration '
+            f'{spike.get("iter", "?")}, recent median '
+            f'{spike.get("median", float("nan")):.4g}): it is finite but '
+            f'may already have diverged; {where}')
+
+
+RESTART_HINT = (
+    'restart from the checkpoint named above with a lower learning rate: '
+    '--cfg-options load_from=<that checkpoint> '
+    'optim_wrapper.optimizer.lr=<lower> (not --resume: it restores the '
+    "checkpoint's optimizer state, its lr included, so the lower lr would "
+    'be ignored)')
 
 
 def check_inputs_finite(inputs) -> None:
@@ -58,7 +85,7 @@ def non_finite_loss_error(kind: str, bad: List[str],
         f'{last_finite_checkpoint()}. Fixes: lower the learning rate or '
         'the distillation loss_weight, clip gradients '
         '(optim_wrapper.clip_grad=dict(max_norm=35)), check the teacher '
-        'checkpoint, then resume from that checkpoint. ' + _DISABLE)
+        f'checkpoint; {RESTART_HINT}. ' + _DISABLE)
 
 
 def _tensors(value) -> List[torch.Tensor]:

@@ -2,6 +2,7 @@
 and teacher/student compatibility checks, with messages that name the
 teacher, the file, the config and the fix."""
 import copy
+import logging
 import re
 import warnings
 from typing import Optional
@@ -50,6 +51,14 @@ def load_teacher_checkpoint(teacher: nn.Module, path: str,
     role = 'teacher checkpoint'
     cfg_name = describe_config(config) if config is not None else \
         'teacher.config'
+    if '://' in str(path):
+        raise FileNotFoundError(
+            f'{role} {path!r} is a URL: mmlckd loads local files only (it '
+            'does not fetch checkpoints, so that each one is checked, '
+            'with its SHA-256 when there is one, before it is loaded). '
+            'Download the file first (e.g. wget or curl, or mmengine\'s '
+            'CheckpointLoader.load_checkpoint, which caches it under '
+            '~/.cache/torch) and set teacher.checkpoint to the local path.')
     check_checkpoint_file(path, role)
     verify_checksum(path, role)
     ckpt = safe_torch_load(path, map_location='cpu', role=role)
@@ -97,15 +106,30 @@ def build_teacher(cfg: dict) -> nn.Module:
             f'checkpoint=<path>), got {cfg!r}')
     tcfg = load_config(cfg['config'])
     model_cfg = tcfg.get('model', None) or tcfg
+    if str(model_cfg.get('type', '')).split('.')[-1] == 'LipschitzDistiller':
+        inner = model_cfg.get('teacher', None) or {}
+        raise ValueError(
+            f'teacher.config {describe_config(cfg["config"])} is a '
+            'distillation config (model.type=LipschitzDistiller), not the '
+            'config of a detector or segmentor: its keys ("student.*", '
+            '"teacher.*") fit no teacher checkpoint. Set teacher.config to '
+            'the plain config the teacher was trained with' +
+            (f' (that distillation config\'s own teacher is '
+             f'{describe_config(inner.get("config"))})'
+             if isinstance(inner, dict) and inner.get('config') else '') +
+            '; to distil from a distilled student, use its plain student '
+            'config and its exported student (tools/export_student.py).')
     with DefaultScope.overwrite_default_scope(
             tcfg.get('default_scope', None)):
         teacher = ROOT_MODELS.build(copy.deepcopy(model_cfg))
     ckpt = cfg.get('checkpoint', None)
     if ckpt is None:
-        warnings.warn(
-            'LipschitzDistiller: teacher.checkpoint is None, the teacher '
-            'has RANDOM weights. Set teacher.checkpoint to a trained '
-            'model unless this is a smoke test.')
+        msg = ('LipschitzDistiller: teacher.checkpoint is None, the teacher '
+               'has RANDOM weights. Set teacher.checkpoint to a trained '
+               'model unless this is a smoke test.')
+        warnings.warn(msg)
+        # the runner's logger (built before the model): the work dir's log
+        print_log(msg, logger='current', level=logging.WARNING)
     else:
         load_teacher_checkpoint(teacher, ckpt,
                                 cfg.get('allow_missing_keys', False),
