@@ -9,10 +9,16 @@ The checkpoint must fit the model exactly: missing, unexpected or
 size-mismatched keys are an error naming the file, the config and the fix
 (mmengine would only warn and evaluate random weights). Its SHA-256 sidecar,
 when there is one, is verified.
+
+Nothing in the work dir is rewritten: the config of the test run is saved
+in the run's own ``<work_dir>/<timestamp>/`` folder, next to its log, so the
+config copy that training left in ``<work_dir>/`` stays the record of how
+the model was trained.
 """
 import argparse
 import os.path as osp
 
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -33,6 +39,23 @@ def parse_args(argv=None):
     return parse_with_launcher_args(parser, argv)
 
 
+def _test_runner_class(cfg: Config) -> type:
+    """The runner class of ``cfg`` (mmengine's ``Runner`` unless
+    ``runner_type`` names another), with ``dump_config`` writing into the
+    run's timestamp folder instead of over ``<work_dir>/<config name>``."""
+    base = RUNNERS.get(cfg.runner_type) if 'runner_type' in cfg else Runner
+    if base is None:
+        raise SystemExit(f'error: unknown runner_type {cfg.runner_type!r}')
+
+    def dump_config(self) -> None:
+        name = osp.basename(self.cfg.filename) if self.cfg.filename \
+            else f'{self.timestamp}.py'
+        self.cfg.dump(osp.join(self.log_dir, name))
+
+    return type(f'Test{base.__name__}', (base, ),
+                dict(dump_config=dump_config))
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
@@ -48,8 +71,7 @@ def main(argv=None):
     adapt_cfg_for_cpu_dist(cfg)
     init_cpu_dist(args.launcher)
     with dist_teardown():
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
-            else RUNNERS.build(cfg)
+        runner = _test_runner_class(cfg).from_cfg(cfg)
         try:
             check_model_checkpoint(runner.model, args.checkpoint,
                                    args.config, distilled=distilled)

@@ -254,3 +254,47 @@ def test_train_tool_tears_down_its_process_group(voc_devkit, teacher_ckpt,
     finally:
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def _snapshot(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = osp.join(root, name)
+            with open(path, 'rb') as f:
+                out[osp.relpath(path, folder)] = f.read()
+    return out
+
+
+@pytest.mark.slow
+def test_test_tool_leaves_the_work_dir_as_it_was(voc_devkit, teacher_ckpt,
+                                                 tmp_path):
+    """tools/test.py in the training work dir: every file training left
+    there (the config copy above all) is unchanged, the test run's config
+    goes to its own timestamp folder, and the training copy still tests."""
+    from mmengine.config import Config
+    work = tmp_path / 'run'
+    cfg_path = tmp_path / 'distill_tiny.py'
+    tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=2).dump(str(cfg_path))
+    Runner.from_cfg(Config.fromfile(str(cfg_path))).train()
+    copy = work / 'distill_tiny.py'
+    assert copy.is_file()
+    before = _snapshot(work)
+    test = load_tool('test')
+    metrics = test.main([str(cfg_path), str(work / 'iter_2.pth'),
+                         '--work-dir', str(work)])
+    assert 'pascal_voc/mAP' in metrics
+    after = _snapshot(work)
+    changed = [p for p in before if after.get(p) != before[p]]
+    assert changed == []
+    new = sorted(set(after) - set(before))
+    # the test run's config is kept, in its own log folder
+    dumped = [p for p in new if osp.basename(p) == 'distill_tiny.py']
+    assert len(dumped) == 1 and osp.dirname(dumped[0]) != ''
+    assert 'LipschitzDistiller' not in after[dumped[0]].decode()
+    # the training copy is still a distillation config that tests again
+    assert 'LipschitzDistiller' in copy.read_text()
+    again = test.main([str(copy), str(work / 'iter_2.pth'),
+                       '--work-dir', str(tmp_path / 'eval2')])
+    assert again['pascal_voc/mAP'] == metrics['pascal_voc/mAP']
