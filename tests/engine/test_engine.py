@@ -160,7 +160,7 @@ def test_ddp_ranks_fix_identical_balanced_weights(voc_devkit, teacher_ckpt,
     assert len(r0) == len(r1) == 3
     assert r0[0]['img_ids'] != r1[0]['img_ids']
     # the ranks' own gradient norms differ (different samples) ...
-    assert r0[0]['gnorm_task'] != pytest.approx(r1[0]['gnorm_task'],
+    assert r0[2]['gnorm_task'] != pytest.approx(r1[2]['gnorm_task'],
                                                 rel=1e-3)
     # ... but the weights fixed after the calibration are the same
     for key in ('weight_lipschitz', 'weight_feat'):
@@ -298,3 +298,50 @@ def test_test_tool_leaves_the_work_dir_as_it_was(voc_devkit, teacher_ckpt,
     again = test.main([str(copy), str(work / 'iter_2.pth'),
                        '--work-dir', str(tmp_path / 'eval2')])
     assert again['pascal_voc/mAP'] == metrics['pascal_voc/mAP']
+
+
+def _train_lines(work_dir):
+    """The ``Iter(train)`` lines of the run's log file."""
+    logs = [osp.join(r, f) for r, _, fs in os.walk(work_dir) for f in fs
+            if f.endswith('.log')]
+    assert len(logs) == 1, logs
+    with open(logs[0]) as f:
+        return [line for line in f if 'Iter(train)' in line]
+
+
+@pytest.mark.slow
+def test_gradient_shares_are_logged_only_when_measured(voc_devkit,
+                                                       teacher_ckpt,
+                                                       tmp_path):
+    """Balanced weights, calibration of 2 steps, shares every 2 steps,
+    a line every step, the history every 3: the shares appear on the lines
+    and in the history of iteration 4 only (not in the calibration, not
+    repeated on lines 3 and 5), the weights print as %.3e."""
+    work = tmp_path / 'shares'
+    cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=5)
+    cfg.model.lipschitz_loss = dict(type='mmlckd.LipschitzLoss')
+    cfg.model.feature_loss = dict(type='mmlckd.OFDLoss')
+    cfg.model.balance = dict(iters=2, log_interval=2)
+    for hook in cfg.custom_hooks:
+        if hook['type'] == 'mmlckd.LipschitzMonitorHook':
+            hook['interval'] = 3
+    Runner.from_cfg(cfg).train()
+    lines = _train_lines(work)
+    assert len(lines) == 5
+    assert ['gshare_task' in line for line in lines] == [
+        False, False, False, True, False]
+    with open(work / 'lipschitz.jsonl') as f:
+        recs = [json.loads(line) for line in f]
+    assert [r['iter'] for r in recs] == [3, 4]
+    assert 'gshare_task' not in recs[0]
+    total = sum(v for k, v in recs[1].items() if k.startswith('gshare_'))
+    assert total == pytest.approx(1.0, rel=1e-5)
+    assert recs[1]['gshare_lipschitz'] > 0 and recs[1]['gshare_feat'] > 0
+    assert recs[0]['epoch'] == 1  # as the console counts
+    # every weight at 4 significant digits in %.3e: nothing rounds to 0.0001
+    import re
+    for rec, line in ((recs[0], lines[2]), (recs[1], lines[3])):
+        for key in ('weight_lipschitz', 'weight_feat'):
+            assert f'{key}: {rec[key]:.3e}' in line, (key, line)
+    assert 'weight_feat: 0.000e+00' in lines[0]
+    assert not re.search(r'weight_\w+: \d\.\d{4}\b', ''.join(lines))

@@ -26,11 +26,18 @@ so all ranks fix the same weights. Weights, sums and counters are
 persistent buffers: checkpoints hold them and a resumed run continues
 exactly, also from the middle of the calibration.
 
-Gradient shares: every ``log_interval`` steps the balancer also measures
-the gradient norm on the student's parameters of the task loss and of each
-weighted term and returns them for the logs (``gnorm_<term>`` and
-``gshare_<term>``, the norm divided by the sum of all norms). The names
-avoid the substring ``loss``, which mmengine would add to the total loss.
+Gradient shares: after the calibration, at every ``log_interval``-th step
+(steps ``log_interval``, ``2 * log_interval``, ... counted from 1, the
+iterations at which mmengine's ``LoggerHook`` with the same interval prints
+a line), the balancer also measures the gradient norm on the student's
+parameters of the task loss and of each weighted term and returns them for
+the logs (``gnorm_<term>`` and ``gshare_<term>``, the norm divided by the
+sum of all norms). Nothing is returned at the other steps, so a log line
+carries shares only when they were measured at that step (the
+``LipschitzMonitorHook`` drops the previous measurement from the message
+hub), and none during the calibration, when the auto weights are still 0.
+The names avoid the substring ``loss``, which mmengine would add to the
+total loss.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -140,8 +147,10 @@ class LossBalancer(nn.Module):
             ``'feat'``) to ratios, with ``'default'`` for the others.
         iters (int): calibration steps. Default 10.
         by (str): ``'grad'`` or ``'loss'``. Default ``'grad'``.
-        log_interval (int): measure and log the gradient shares every
-            ``log_interval`` steps; 0 disables. Default 50.
+        log_interval (int): measure and log the gradient shares at every
+            ``log_interval``-th step after the calibration; 0 disables.
+            Default 50 (mmdet's and mmseg's ``LoggerHook`` interval: keep
+            it a multiple of the logger's so that the lines show them).
     """
 
     def __init__(self,
@@ -226,7 +235,8 @@ class LossBalancer(nn.Module):
         self.step += 1
         self._step += 1
         calibrating = not self.calibrated and bool(self.terms)
-        share_due = self.log_interval > 0 and step % self.log_interval == 0
+        share_due = (self.log_interval > 0 and not calibrating
+                     and (step + 1) % self.log_interval == 0)
         names = ['task'] + list(terms)  # the rows of ``norms``
         norms = None
         if (calibrating and self.by == 'grad') or share_due:
