@@ -59,6 +59,25 @@ def short_name(term: str) -> str:
     return term[len('loss_'):] if term.startswith('loss_') else term
 
 
+#: the loss each of the distiller's loss arguments builds when its config
+#: names no ``type``: ``--cfg-options model.lipschitz_loss.distance=l1``
+#: or ``model.feature_loss.loss_weight=1e-5`` changes one field of the
+#: default loss (mmengine merges the option into an empty dict when the
+#: config leaves the argument to its default)
+DEFAULT_LOSS_TYPES = {
+    'lipschitz_loss': 'mmlckd.LipschitzLoss',
+    'feature_loss': 'mmlckd.OFDLoss',
+}
+
+
+def with_default_type(cfg: Optional[dict], what: str) -> Optional[dict]:
+    """``cfg`` with ``type`` set to the default loss of the argument
+    ``what`` (:data:`DEFAULT_LOSS_TYPES`) when it names none."""
+    if cfg is None or 'type' in cfg:
+        return cfg
+    return dict(type=DEFAULT_LOSS_TYPES[what], **cfg)
+
+
 def auto_weight(cfg: Optional[dict], what: str
                 ) -> Tuple[Optional[dict], bool]:
     """``(cfg with loss_weight=1.0, True)`` if the loss config ``cfg``
@@ -86,7 +105,11 @@ def build_losses(lipschitz_loss: Optional[dict],
     term that sets no ``loss_weight`` (:func:`auto_weight`; the response
     losses as one term, ``loss_kd``). Completes ``response_cfgs[i]['loss']``
     in place. A LipschitzLoss config without ``check_finite`` gets
-    ``check_finite=False`` (the distiller's ``nan_guard`` covers it)."""
+    ``check_finite=False`` (the distiller's ``nan_guard`` covers it).
+    A loss config without ``type`` is one of the default loss
+    (:func:`with_default_type`)."""
+    lipschitz_loss = with_default_type(lipschitz_loss, 'lipschitz_loss')
+    feature_loss = with_default_type(feature_loss, 'feature_loss')
     lipschitz_loss, lip_auto = auto_weight(lipschitz_loss, 'lipschitz_loss')
     feature_loss, feat_auto = auto_weight(feature_loss, 'feature_loss')
     response_auto = []
