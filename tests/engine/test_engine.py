@@ -269,7 +269,7 @@ def _snapshot(folder):
 
 @pytest.mark.slow
 def test_test_tool_leaves_the_work_dir_as_it_was(voc_devkit, teacher_ckpt,
-                                                 tmp_path):
+                                                 tmp_path, capfd):
     """tools/test.py in the training work dir: every file training left
     there (the config copy above all) is unchanged, the test run's config
     goes to its own timestamp folder, and the training copy still tests."""
@@ -281,6 +281,7 @@ def test_test_tool_leaves_the_work_dir_as_it_was(voc_devkit, teacher_ckpt,
     copy = work / 'distill_tiny.py'
     assert copy.is_file()
     before = _snapshot(work)
+    capfd.readouterr()
     test = load_tool('test')
     metrics = test.main([str(cfg_path), str(work / 'iter_2.pth'),
                          '--work-dir', str(work)])
@@ -293,6 +294,13 @@ def test_test_tool_leaves_the_work_dir_as_it_was(voc_devkit, teacher_ckpt,
     dumped = [p for p in new if osp.basename(p) == 'distill_tiny.py']
     assert len(dumped) == 1 and osp.dirname(dumped[0]) != ''
     assert 'LipschitzDistiller' not in after[dumped[0]].decode()
+    # the student's weights only: no "unexpected key" lines for the
+    # connectors, balancer and estimator states of the checkpoint
+    log = [p for p in new if p.endswith('.log')]
+    assert len(log) == 1
+    assert 'Load checkpoint from' in after[log[0]].decode()
+    printed = ''.join(capfd.readouterr())
+    assert 'unexpected key' not in printed and 'do not match' not in printed
     # the training copy is still a distillation config that tests again
     assert 'LipschitzDistiller' in copy.read_text()
     again = test.main([str(copy), str(work / 'iter_2.pth'),
