@@ -84,6 +84,9 @@ class LipschitzMonitorHook(Hook):
 
     def before_train(self, runner) -> None:
         self._model = unwrap_model(runner)
+        if hasattr(self._model, 'pairs'):  # a distiller: what it records
+            from mmlckd.engine.log_processor import describe_distiller
+            runner.logger.info(describe_distiller(self._model))
         if self.out_file:
             self._path = osp.join(runner.work_dir, self.out_file)
             if runner.iter == 0:
