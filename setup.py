@@ -22,13 +22,14 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=('mmlckd', 'mmlckd.*')),
     python_requires='>=3.8',
-    # Supported ranges; requirements.txt pins the tested versions (inside
+    # Supported ranges; requirements/*.txt pin the tested versions (inside
     # them) that tools/setup_env.sh installs. torch is not listed: install
     # the build for your machine first (the README's set-up does).
     install_requires=['mmengine>=0.10.7,<0.11', 'mmcv>=2.0.0,<2.2.0'],
     extras_require={
         'det': ['mmdet>=3.3.0,<3.4'],
-        'seg': ['mmsegmentation>=1.2.2,<1.3'],
+        # mmseg 1.2.2 imports ftfy and regex unconditionally
+        'seg': ['mmsegmentation>=1.2.2,<1.3', 'ftfy', 'regex'],
     },
     license='Apache License 2.0',
     zip_safe=False)

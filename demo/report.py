@@ -28,9 +28,9 @@ def _gap_closed(diff: Optional[dict], cell: dict) -> str:
     return f'{100 * diff["mean"] / gap:.0f}% ± {100 * diff["se"] / gap:.0f}%'
 
 
-def _pm(stat: dict, digits: int = 1) -> str:
+def _pm(stat: dict, digits: int = 1, show_n: bool = True) -> str:
     if stat['n'] < 2:
-        return f'{stat["mean"]:.{digits}f}'
+        return f'{stat["mean"]:.{digits}f}' + (' (n=1)' if show_n else '')
     return f'{stat["mean"]:.{digits}f} ± {stat["se"]:.{digits}f}'
 
 
@@ -71,7 +71,7 @@ def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
             r = rows[row]
             diff = r['vs_baseline']
             lines.append(
-                f'| {ROW_NAMES[row]} | {_pm(r["metric"])} '
+                f'| {ROW_NAMES[row]} | {_pm(r["metric"], show_n=False)} '
                 f'(n={r["metric"]["n"]}) | '
                 f'{"--" if diff is None else _pm(diff, 2)} | '
                 f'{"--" if diff is None else _verdict(diff)} | '
@@ -160,15 +160,18 @@ def _series(recs: List[dict], key, window: int = 1):
 
 
 def plot_run(path: str, title: str, distilled_dir: str,
-             baseline_dir: Optional[str]) -> str:
+             baseline_dir: Optional[str],
+             history: str = 'losses.jsonl') -> str:
     """Three panels from one distilled run (and its baseline): per-block
     Lipschitz estimates of teacher and student, each term's share of the
-    gradient norm on the student, and the task losses."""
+    gradient norm on the student, and the task losses. ``history``: the
+    JSONL file of each run dir (``tools/plot_run.py``: a training run's
+    ``lipschitz.jsonl``)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    recs = read_jsonl(osp.join(distilled_dir, 'losses.jsonl'))
+    recs = read_jsonl(osp.join(distilled_dir, history))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
     keys = sorted({k[len('sigma_s.'):] for r in recs for k in r
@@ -201,7 +204,7 @@ def plot_run(path: str, title: str, distilled_dir: str,
             (distilled_dir, recs, 'C3', 'distilled')):  # read above
         if run_dir:
             if run_recs is None:
-                run_recs = read_jsonl(osp.join(run_dir, 'losses.jsonl'))
+                run_recs = read_jsonl(osp.join(run_dir, history))
             xs, ys = _series(run_recs, _task_loss, 20)
             ax.plot(xs, ys, color=color, label=label)
     ax.set(yscale='log', xlabel='iteration', ylabel='task loss (moving '

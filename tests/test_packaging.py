@@ -1,5 +1,5 @@
 """Packaging and registration: setup.py's ranges and extras, the tested
-versions in requirements.txt / tools/setup_env.sh, ``import mmlckd``
+versions in requirements/*.txt / tools/setup_env.sh, ``import mmlckd``
 without mmdet / mmseg, and the one registration mechanism (the ``mmlckd.``
 type prefix) in a fresh process."""
 import ast
@@ -45,6 +45,72 @@ def _run(code: str, **env):
                           timeout=300)
 
 
+REQ_FILES = ('mminstall', 'runtime', 'optional', 'tests')
+
+
+def _requirements_text() -> str:
+    return ''.join(open(osp.join(REPO, 'requirements', f'{n}.txt')).read()
+                   for n in REQ_FILES)
+
+
+def _reqs(name: str) -> dict:
+    """``{name: Requirement}`` of ``requirements/<name>.txt``."""
+    out = {}
+    for line in open(osp.join(REPO, 'requirements', f'{name}.txt')):
+        line = line.split('#')[0].strip()
+        if line:
+            req = Requirement(line)
+            out[req.name] = req
+    return out
+
+
+def test_requirements_follow_the_openmmlab_layout():
+    """requirements/{mminstall,runtime,optional,tests}.txt, each with its
+    kind of package; requirements.txt includes them all."""
+    top = open(osp.join(REPO, 'requirements.txt')).read()
+    assert [line for line in top.splitlines()
+            if line and not line.startswith('#')] == [
+                f'-r requirements/{n}.txt' for n in REQ_FILES]
+    assert set(_reqs('mminstall')) == {'mmengine', 'mmcv'}
+    assert {'mmdet', 'mmsegmentation', 'ftfy', 'regex', 'tensorboard',
+            'matplotlib'} == set(_reqs('optional'))
+    assert set(_reqs('tests')) == {'pytest'}
+    runtime = _reqs('runtime')
+    assert 'pytest' not in runtime and 'tensorboard' not in runtime
+    # torch 2.13 requires setuptools>=77.0.3 (pip check); mmengine 0.10.7
+    # needs pkg_resources
+    setuptools = runtime['setuptools'].specifier
+    assert setuptools.contains('77.0.3') and not setuptools.contains('69.5.1')
+    assert not setuptools.contains('81.0.0')
+
+
+def test_seg_extra_brings_what_mmseg_imports():
+    seg = [Requirement(r).name for r in
+           _setup_kwargs()['extras_require']['seg']]
+    assert {'mmsegmentation', 'ftfy', 'regex'} <= set(seg)
+
+
+def test_setup_env_pins_old_setuptools_for_the_mmcv_build_only():
+    """setuptools<70 is installed only in the branch that builds mmcv, and
+    the runtime's range of requirements/runtime.txt after it."""
+    text = open(osp.join(REPO, 'tools', 'setup_env.sh')).read()
+    code = [line for line in text.splitlines()
+            if not line.lstrip().startswith('#')]
+    old = [i for i, line in enumerate(code) if '"setuptools<70"' in line]
+    build = [i for i, line in enumerate(code) if 'MMCV_WITH_OPS=1' in line]
+    assert len(old) == 1 and len(build) == 1
+    # inside the "no cached wheel" branch, right before the build
+    branch = max(i for i, line in enumerate(code[:old[0]])
+                 if line.strip().startswith('if '))
+    assert 'mmcv-2.1.0' in code[branch] and old[0] < build[0]
+    runtime = str(_reqs('runtime')['setuptools'].specifier)
+    after = [i for i, line in enumerate(code) if 'setuptools' in line
+             and i > build[0]]
+    assert after and all(set(runtime.split(',')) == set(
+        re.search(r'"setuptools([^"]+)"', code[i]).group(1).split(','))
+        for i in after)
+
+
 def test_core_requirements_and_extras():
     kw = _setup_kwargs()
     core = {Requirement(r).name: Requirement(r) for r in
@@ -53,8 +119,8 @@ def test_core_requirements_and_extras():
     extras = {k: [Requirement(r) for r in v]
               for k, v in kw['extras_require'].items()}
     assert [r.name for r in extras['det']] == ['mmdet']
-    assert [r.name for r in extras['seg']] == ['mmsegmentation']
-    for req in list(core.values()) + extras['det'] + extras['seg']:
+    assert [r.name for r in extras['seg']][0] == 'mmsegmentation'
+    for req in list(core.values()) + extras['det'] + extras['seg'][:1]:
         ops = {s.operator for s in req.specifier}
         assert '==' not in ops and {'>=', '<'} <= ops, str(req)
 
@@ -63,7 +129,8 @@ def test_tested_versions_fall_in_the_supported_ranges():
     kw = _setup_kwargs()
     reqs = [Requirement(r) for r in kw['install_requires'] + sum(
         kw['extras_require'].values(), [])]
-    tested = _pins(open(osp.join(REPO, 'requirements.txt')).read())
+    reqs = [r for r in reqs if r.name.startswith('mm')]
+    tested = _pins(_requirements_text())
     assert set(tested) == {r.name for r in reqs}
     for req in reqs:
         assert req.specifier.contains(tested[req.name]), (str(req), tested)

@@ -12,7 +12,9 @@ from mmlckd.apis import export_student
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('checkpoint', help='distillation checkpoint')
     parser.add_argument('out', help='output student checkpoint')
     args = parser.parse_args(argv)

@@ -23,11 +23,15 @@ from mmlckd.testing import (VOC_CLASSES, DatasetExistsError,
 def parse_args(argv=None):
     # Over 60 lines, but only declarations: one add_argument per option.
     p = argparse.ArgumentParser(
-        description='Generate a deterministic synthetic PASCAL VOC dataset.')
+        description='Generate a deterministic synthetic PASCAL VOC dataset.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('root', help='output root; the tree goes to ROOT/VOCdevkit')
-    p.add_argument('--trainval-07', type=int, default=64)
-    p.add_argument('--test-07', type=int, default=32)
-    p.add_argument('--trainval-12', type=int, default=64)
+    p.add_argument('--trainval-07', type=int, default=64,
+                   help='VOC2007 trainval images')
+    p.add_argument('--test-07', type=int, default=32,
+                   help='VOC2007 test images')
+    p.add_argument('--trainval-12', type=int, default=64,
+                   help='VOC2012 trainval images')
     p.add_argument(
         '--val-12',
         type=int,
@@ -38,30 +42,32 @@ def parse_args(argv=None):
         type=int,
         default=None,
         help='2012 train images only in the SBD-style aug list '
-        '(default: a quarter of the 2012 train images)')
+        '(None: a quarter of the 2012 train images)')
     size = p.add_mutually_exclusive_group()
     size.add_argument(
         '--img-size',
         type=int,
         nargs='+',
         metavar='N',
-        help='fixed size: S (S x S) or W H')
+        help='fixed size: S (S x S) or W H (None: see --img-size-range)')
     size.add_argument(
         '--img-size-range',
         type=int,
         nargs='+',
         metavar='N',
         help='random size per image: MIN MAX (each side) or '
-        'W_MIN W_MAX H_MIN H_MAX (default: 96 128)')
-    p.add_argument('--seed', type=int, default=0)
+        'W_MIN W_MAX H_MIN H_MAX (None: 96 128)')
+    p.add_argument('--seed', type=int, default=0,
+                   help='random seed (same seed, same dataset)')
     p.add_argument(
         '--classes',
         nargs='+',
         default=None,
         choices=VOC_CLASSES,
         metavar='CLS',
-        help='subset of the 20 VOC classes to draw (default: all)')
-    p.add_argument('--max-objects', type=int, default=4)
+        help='subset of the 20 VOC classes to draw (None: all)')
+    p.add_argument('--max-objects', type=int, default=4,
+                   help='most objects drawn per image')
     p.add_argument(
         '--overwrite',
         action='store_true',

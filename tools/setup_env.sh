@@ -24,9 +24,12 @@
 #        MMLCKD_TORCH_INDEX_URL, add a CPU wheel to find-links, or set
 #        MMLCKD_ALLOW_DEFAULT_TORCH=1 to install from pip's default index anyway).
 #   3. mmcv 2.1.0 with ops, built from source once (MMCV_WITH_OPS=1,
-#      --no-build-isolation, setuptools<70) into a wheel cache keyed by the
-#      python and torch versions (~/.cache/mmlckd/wheels), then installed from it.
-#   4. mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, pytest and mmlckd (-e).
+#      --no-build-isolation, setuptools<70 for the build only) into a wheel
+#      cache keyed by the python and torch versions (~/.cache/mmlckd/wheels),
+#      then installed from it; then the runtime's setuptools (>=77.0.3 for
+#      torch 2.13, <81 for mmengine's pkg_resources), so `pip check` is clean.
+#   4. mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, pytest and mmlckd (-e)
+#      (the pins of requirements/*.txt, OpenMMLab's layout).
 #
 # First run on a 2-core CPU machine: ~15-20 min (the mmcv build dominates).
 # Later runs: a few seconds.
@@ -102,7 +105,7 @@ fi
 
 # ------------------------------------------------ 3. build deps + mmcv (ops)
 # numpy<2 and opencv<4.12: mmcv 2.1 / mmdet 3.3 / mmseg 1.2 predate numpy 2.
-"${PIP[@]}" install -q "setuptools<70" wheel ninja "numpy<2" "opencv-python<4.12"
+"${PIP[@]}" install -q wheel ninja "numpy<2" "opencv-python<4.12"
 "${PIP[@]}" install -q "mmengine==0.10.7"
 
 if ! "$PY" -c "import importlib.metadata as m,sys; sys.exit(m.version('mmcv')!='2.1.0')" 2>/dev/null \
@@ -113,12 +116,17 @@ if ! "$PY" -c "import importlib.metadata as m,sys; sys.exit(m.version('mmcv')!='
   if ! ls "$WHEELDIR"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
     log "building mmcv 2.1.0 with ops from source (one time, ~6-13 min on 2 cores) -> $WHEELDIR"
     start=$(date +%s)
+    # mmcv 2.1's setup.py needs pkg_resources of setuptools<70: the build only
+    "${PIP[@]}" install -q "setuptools<70"
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary mmcv "mmcv==2.1.0" -w "$WHEELDIR"
     log "mmcv build took $(( $(date +%s) - start )) s"
   fi
   "${PIP[@]}" install -q "$(ls "$WHEELDIR"/mmcv-2.1.0-*.whl | head -n1)"
 fi
+# the runtime's setuptools (requirements/runtime.txt): torch 2.13 requires
+# >=77.0.3; mmengine 0.10.7 imports pkg_resources, gone in setuptools 81
+"${PIP[@]}" install -q "setuptools>=77.0.3,<81"
 
 # ------------------------------------------------------------- 4. the rest
 "${PIP[@]}" install -q "mmdet==3.3.0" "mmsegmentation==1.2.2" pytest matplotlib \

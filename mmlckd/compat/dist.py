@@ -89,9 +89,12 @@ class CPUAwareDistributedDataParallel(MMDistributedDataParallel):
 
 def adapt_cfg_for_cpu_dist(cfg) -> None:
     """Make a config's distributed settings work without CUDA (in place):
-    gloo backend and :class:`CPUAwareDistributedDataParallel`."""
+    gloo backend, :class:`CPUAwareDistributedDataParallel`, and ``BN`` for
+    ``SyncBN`` (:func:`mmlckd.utils.config.sync_bn_to_bn`, one log line)."""
     if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
         return
+    from mmlckd.utils.config import sync_bn_to_bn
+    sync_bn_to_bn(cfg)
     env_cfg = cfg.setdefault('env_cfg', {})
     env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
     wrapper = cfg.get('model_wrapper_cfg') or {}

@@ -3,11 +3,15 @@ import difflib
 import importlib.util
 import os
 import os.path as osp
-from typing import Union
+from typing import List, Union
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 
-__all__ = ['load_config', 'resolve_config_path']
+__all__ = ['load_config', 'resolve_config_path', 'sync_bn_to_bn']
+
+#: norm layer types that synchronise over the processes (CUDA only)
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
 
 
 def resolve_config_path(path: str) -> str:
@@ -53,3 +57,37 @@ def load_config(cfg: Union[str, dict, Config]) -> Config:
     if isinstance(cfg, dict):
         return Config(cfg)
     return Config.fromfile(resolve_config_path(str(cfg)))
+
+
+def sync_bn_to_bn(cfg: Union[dict, Config], key: str = 'model') -> List[str]:
+    """Replace every ``SyncBN``/``MMSyncBN`` norm layer under ``cfg[key]``
+    by ``BN`` (in place), logging one line, and return the changed paths.
+
+    For distributed runs without CUDA (gloo): torch's DDP refuses
+    ``SyncBatchNorm`` on CPU modules ("SyncBatchNorm layers only work with
+    GPU modules"), and every stock mmseg config uses it. Each process then
+    normalises its own batch, as ``BN`` does on one GPU. A teacher config
+    given as a path is built by the distiller in eval mode, where
+    ``SyncBatchNorm`` does not synchronise, so it needs no change.
+    """
+    changed: List[str] = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if node.get('type') in SYNC_BN_TYPES:
+                node['type'] = 'BN'
+                changed.append(path)
+            for k, v in node.items():
+                walk(v, f'{path}.{k}')
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f'{path}.{i}')
+
+    if key in cfg:
+        walk(cfg[key], key)
+    if changed:
+        print_log(
+            f'SyncBN -> BN for this CPU distributed run (SyncBN needs CUDA; '
+            f'each process normalises its own batch): {len(changed)} norm '
+            f'configs, e.g. {changed[0]}', logger='current')
+    return changed

@@ -160,7 +160,7 @@ def test_ddp_ranks_fix_identical_balanced_weights(voc_devkit, teacher_ckpt,
     assert len(r0) == len(r1) == 3
     assert r0[0]['img_ids'] != r1[0]['img_ids']
     # the ranks' own gradient norms differ (different samples) ...
-    assert r0[0]['gnorm_task'] != pytest.approx(r1[0]['gnorm_task'],
+    assert r0[2]['gnorm_task'] != pytest.approx(r1[2]['gnorm_task'],
                                                 rel=1e-3)
     # ... but the weights fixed after the calibration are the same
     for key in ('weight_lipschitz', 'weight_feat'):
@@ -254,3 +254,102 @@ def test_train_tool_tears_down_its_process_group(voc_devkit, teacher_ckpt,
     finally:
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def _snapshot(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = osp.join(root, name)
+            with open(path, 'rb') as f:
+                out[osp.relpath(path, folder)] = f.read()
+    return out
+
+
+@pytest.mark.slow
+def test_test_tool_leaves_the_work_dir_as_it_was(voc_devkit, teacher_ckpt,
+                                                 tmp_path, capfd):
+    """tools/test.py in the training work dir: every file training left
+    there (the config copy above all) is unchanged, the test run's config
+    goes to its own timestamp folder, and the training copy still tests."""
+    from mmengine.config import Config
+    work = tmp_path / 'run'
+    cfg_path = tmp_path / 'distill_tiny.py'
+    tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=2).dump(str(cfg_path))
+    Runner.from_cfg(Config.fromfile(str(cfg_path))).train()
+    copy = work / 'distill_tiny.py'
+    assert copy.is_file()
+    before = _snapshot(work)
+    capfd.readouterr()
+    test = load_tool('test')
+    metrics = test.main([str(cfg_path), str(work / 'iter_2.pth'),
+                         '--work-dir', str(work)])
+    assert 'pascal_voc/mAP' in metrics
+    after = _snapshot(work)
+    changed = [p for p in before if after.get(p) != before[p]]
+    assert changed == []
+    new = sorted(set(after) - set(before))
+    # the test run's config is kept, in its own log folder
+    dumped = [p for p in new if osp.basename(p) == 'distill_tiny.py']
+    assert len(dumped) == 1 and osp.dirname(dumped[0]) != ''
+    assert 'LipschitzDistiller' not in after[dumped[0]].decode()
+    # the student's weights only: no "unexpected key" lines for the
+    # connectors, balancer and estimator states of the checkpoint
+    log = [p for p in new if p.endswith('.log')]
+    assert len(log) == 1
+    assert 'Load checkpoint from' in after[log[0]].decode()
+    printed = ''.join(capfd.readouterr())
+    assert 'unexpected key' not in printed and 'do not match' not in printed
+    # the training copy is still a distillation config that tests again
+    assert 'LipschitzDistiller' in copy.read_text()
+    again = test.main([str(copy), str(work / 'iter_2.pth'),
+                       '--work-dir', str(tmp_path / 'eval2')])
+    assert again['pascal_voc/mAP'] == metrics['pascal_voc/mAP']
+
+
+def _train_lines(work_dir):
+    """The ``Iter(train)`` lines of the run's log file."""
+    logs = [osp.join(r, f) for r, _, fs in os.walk(work_dir) for f in fs
+            if f.endswith('.log')]
+    assert len(logs) == 1, logs
+    with open(logs[0]) as f:
+        return [line for line in f if 'Iter(train)' in line]
+
+
+@pytest.mark.slow
+def test_gradient_shares_are_logged_only_when_measured(voc_devkit,
+                                                       teacher_ckpt,
+                                                       tmp_path):
+    """Balanced weights, calibration of 2 steps, shares every 2 steps,
+    a line every step, the history every 3: the shares appear on the lines
+    and in the history of iteration 4 only (not in the calibration, not
+    repeated on lines 3 and 5), the weights print as %.3e."""
+    work = tmp_path / 'shares'
+    cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=5)
+    cfg.model.lipschitz_loss = dict(type='mmlckd.LipschitzLoss')
+    cfg.model.feature_loss = dict(type='mmlckd.OFDLoss')
+    cfg.model.balance = dict(iters=2, log_interval=2)
+    for hook in cfg.custom_hooks:
+        if hook['type'] == 'mmlckd.LipschitzMonitorHook':
+            hook['interval'] = 3
+    Runner.from_cfg(cfg).train()
+    lines = _train_lines(work)
+    assert len(lines) == 5
+    assert ['gshare_task' in line for line in lines] == [
+        False, False, False, True, False]
+    with open(work / 'lipschitz.jsonl') as f:
+        recs = [json.loads(line) for line in f]
+    assert [r['iter'] for r in recs] == [3, 4]
+    assert 'gshare_task' not in recs[0]
+    total = sum(v for k, v in recs[1].items() if k.startswith('gshare_'))
+    assert total == pytest.approx(1.0, rel=1e-5)
+    assert recs[1]['gshare_lipschitz'] > 0 and recs[1]['gshare_feat'] > 0
+    assert recs[0]['epoch'] == 1  # as the console counts
+    # every weight at 4 significant digits in %.3e: nothing rounds to 0.0001
+    import re
+    for rec, line in ((recs[0], lines[2]), (recs[1], lines[3])):
+        for key in ('weight_lipschitz', 'weight_feat'):
+            assert f'{key}: {rec[key]:.3e}' in line, (key, line)
+    assert 'weight_feat: 0.000e+00' in lines[0]
+    assert not re.search(r'weight_\w+: \d\.\d{4}\b', ''.join(lines))

@@ -30,6 +30,16 @@ class LipschitzMonitorHook(Hook):
     a comparison) it records that model's own outputs, so both sides of a
     comparison have one history format.
 
+    The gradient shares of the loss balancer (``gnorm_*``, ``gshare_*``)
+    are measured only at some steps: the record of such a step is always
+    written (whatever ``interval``), and the hook removes the previous
+    measurement from the message hub at the start of every iteration, so
+    a log line shows shares only when they were measured at its step. It
+    also makes the run's stock ``LogProcessor`` a
+    ``mmlckd.DistillLogProcessor`` (weights printed as ``%.3e``).
+
+    ``epoch`` counts from 1, as the console's ``Epoch(train) [1]``.
+
     A resumed run keeps the history up to its start iteration. A fresh run
     in a work dir that already holds a history never overwrites it: the old
     file is renamed ``<name>.<YYYYmmdd_HHMMSS>.<ext>`` first (logged).
@@ -56,8 +66,27 @@ class LipschitzMonitorHook(Hook):
         self._path = None
         self._model = None  # the unwrapped model, set in before_train
 
+    #: output keys measured only at some steps (see the class docstring)
+    sparse_keys = ('gshare_', 'gnorm_')
+
+    def before_run(self, runner) -> None:
+        from mmengine.runner import LogProcessor
+
+        from mmlckd.engine.log_processor import DistillLogProcessor
+        if type(runner.log_processor) is LogProcessor:
+            runner.log_processor.__class__ = DistillLogProcessor
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        scalars = runner.message_hub.log_scalars
+        prefixes = tuple(f'train/{k}' for k in self.sparse_keys)
+        for key in [k for k in scalars if k.startswith(prefixes)]:
+            del scalars[key]
+
     def before_train(self, runner) -> None:
         self._model = unwrap_model(runner)
+        if hasattr(self._model, 'pairs'):  # a distiller: what it records
+            from mmlckd.engine.log_processor import describe_distiller
+            runner.logger.info(describe_distiller(self._model))
         if self.out_file:
             self._path = osp.join(runner.work_dir, self.out_file)
             if runner.iter == 0:
@@ -104,10 +133,13 @@ class LipschitzMonitorHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
-        if not outputs or not self.every_n_train_iters(runner, self.interval):
+        if not outputs:
+            return
+        if not self.every_n_train_iters(runner, self.interval) and not any(
+                k.startswith(self.sparse_keys) for k in outputs):
             return
         model = self._model
-        record = {'iter': runner.iter + 1, 'epoch': runner.epoch}
+        record = {'iter': runner.iter + 1, 'epoch': runner.epoch + 1}
         if hasattr(model, 'distill_weight'):  # a distiller
             record.update(distill_weight=float(model.distill_weight),
                           distill_to_student=bool(model.distill_to_student))

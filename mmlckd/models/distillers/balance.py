@@ -26,11 +26,18 @@ so all ranks fix the same weights. Weights, sums and counters are
 persistent buffers: checkpoints hold them and a resumed run continues
 exactly, also from the middle of the calibration.
 
-Gradient shares: every ``log_interval`` steps the balancer also measures
-the gradient norm on the student's parameters of the task loss and of each
-weighted term and returns them for the logs (``gnorm_<term>`` and
-``gshare_<term>``, the norm divided by the sum of all norms). The names
-avoid the substring ``loss``, which mmengine would add to the total loss.
+Gradient shares: after the calibration, at every ``log_interval``-th step
+(steps ``log_interval``, ``2 * log_interval``, ... counted from 1, the
+iterations at which mmengine's ``LoggerHook`` with the same interval prints
+a line), the balancer also measures the gradient norm on the student's
+parameters of the task loss and of each weighted term and returns them for
+the logs (``gnorm_<term>`` and ``gshare_<term>``, the norm divided by the
+sum of all norms). Nothing is returned at the other steps, so a log line
+carries shares only when they were measured at that step (the
+``LipschitzMonitorHook`` drops the previous measurement from the message
+hub), and none during the calibration, when the auto weights are still 0.
+The names avoid the substring ``loss``, which mmengine would add to the
+total loss.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -50,6 +57,25 @@ Fraction = Union[float, Dict[str, float]]
 def short_name(term: str) -> str:
     """``'loss_lipschitz'`` -> ``'lipschitz'`` (for log keys)."""
     return term[len('loss_'):] if term.startswith('loss_') else term
+
+
+#: the loss each of the distiller's loss arguments builds when its config
+#: names no ``type``: ``--cfg-options model.lipschitz_loss.distance=l1``
+#: or ``model.feature_loss.loss_weight=1e-5`` changes one field of the
+#: default loss (mmengine merges the option into an empty dict when the
+#: config leaves the argument to its default)
+DEFAULT_LOSS_TYPES = {
+    'lipschitz_loss': 'mmlckd.LipschitzLoss',
+    'feature_loss': 'mmlckd.OFDLoss',
+}
+
+
+def with_default_type(cfg: Optional[dict], what: str) -> Optional[dict]:
+    """``cfg`` with ``type`` set to the default loss of the argument
+    ``what`` (:data:`DEFAULT_LOSS_TYPES`) when it names none."""
+    if cfg is None or 'type' in cfg:
+        return cfg
+    return dict(type=DEFAULT_LOSS_TYPES[what], **cfg)
 
 
 def auto_weight(cfg: Optional[dict], what: str
@@ -79,7 +105,11 @@ def build_losses(lipschitz_loss: Optional[dict],
     term that sets no ``loss_weight`` (:func:`auto_weight`; the response
     losses as one term, ``loss_kd``). Completes ``response_cfgs[i]['loss']``
     in place. A LipschitzLoss config without ``check_finite`` gets
-    ``check_finite=False`` (the distiller's ``nan_guard`` covers it)."""
+    ``check_finite=False`` (the distiller's ``nan_guard`` covers it).
+    A loss config without ``type`` is one of the default loss
+    (:func:`with_default_type`)."""
+    lipschitz_loss = with_default_type(lipschitz_loss, 'lipschitz_loss')
+    feature_loss = with_default_type(feature_loss, 'feature_loss')
     lipschitz_loss, lip_auto = auto_weight(lipschitz_loss, 'lipschitz_loss')
     feature_loss, feat_auto = auto_weight(feature_loss, 'feature_loss')
     response_auto = []
@@ -140,8 +170,10 @@ class LossBalancer(nn.Module):
             ``'feat'``) to ratios, with ``'default'`` for the others.
         iters (int): calibration steps. Default 10.
         by (str): ``'grad'`` or ``'loss'``. Default ``'grad'``.
-        log_interval (int): measure and log the gradient shares every
-            ``log_interval`` steps; 0 disables. Default 50.
+        log_interval (int): measure and log the gradient shares at every
+            ``log_interval``-th step after the calibration; 0 disables.
+            Default 50 (mmdet's and mmseg's ``LoggerHook`` interval: keep
+            it a multiple of the logger's so that the lines show them).
     """
 
     def __init__(self,
@@ -226,7 +258,8 @@ class LossBalancer(nn.Module):
         self.step += 1
         self._step += 1
         calibrating = not self.calibrated and bool(self.terms)
-        share_due = self.log_interval > 0 and step % self.log_interval == 0
+        share_due = (self.log_interval > 0 and not calibrating
+                     and (step + 1) % self.log_interval == 0)
         names = ['task'] + list(terms)  # the rows of ``norms``
         norms = None
         if (calibrating and self.by == 'grad') or share_due:

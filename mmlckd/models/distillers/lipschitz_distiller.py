@@ -165,11 +165,11 @@ class LipschitzDistiller(BaseModel):
             maps differ in spatial size at probe time (the losses then
             resize the student's); default False: an error, as it usually
             means stages paired one off (stride 4 vs 8).
-        data_preprocessor: None or the student's ``data_preprocessor``
-            config (mmengine's Runner passes a config's top-level
-            ``data_preprocessor`` here), else an error: the student's own
-            one (set in ``student=``) preprocesses the batch for both
-            nets.
+        data_preprocessor: what mmengine's Runner passes from a config's
+            top-level ``data_preprocessor``: as for a stock model, the
+            student's own one (set in ``student=``, it preprocesses the
+            batch for both nets) wins (a difference is logged); a student
+            without one gets this one.
     """
 
     def __init__(self,
@@ -193,7 +193,7 @@ class LipschitzDistiller(BaseModel):
                  init_cfg=None,
                  **unexpected):
         check_arguments(unexpected, lipschitz_on)
-        check_data_preprocessor(data_preprocessor, student)
+        student = check_data_preprocessor(data_preprocessor, student)
         student_model = ROOT_MODELS.build(copy.deepcopy(student))
         super().__init__(
             data_preprocessor=student_model.data_preprocessor,

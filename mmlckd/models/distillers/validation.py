@@ -3,6 +3,8 @@ otherwise train silently with no (or a wrong) distillation signal. Each
 check has a named option that allows the setting on purpose."""
 from typing import Optional, Sequence
 
+from mmengine.logging import print_log
+
 from .feature_pairs import LIPSCHITZ_WIRINGS
 
 __all__ = ['validate_distiller', 'check_arguments',
@@ -105,23 +107,40 @@ def _plain(cfg):
     return cfg
 
 
-def check_data_preprocessor(data_preprocessor, student: dict) -> None:
-    """The student's data preprocessor serves both nets. mmengine's Runner
-    passes a config's top-level ``data_preprocessor`` to the model (mmseg
-    configs have one): accepted when it is the student's, else an error,
-    since it would be ignored."""
+def check_data_preprocessor(data_preprocessor, student: dict) -> dict:
+    """The student config to build, given the ``data_preprocessor`` the
+    distiller got. The student's data preprocessor serves both nets.
+
+    mmengine's Runner passes a config's top-level ``data_preprocessor`` to
+    the model unless the model config has its own (``setdefault``); a stock
+    mmseg model config always has its own, so a top-level one (512 x 512
+    crops from ``_base_``) never overrides a model's (a smaller crop set in
+    ``model`` only). The distiller does the same for its student: the
+    student's own ``data_preprocessor`` wins (a differing one is logged,
+    naming the keys that differ), and a student without one gets the one
+    given."""
     if data_preprocessor is None:
-        return
+        return student
     own = student.get('data_preprocessor', None) \
         if isinstance(student, dict) else None
-    if isinstance(data_preprocessor, dict) and \
-            _plain(data_preprocessor) == _plain(own):
-        return
-    raise TypeError(
-        'LipschitzDistiller got a data_preprocessor that is not the '
-        f'student\'s ({data_preprocessor!r}); the student\'s own '
-        'data_preprocessor preprocesses the batch for both nets. Set it '
-        'in student=dict(..., data_preprocessor=...) and remove '
-        'model.data_preprocessor (and a top-level data_preprocessor that '
-        'differs from it: mmengine\'s Runner passes that one to the '
-        'model).')
+    if own is None:
+        if not isinstance(data_preprocessor, dict):
+            raise TypeError(
+                'LipschitzDistiller: data_preprocessor must be a config '
+                f'dict, got {type(data_preprocessor).__name__}; set it in '
+                'student=dict(..., data_preprocessor=...)')
+        return dict(student, data_preprocessor=data_preprocessor)
+    given, mine = _plain(data_preprocessor), _plain(own)
+    if given != mine:
+        keys = sorted(k for k in set(given) | set(mine)
+                      if given.get(k) != mine.get(k)) \
+            if isinstance(given, dict) else ['type']
+        print_log(
+            'LipschitzDistiller: the student\'s own data_preprocessor is '
+            'used for both nets; the model\'s (or the config\'s top-level) '
+            f'data_preprocessor, which differs in {keys}, is ignored, as '
+            'mmengine\'s Runner ignores a top-level data_preprocessor for a '
+            'model that has its own. To change it, set '
+            'model.student.data_preprocessor.', logger='current',
+            level=30)
+    return student

@@ -508,20 +508,37 @@ def test_sigma_ratio_in_the_same_step():
     torch.testing.assert_close(loss, total)
 
 
-def test_data_preprocessor_other_than_the_students_is_an_error():
+def test_data_preprocessor_follows_the_runners_setdefault(monkeypatch):
+    """As mmengine's Runner for a stock model (mmseg configs set a crop in
+    ``model`` only while ``_base_`` keeps a 512 x 512 top-level one): the
+    student's own data_preprocessor wins, a differing one is logged; a
+    student without one gets the one given."""
+    import mmlckd.models.distillers.validation as validation
+    logged = []
+    monkeypatch.setattr(validation, 'print_log',
+                        lambda msg, **kw: logged.append(msg))
     s, t, scope, _ = FAMILIES['retinanet']
     student = s()
-    with pytest.raises(TypeError, match=r'student=dict\(.*data_preproc'):
-        build(student, t(), scope, data_preprocessor=dict(
-            type='DetDataPreprocessor'))
     other = copy.deepcopy(student['data_preprocessor'])
     other['std'] = [1.0, 1.0, 1.0]
-    with pytest.raises(TypeError, match='not the student'):
-        build(student, t(), scope, data_preprocessor=other)
+    model = build(student, t(), scope, data_preprocessor=other)
+    assert model.data_preprocessor.std.flatten().tolist() != [1.0] * 3
+    assert model.data_preprocessor is model.student.data_preprocessor
+    assert len(logged) == 1 and "differs in ['std']" in logged[0]
     # what mmengine's Runner passes from a config whose top-level
-    # data_preprocessor is the student's (mmseg configs): accepted
+    # data_preprocessor is the student's (mmseg configs): nothing to say
     same = dict(copy.deepcopy(student['data_preprocessor']), _scope_=scope)
     build(student, t(), scope, data_preprocessor=same)
+    assert len(logged) == 1
+    # a student without one gets the one given
+    bare = s()
+    bare.pop('data_preprocessor')
+    model = build(bare, t(), scope, data_preprocessor=dict(
+        student['data_preprocessor'], _scope_=scope))
+    assert model.data_preprocessor.std.flatten().tolist() == \
+        pytest.approx(student['data_preprocessor']['std'])
+    with pytest.raises(TypeError, match='config dict'):
+        validation.check_data_preprocessor(object(), bare)
 
 
 def test_lipschitz_check_finite_default_and_override():

@@ -182,15 +182,18 @@ def test_balancer_state_resumes_mid_calibration_exactly():
 
 
 def test_balancer_logs_gradient_shares_at_its_interval():
-    bal = LossBalancer(['loss_a'], iters=1, log_interval=2)
+    """Shares only at the steps that are multiples of log_interval (counted
+    from 1, as mmengine's LoggerHook prints), never in the calibration."""
+    bal = LossBalancer(['loss_a'], iters=3, log_interval=2)
     shares, logs = [], None
-    for _ in range(4):
+    for _ in range(8):
         w, task, terms = _toy()
         out = bal(task, {'loss_a': terms['loss_a'],
                          'loss_b': terms['loss_b']}, [w])
         shares.append('gshare_a' in out)
         logs = out if 'gshare_a' in out else logs
-    assert shares == [True, False, True, False]
+    # iteration 2 falls in the calibration (weights 0): no shares
+    assert shares == [False, False, False, True, False, True, False, True]
     # after calibration loss_a weighs 0.5 of the task's gradient norm
     torch.testing.assert_close(logs['gnorm_a'] / logs['gnorm_task'],
                                torch.tensor(0.5), rtol=1e-5, atol=0)
@@ -295,3 +298,36 @@ def test_balanced_weights_apply_outside_training_too():
         raw = float(model(inputs, samples, mode='loss')['loss_lipschitz'])
     assert weighted == pytest.approx(weight * raw, rel=1e-3)
     assert abs(weight - 1.0) > 0.1  # so the two differ
+
+
+def test_cfg_options_change_one_field_of_a_default_loss(tmp_path,
+                                                        monkeypatch):
+    """``--cfg-options model.lipschitz_loss.distance=l1
+    model.feature_loss.loss_weight=1e-5`` on a config that leaves both
+    losses to their defaults: each merges onto the default loss type."""
+    import argparse
+
+    from mmengine.config import Config
+
+    from mmlckd.utils.cli import load_tool_cfg, parse_with_launcher_args
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    Config(dict(model=dict(
+        type='mmlckd.LipschitzDistiller', student=det_model(),
+        teacher=dict(config=dict(model=det_model(base=32),
+                                 default_scope='mmdet'), checkpoint=None)),
+        default_scope='mmdet')).dump(str(tmp_path / 'cfg.py'))
+    parser = argparse.ArgumentParser()
+    parser.add_argument('config')
+    args = parse_with_launcher_args(parser, [
+        str(tmp_path / 'cfg.py'), '--cfg-options',
+        'model.lipschitz_loss.distance=l1',
+        'model.feature_loss.loss_weight=1e-5'])
+    cfg = load_tool_cfg(args)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    assert type(model.lipschitz_loss).__name__ == 'LipschitzLoss'
+    assert model.lipschitz_loss.distance == 'l1'
+    assert type(model.feature_loss).__name__ == 'OFDLoss'
+    assert model.feature_loss.loss_weight == 1e-5
+    # the explicit weight bypasses the balancer, the other stays auto
+    assert model.balancer.terms == ['loss_lipschitz']

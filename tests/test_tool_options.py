@@ -1,0 +1,68 @@
+"""The tools' command lines as an OpenMMLab user expects them: mmdet's /
+mmseg's tools/test.py options, help texts with descriptions and defaults."""
+import pytest
+from mmengine.config import Config
+
+from tool_modules import load_tool
+
+
+def _test_args(*extra):
+    return load_tool('test').parse_args(['cfg.py', 'ckpt.pth', *extra])
+
+
+def test_test_tool_show_options_like_mmdet_and_mmseg(monkeypatch):
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    apply = load_tool('test').apply_show_and_tta
+    det = Config(dict(default_hooks=dict(
+        visualization=dict(type='DetVisualizationHook')),
+        visualizer=dict(type='DetLocalVisualizer')))
+    apply(det, _test_args('--show', '--show-dir', 'painted',
+                          '--wait-time', '0.5'))
+    assert det.default_hooks.visualization == dict(
+        type='DetVisualizationHook', draw=True, show=True, wait_time=0.5,
+        test_out_dir='painted')
+    seg = Config(dict(default_hooks=dict(
+        visualization=dict(type='SegVisualizationHook')),
+        visualizer=dict(type='SegLocalVisualizer')))
+    apply(seg, _test_args('--show-dir', 'painted'))
+    assert seg.default_hooks.visualization.draw is True
+    assert 'show' not in seg.default_hooks.visualization
+    assert seg.visualizer.save_dir == 'painted'
+    with pytest.raises(SystemExit, match='visualization hook'):
+        apply(Config(dict(default_hooks=dict())), _test_args('--show'))
+
+
+def test_test_tool_tta_like_mmseg(monkeypatch):
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    apply = load_tool('test').apply_show_and_tta
+    student = dict(type='EncoderDecoder')
+    cfg = Config(dict(
+        model=student,
+        test_dataloader=dict(dataset=dict(type='RepeatDataset', dataset=dict(
+            type='PascalVOCDataset', pipeline=['plain'])))))
+    with pytest.raises(SystemExit, match='tta_model and tta_pipeline'):
+        apply(cfg, _test_args('--tta'))
+    cfg.tta_model = dict(type='SegTTAModel')
+    cfg.tta_pipeline = ['tta']
+    apply(cfg, _test_args('--tta'))
+    assert cfg.model == dict(type='SegTTAModel', module=student)
+    assert cfg.test_dataloader.dataset.dataset.pipeline == ['tta']
+    # without --tta nothing changes
+    plain = Config(dict(model=student))
+    apply(plain, _test_args())
+    assert plain.model == student
+
+
+def test_help_texts(capsys):
+    with pytest.raises(SystemExit):
+        load_tool('export_student').main(['-h'])
+    out = capsys.readouterr().out
+    assert 'Extract the student from a distillation checkpoint' in out
+    with pytest.raises(SystemExit):
+        load_tool('make_synthetic_voc').parse_args(['-h'])
+    out = ' '.join(capsys.readouterr().out.split())
+    for default in ('--trainval-07 TRAINVAL_07 VOC2007 trainval images '
+                    '(default: 64)', '(default: 32)', '(default: 16)',
+                    '--seed SEED random seed (same seed, same dataset) '
+                    '(default: 0)', '(default: 4)'):
+        assert default in out, default
