@@ -77,6 +77,13 @@ def study_markdown(table: Dict[str, dict], metric_names: Dict[str, str],
                 f'{"--" if diff is None else _verdict(diff)} | '
                 f'{_gap_closed(diff, cell)} |')
         lines.append('')
+        if cell.get('contrasts'):
+            lines += ['| paired contrast (same student seeds) | difference '
+                      '| verdict |', '|---|---|---|']
+            lines += [f'| {name} | {_pm(d, 2, show_n=False)} '
+                      f'(n={d["n"]}) | {_verdict(d)} |'
+                      for name, d in cell['contrasts'].items()]
+            lines.append('')
     return '\n'.join(lines)
 
 

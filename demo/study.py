@@ -310,6 +310,7 @@ def summarize(results: Dict[Job, dict]) -> dict:
         task = REGIMES[cell['regime']]['task']
         cell['teacher'] = teachers.get((task, cell['data_seed']))
         base = cell['rows'].get('baseline', {})
+        raw = dict(cell['rows'])
         for row, runs in cell['rows'].items():
             metrics = [runs[s]['metric'] for s in sorted(runs)]
             cell['rows'][row] = dict(
@@ -321,4 +322,28 @@ def summarize(results: Dict[Job, dict]) -> dict:
                     [runs[s]['metric'] - base[s]['metric']
                      for s in sorted(runs) if s in base]),
                 run_dirs={s: runs[s]['work_dir'] for s in sorted(runs)})
+        cell['contrasts'] = contrasts(raw)
     return table
+
+
+#: paired contrasts between distilled rows, ``(row, reference row)``: what
+#: each term adds to the old default, and what the Lipschitz terms add to
+#: the default
+CONTRASTS = [('default', 'london+ofd'), ('default', 'default-no-lip')] + [
+    (row, 'london+ofd') for row in ('+neck', '+kd-kl', '+kd-logit',
+                                    '+kd-corr', '+head-lip')]
+
+
+def contrasts(rows: Dict[str, Dict[int, dict]]) -> Dict[str, dict]:
+    """``'<row> - <reference>'`` -> paired difference over the student
+    seeds both rows have, for the :data:`CONTRASTS` present in ``rows``
+    (``row -> {seed: result}``)."""
+    out = {}
+    for row, ref in CONTRASTS:
+        if row in rows and ref in rows:
+            seeds = sorted(set(rows[row]) & set(rows[ref]))
+            if seeds:
+                out[f'{row} - {ref}'] = paired(
+                    [rows[row][s]['metric'] - rows[ref][s]['metric']
+                     for s in seeds])
+    return out

@@ -136,3 +136,18 @@ def test_study_refuses_to_mix_schedules_in_one_work_dir(tmp_path):
         _worker(job, opts, None)
     opts['iters']['det'] = 300  # the same schedule: reused, not retrained
     assert _worker(job, opts, None) == dict(train_iters=300)
+
+
+def test_contrasts_pair_rows_by_the_student_seeds_both_have():
+    from demo.study import contrasts
+
+    def runs(**metrics):
+        return {int(s[1:]): dict(metric=m) for s, m in metrics.items()}
+
+    rows = {'default': runs(s0=90.0, s1=88.0, s2=91.0),
+            'london+ofd': runs(s0=80.0, s1=79.0),
+            'default-no-lip': runs(s0=89.0, s1=88.5, s2=90.0)}
+    out = contrasts(rows)
+    assert out['default - london+ofd']['per_seed'] == [10.0, 9.0]
+    assert out['default - default-no-lip']['per_seed'] == [1.0, -0.5, 1.0]
+    assert '+neck - london+ofd' not in out
