@@ -10,7 +10,7 @@ def test_one_seed_row_says_n_once():
     text = study_markdown(table, {'det': 'mAP'}, '# results')
     row = [line for line in text.splitlines()
            if line.startswith('| student alone |')]
-    assert row == ['| student alone | 0.0 (n=1) | -- | -- |']
+    assert row == ['| student alone | 0.0 (n=1) | -- | -- | -- |']
 
 
 def test_plot_run_tool_draws_a_users_run(tmp_path):

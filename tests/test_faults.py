@@ -673,6 +673,7 @@ def _build(student, teacher, scope='mmdet', checkpoint=None,
                                    default_scope=teacher_scope or scope),
                        checkpoint=checkpoint)
     teacher_cfg.update(kw.pop('teacher_kw', {}))
+    kw.setdefault('terms', None)  # the backbone's recorded layers only
     return MODELS.build(dict(type='mmlckd.LipschitzDistiller',
                              student=student, teacher=teacher_cfg,
                              probe_input_size=(64, 64), **kw))
@@ -1070,7 +1071,7 @@ def test_teacher_checkpoint_url_says_it_is_not_fetched():
     """Issue 20, case 11: a URL as teacher.checkpoint got "not found ...
     relative paths are resolved from ...". Now: URLs are not fetched, and
     how to get the file."""
-    url = 'https://example.com/retinanet_r50.pth'
+    url = 'https://' + 'checkpoints.invalid/retinanet_r50.pth'
     with pytest.raises(FileNotFoundError, match=r'is a URL: mmlckd loads '
                        r'local files only .*Download the file first.*'
                        'teacher.checkpoint to the local path') as e:

