@@ -196,8 +196,12 @@ def plot_run(path: str, title: str, distilled_dir: str,
     if keys:
         ax.legend(fontsize=7, ncol=2)
     ax = axes[1]
-    for key, color in (('gshare_task', 'C3'), ('gshare_lipschitz', 'C2'),
-                       ('gshare_feat', 'C1'), ('gshare_kd', 'C4')):
+    fixed = {'gshare_task': 'C3', 'gshare_lipschitz': 'C2',
+             'gshare_feat': 'C1', 'gshare_kd': 'C4'}
+    others = sorted({k for r in recs for k in r if k.startswith('gshare_')}
+                    - set(fixed))  # the pluggable terms
+    colors = dict(fixed, **{k: f'C{5 + i}' for i, k in enumerate(others)})
+    for key, color in colors.items():
         xs, ys = _series(recs, key)
         if xs:
             ax.plot(xs, ys, 'o-', ms=3, color=color, label=key[7:])
