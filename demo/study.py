@@ -187,6 +187,8 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
             cfg.model.terms = {k: v for k, v in terms.items()
                                if k != 'neck'}
         cfg.model.balance = dict(log_interval=opts['log_interval'])
+        if opts['quick']:  # calibrate on the first of its 2 steps
+            cfg.model.balance['iters'] = 1
     if role == 'teacher':
         from .curve import with_validation
         with_validation(cfg, iters)  # the teacher's learning curve

@@ -61,9 +61,10 @@ def test_distill_step_bench_quick(tmp_path):
                                                               mode)
         for mode in ('student', 'teacher', 'distill'):
             assert positive_finite(m['memory'][mode]['peak'])
-        # the teacher ran only as deep as the recorded layers need
+        # the teacher ran only as deep as the recorded layers need (the
+        # task-aware default reads the head's logits, so up to all of it)
         stop = m['early_stop']
-        assert 0 < stop['early_calls'] < stop['full_calls'], m['model']
+        assert 0 < stop['early_calls'] <= stop['full_calls'], m['model']
     assert res['sweep']['rows'], res['sweep']
 
 

@@ -32,7 +32,8 @@ def quick_demo(tmp_path_factory):
 def test_quick_demo_prints_and_writes_the_paired_table(quick_demo):
     work_dir, out, _ = quick_demo
     md = (work_dir / 'results.md').read_text()
-    for text in ('| student alone |', '| + LONDON + OFD (default) |',
+    for text in ('| student alone |',
+                 '| + LONDON + OFD (backbone; the old default) |',
                  '(b) detection, the student has 25% of the labelled',
                  '(c) segmentation', 'data seed 1', 'SYNTHETIC data',
                  'Bootstrap SE'):

@@ -358,6 +358,19 @@ def _tiny_model_and_sizes(cfg: Config, crop_hw, teacher_checkpoint) -> None:
             sync_bn_to_bn(cfg[key])
 
 
+def _tiny_balance(cfg: Config, max_iters: int) -> None:
+    """A distiller's balancer calibrates on the first ``max_iters - 1``
+    steps at most (the default 10 would outlast a smoke run, and
+    ``tools/train.py`` refuses that), so the last step is weighted."""
+    model = cfg.get('model', None)
+    if not model or model.get('type') not in DISTILLER_TYPES or \
+            model.get('balance', dict()) is None:
+        return
+    balance = dict(model.get('balance', None) or {})
+    balance['iters'] = max(1, min(balance.get('iters', 10), max_iters - 1))
+    model['balance'] = balance
+
+
 def tiny_voc_cfg(cfg: Config,
                  data_root: Optional[str] = None,
                  img_scale: Tuple[int, int] = (64, 64),
@@ -399,7 +412,9 @@ def tiny_voc_cfg(cfg: Config,
     every ``max_iters``, visualization hook ``draw=False``, and for the
     mmlckd hooks: ``TeacherSanityCheckHook`` accepts any score on one batch
     (a random teacher scores ~0), ``DistillWeightHook`` warm-up and
-    connector warm-up shortened to ``max_iters // 2`` so both phases run.
+    connector warm-up shortened to ``max_iters // 2`` so both phases run,
+    and a distiller's balancer calibrates on at most ``max_iters - 1``
+    steps.
 
     Returns:
         ``cfg`` (modified in place).
@@ -418,6 +433,7 @@ def tiny_voc_cfg(cfg: Config,
         cfg.val_cfg = dict(type='ValLoop')
     _iter_schedulers(cfg)
     _tiny_hooks(cfg, max_iters)
+    _tiny_balance(cfg, max_iters)
     env = cfg.get('env_cfg', None) or {}
     env['cudnn_benchmark'] = False
     cfg.env_cfg = env

@@ -27,7 +27,9 @@ def channel_standardise(feat: Tensor, eps: float = 1e-6) -> Tensor:
     ``+ eps`` in the denominator)."""
     rows = feat.transpose(0, 1).reshape(feat.size(1), -1)
     mean = rows.mean(dim=1, keepdim=True)
-    std = rows.std(dim=1, keepdim=True)
+    # a single value per channel (batch 1, a 1x1 level): std 0, not NaN
+    std = rows.std(dim=1, keepdim=True,
+                   correction=1 if rows.size(1) > 1 else 0)
     return (rows - mean) / (std + eps)
 
 

@@ -77,6 +77,10 @@ def _cfg(tmp_path, voc_root, name, distill=True):
         cfg.model = cfg.model.student
     else:
         cfg.model.balance = dict(iters=CALIBRATION, log_interval=4)
+        # the backbone terms: with the task-aware terms and this random
+        # teacher the task keeps ~2% of the gradient (an open question of
+        # issue 17's follow-up; trained teachers: 35-60%, docs/demo plots)
+        cfg.model.terms = None
         cfg.custom_hooks = [dict(type='mmlckd.LipschitzMonitorHook')]
     _narrow(cfg.model.student if distill else cfg.model)
     if distill:  # the teacher config, loaded and narrowed the same way

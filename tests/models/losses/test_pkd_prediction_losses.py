@@ -148,3 +148,12 @@ def test_bad_arguments_are_named():
         PredictionKDLoss('js')
     with pytest.raises(ValueError, match='same classes'):
         PredictionKDLoss()(rand(1, 3), rand(1, 4))
+
+
+def test_pkd_is_finite_on_a_single_value_per_channel():
+    """Batch 1 on a 1x1 FPN level: one value per channel (the unbiased
+    std of one value is NaN)."""
+    s = rand(1, 4, 1, 1, seed=13).requires_grad_()
+    loss = PKDLoss()(s, rand(1, 4, 1, 1, seed=14))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
