@@ -528,7 +528,14 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
     assert m, msg
     k = int(m.group(1))
     assert k >= 2
-    assert f'the last finite checkpoint is {work}/iter_{k - 1}.pth' in msg
+    # the last finite checkpoint, or (when the loss spiked first, which
+    # lr 1e6 may or may not do before the gradients overflow) the last one
+    # before the spike
+    named = re.findall(r'(?:the last finite checkpoint is|before the '
+                       r'losses left their normal range is) (\S+?\.pth)',
+                       msg)
+    assert named and all(p.startswith(f'{work}/iter_') for p in named), msg
+    assert f'{work}/iter_{k - 1}.pth' in msg or 'spike' in msg, msg
     assert 'no non-finite update was applied' in msg
     saved = sorted(p.name for p in work.glob('*.pth'))
     assert saved == sorted(f'iter_{i}.pth' for i in range(1, k))

@@ -31,7 +31,8 @@ model = dict(
              teacher_bn='backbone.layer4.2.bn3', group='backbone'),
     ] + _base_.london_head_features,
     lipschitz_loss=_base_.london_lipschitz_loss,
-    feature_loss=_base_.london_feature_loss)
+    feature_loss=_base_.london_feature_loss,
+    terms=_base_.london_terms)
 
 # connectors at 10x lr as in the OFD reference (the student keeps its lr)
 optim_wrapper = dict(

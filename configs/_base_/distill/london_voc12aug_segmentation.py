@@ -35,6 +35,12 @@ london_head_features = [
 # "Loss weights". Lipschitz: 0.2 / b with b = 4 images per GPU. OFD: the
 # reference's divisors [8, 4, 2, 1, 1, 16] of the six features.
 london_lipschitz_loss = dict(type='mmlckd.LipschitzLoss', loss_weight=0.05)
+# the task-aware term of a segmentor (prediction KD on decode_head.conv_seg),
+# with an explicit weight: it has no connector, so during the recipe's
+# connector warm-up it sends the student no gradient and the balancer could
+# not calibrate it then. KL x T^2 per pixel at weight 1, as Hinton's KD.
+london_terms = dict(preds=dict(type='mmlckd.PredictionKDTerm',
+                               distance='kl', loss_weight=1.0))
 london_feature_loss = dict(
     type='mmlckd.OFDLoss',
     loss_weight=1e-5,
