@@ -602,6 +602,10 @@ def test_guard_off_nan_state_is_not_saved_silently(tmp_path):
     cfg = toy_cfg(work, max_iters=3)
     cfg['model']['nan_guard'] = False  # as LipschitzDistiller(nan_guard=)
     cfg['train_dataloader']['dataset']['nan_at'] = 5  # batch 2
+    # mmengine names a run's logger by its start second: a Runner built in
+    # the same second as the previous test's would log into that test's
+    # work dir
+    time.sleep(1.1)
     with pytest.raises(SystemExit, match=r'^error: training ended with '
                        r'non-finite .*from step 2 on.*last finite checkpoint '
                        r'is .*iter_1.pth.*load_from=.*not --resume') as e:
@@ -610,7 +614,9 @@ def test_guard_off_nan_state_is_not_saved_silently(tmp_path):
     # iteration 2 made the weights NaN: neither iter_2 nor iter_3 written
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
     assert (work / 'last_checkpoint').read_text().endswith('iter_1.pth')
-    log = open(next(work.glob('*/*.log'))).read()
+    logs = sorted(work.rglob('*.log'))  # the run's timestamped log
+    assert logs, sorted(str(p) for p in work.rglob('*'))
+    log = open(logs[-1]).read()
     assert 'checkpoint NOT saved' in log and 'iter_1.pth' in log
     assert 'training ended with non-finite' in log
 
