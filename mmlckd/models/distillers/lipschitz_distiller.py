@@ -122,7 +122,9 @@ class LipschitzDistiller(BaseModel):
             ``loss_<name>``; ``loss_weight`` in a term's config (a number,
             or ``'auto'``, the default) is applied by the distiller. A term
             set to ``None`` is left out (so ``--cfg-options`` can remove
-            one).
+            one). ``lipschitz_loss``, ``feature_loss`` and ``response``
+            build the built-in terms ``lipschitz``, ``feat`` and ``kd``
+            (:mod:`mmlckd.models.terms.pair_terms`), which run with these.
         lipschitz_on (str): how the student's maps form its transmitting
             matrices (:func:`lipschitz_maps`): ``'reference'`` (default,
             LONDON's loop: ``TM(connector_i(s_i), s_{i+1})`` with the raw
