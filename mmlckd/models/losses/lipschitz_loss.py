@@ -1,6 +1,5 @@
 """LONDON's loss: match the student's block Lipschitz estimates to the
 teacher's (the estimates are explained in :mod:`.power_iteration`)."""
-import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,36 +8,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmlckd.registry import MODELS
-from .power_iteration import (PowerIterationState, Products, _tm_factors,
-                              dense_products, factored_products,
-                              tracked_top_singular_value)
+from .power_iteration import (Products, _tm_factors, dense_products,
+                              factored_products)
+from .warm_start import PowerIterationState, tracked_top_singular_value
 from .utils import (LevelWeights, check_level_weights, fp32_guard,
                     reference_level_weights, resolve_level_weights, upcast)
 
 __all__ = ['LipschitzLoss']
-
-
-def _decode_legacy_state(blob: Tensor) -> Dict[Tuple[str, str, int],
-                                               Tuple[Tensor, Tensor]]:
-    """The vectors of a checkpoint written before the state became buffers.
-
-    Such a checkpoint holds ONE float64 ``<prefix>_extra_state`` tensor:
-    ``[header length, JSON header bytes, flattened vectors]``, the header
-    listing ``[key, net, i, u_shape, v_shape]`` per block in the order of
-    the vectors.
-    """
-    blob = blob.detach().cpu()
-    n = int(blob[0])
-    header = json.loads(bytes(blob[1:1 + n].to(torch.uint8).tolist()))
-    pos, vectors = 1 + n, {}
-    for key, net, i, u_shape, v_shape in header:
-        uv = []
-        for shape in (u_shape, v_shape):
-            size = int(torch.Size(shape).numel())
-            uv.append(blob[pos:pos + size].float().reshape(shape))
-            pos += size
-        vectors[(key, net, i)] = tuple(uv)
-    return vectors
 
 
 @MODELS.register_module()
@@ -164,43 +140,6 @@ class LipschitzLoss(nn.Module):
         """Forget the rows of every block: the next steps start cold."""
         for state in self.states.values():
             state.reset()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args,
-                              **kwargs) -> None:
-        legacy = state_dict.pop(prefix + '_extra_state', None)
-        if isinstance(legacy, Tensor) and legacy.numel() > 0:
-            self._convert_legacy_state(state_dict, prefix, legacy)
-        # (re)create the states the state dict holds, in its shapes
-        head = prefix + 'states.'
-        for name in {k[len(head):-len('.u')] for k in state_dict
-                     if k.startswith(head) and k.endswith('.u')}:
-            u = state_dict[head + name + '.u']
-            v = state_dict.get(head + name + '.v')
-            if u.dim() != 2 or v is None or v.dim() != 2:
-                continue  # left to the usual shape / missing-key errors
-            old = self.states[name] if name in self.states else None
-            if old is None or not old.fits(u.size(0), u.size(1), v.size(1)):
-                new = PowerIterationState(u.size(0), u.size(1), v.size(1))
-                self.states[name] = new if old is None else new.to(old.u)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _convert_legacy_state(self, state_dict: dict, prefix: str,
-                              blob: Tensor) -> None:
-        """Rewrite a legacy ``_extra_state`` entry as the buffers' entries.
-        Like the old loader, it replaces all vectors: blocks the checkpoint
-        has none for start cold."""
-        head = prefix + 'states.'
-        entries = {}
-        for name, state in self.states.items():
-            entries[name] = (torch.zeros_like(state.u),
-                             torch.zeros_like(state.v), False)
-        for (key, net, i), (u, v) in _decode_legacy_state(blob).items():
-            entries[self.state_name(key, net, i)] = (u, v, True)
-        for name, (u, v, initialized) in entries.items():
-            state_dict[head + name + '.u'] = u
-            state_dict[head + name + '.v'] = v
-            state_dict[head + name + '.initialized'] = torch.tensor(
-                initialized)
 
     # -------------------------------------------------------- estimation
     def _estimate(self, products: Products, like: Tensor, m: int, n: int,
