@@ -14,23 +14,16 @@ from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
-MODELS = Registry(
-    'model',
-    parent=MMENGINE_MODELS,
-    scope='mmlckd',
-    locations=['mmlckd.models'])
-HOOKS = Registry(
-    'hook',
-    parent=MMENGINE_HOOKS,
-    scope='mmlckd',
-    locations=['mmlckd.engine.hooks'])
-MODEL_WRAPPERS = Registry(
-    'model_wrapper',
-    parent=MMENGINE_MODEL_WRAPPERS,
-    scope='mmlckd',
-    locations=['mmlckd.compat'])
-LOG_PROCESSORS = Registry(
-    'log_processor',
-    parent=MMENGINE_LOG_PROCESSORS,
-    scope='mmlckd',
-    locations=['mmlckd.engine'])
+
+def _child(name: str, parent: Registry, location: str) -> Registry:
+    """A registry of the ``mmlckd`` scope under mmengine's ``parent``."""
+    return Registry(name, parent=parent, scope='mmlckd',
+                    locations=[location])
+
+
+MODELS = _child('model', MMENGINE_MODELS, 'mmlckd.models')
+HOOKS = _child('hook', MMENGINE_HOOKS, 'mmlckd.engine.hooks')
+MODEL_WRAPPERS = _child('model_wrapper', MMENGINE_MODEL_WRAPPERS,
+                        'mmlckd.compat')
+LOG_PROCESSORS = _child('log_processor', MMENGINE_LOG_PROCESSORS,
+                        'mmlckd.engine')

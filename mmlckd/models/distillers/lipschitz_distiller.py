@@ -82,7 +82,7 @@ class LipschitzDistiller(BaseModel):
                  teacher: dict,
                  features: Union[str, Sequence] = 'backbone',
                  lipschitz_loss: Optional[dict] = dict(
-                     type='mmlckd.LipschitzLoss', check_finite=False),
+                     type='mmlckd.LipschitzLoss'),
                  feature_loss: Optional[dict] = dict(type='mmlckd.OFDLoss'),
                  response: Optional[Sequence[dict]] = None,
                  terms: Union[str, dict, None] = 'auto',

@@ -57,9 +57,6 @@ class LipschitzLoss(nn.Module):
         n_vectors (int): Rows iterated together, capped at the TM's smaller
             side; more than one copes with samples whose top directions
             differ (benchmarks/README.md). Defaults to 4.
-        check_finite (bool): Raise :class:`FloatingPointError` if an input
-            feature contains NaN/Inf (costs a device sync per feature). If
-            False, NaNs propagate into the loss. Defaults to True.
         eps (float): Epsilon of the ``log_ratio`` distance. Defaults to 1e-6.
     """
 
@@ -73,7 +70,6 @@ class LipschitzLoss(nn.Module):
                  cold_iters: int = 20,
                  warm_start: bool = True,
                  n_vectors: int = 4,
-                 check_finite: bool = True,
                  eps: float = 1e-6) -> None:
         super().__init__()
         check_level_weights(block_weights, 'block_weights')
@@ -86,11 +82,9 @@ class LipschitzLoss(nn.Module):
         self.loss_weight = loss_weight
         self.block_weights = block_weights
         self.distance = distance
-        self.n_iters = n_iters
-        self.cold_iters = cold_iters
-        self.warm_start = warm_start
-        self.n_vectors = n_vectors
-        self.check_finite = check_finite
+        # the estimator (power_iteration.py, warm_start.py)
+        self.n_iters, self.cold_iters = n_iters, cold_iters
+        self.warm_start, self.n_vectors = warm_start, n_vectors
         self.eps = eps
         self.states = nn.ModuleDict()
 
@@ -215,19 +209,6 @@ class LipschitzLoss(nn.Module):
                 f'LipschitzLoss (key={key!r}): student batch size '
                 f'{student_feats[0].size(0)} != teacher batch size '
                 f'{teacher_feats[0].size(0)}')
-        if not self.check_finite:
-            return
-        for net, feats in (('student', student_feats), ('teacher',
-                                                        teacher_feats)):
-            for i, feat in enumerate(feats):
-                if not torch.isfinite(feat).all():
-                    raise FloatingPointError(
-                        f'LipschitzLoss (key={key!r}): the {net} feature {i} '
-                        f'{tuple(feat.shape)} contains NaN/Inf. Try a lower '
-                        'learning rate, gradient clipping, fp32 or bf16 '
-                        'instead of fp16, or check the data and the '
-                        f'{net} checkpoint; set check_finite=False to let '
-                        'NaNs propagate instead.')
 
     def _distance(self, sigma_s: Tensor, sigma_t: Tensor) -> Tensor:
         if self.distance == 'mse':

@@ -398,18 +398,14 @@ def test_zero_features(n_vectors):
         assert rel_err(sigmas[f'sigma_s.default.{i}'], e) < 1e-3
 
 
-def test_non_finite_features():
+def test_non_finite_features_propagate():
+    """The loss does not check its inputs (the distiller's NaN guard does,
+    naming the layers): a NaN feature gives a NaN loss, no error."""
     fs, ft = stage_feats(seed=0), stage_feats(seed=1)
     ft[1][0, 0, 0, 0] = float('nan')
-    with pytest.raises(FloatingPointError) as err:
-        LipschitzLoss()(fs, ft, key='neck')
-    msg = str(err.value)
-    assert 'teacher feature 1' in msg and "'neck'" in msg
-    assert 'check_finite=False' in msg
-    fs[2][0, 0, 0, 0] = float('inf')
-    with pytest.raises(FloatingPointError, match='student feature 2'):
-        LipschitzLoss()(fs, stage_feats(seed=1))
-    assert torch.isnan(LipschitzLoss(check_finite=False)(fs, ft)[0])
+    assert torch.isnan(LipschitzLoss()(fs, ft, key='neck')[0])
+    with pytest.raises(TypeError, match='check_finite'):
+        LipschitzLoss(check_finite=True)
 
 
 def drifting_tms(steps, batch=2, c_in=16, c_out=32, seed=0, drift=0.01):
