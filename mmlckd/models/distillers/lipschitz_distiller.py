@@ -32,6 +32,7 @@ import torch.nn as nn
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 
+from mmlckd.checkpoint import strip_prefix
 from mmlckd.registry import MODELS
 from ..recorders import FeatureRecorder, get_module
 from .balance import build_losses
@@ -233,10 +234,7 @@ class LipschitzDistiller(BaseModel):
 
     def student_state_dict(self) -> Dict[str, torch.Tensor]:
         """The student's weights, loadable by the plain student config."""
-        return {
-            k[len('student.'):]: v
-            for k, v in self.state_dict().items() if k.startswith('student.')
-        }
+        return strip_prefix(self.state_dict(), 'student.')
 
     # ------------------------------------------------------------ forward
     def forward(self,
