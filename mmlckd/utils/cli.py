@@ -42,8 +42,14 @@ def parse_with_launcher_args(parser: argparse.ArgumentParser,
 
 def load_tool_cfg(args) -> Config:
     """The config of ``args.config`` with ``--launcher``, ``--cfg-options``
-    and ``--work-dir`` (default ``work_dirs/<config name>``) applied."""
-    cfg = Config.fromfile(args.config)
+    and ``--work-dir`` (default ``work_dirs/<config name>``) applied.
+
+    ``args.config`` is a file, or a config shipped with an installed
+    package, ``mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py`` /
+    ``mmseg::deeplabv3plus/...`` (read from its ``.mim/configs``; the work
+    dir is then ``work_dirs/retinanet_r50_fpn_1x_voc0712``)."""
+    from mmlckd.utils.config import resolve_config_path
+    cfg = Config.fromfile(resolve_config_path(args.config))
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
