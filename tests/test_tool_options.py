@@ -91,3 +91,32 @@ def test_tools_take_a_package_config(tool):
     with pytest.raises(FileNotFoundError,
                        match='retinanet_r50_fpn_1x_voc0712.py'):
         load_cfg(mod.parse_args(argv))
+
+
+def test_train_tool_gives_a_distillation_run_its_log_hooks(tmp_path):
+    """A config that only sets model.type='mmlckd.LipschitzDistiller' (the
+    README's) gets the monitor hook from tools/train.py, as it gets the
+    export hook: the start line, short train lines, shares only when
+    measured, weights in %.3e and lipschitz.jsonl for tools/plot_run.py
+    (issue 19, items 2, 7 and 8). A config's own hook settings stay."""
+    path = tmp_path / 'distill.py'
+    path.write_text(
+        "model = dict(type='mmlckd.LipschitzDistiller', student=dict(), "
+        "teacher=dict(config='t.py'))\n")
+    train = load_tool('train')
+    cfg = train.build_cfg(train.parse_args([str(path)]))
+    assert [h['type'] for h in cfg.custom_hooks] == [
+        'mmlckd.LipschitzMonitorHook', 'mmlckd.StudentExportHook']
+    path.write_text(
+        "model = dict(type='mmlckd.LipschitzDistiller', student=dict(), "
+        "teacher=dict(config='t.py'))\n"
+        "custom_hooks = [dict(type='mmlckd.LipschitzMonitorHook', "
+        "interval=5, out_file=None)]\n")
+    cfg = train.build_cfg(train.parse_args([str(path)]))
+    assert cfg.custom_hooks == [
+        dict(type='mmlckd.LipschitzMonitorHook', interval=5, out_file=None),
+        dict(type='mmlckd.StudentExportHook')]
+    # a plain model is left alone
+    path.write_text("model = dict(type='RetinaNet')\n")
+    cfg = train.build_cfg(train.parse_args([str(path)]))
+    assert not cfg.get('custom_hooks')

@@ -67,14 +67,25 @@ def is_distill_cfg(cfg: Config) -> bool:
     return cfg.get('model', {}).get('type', None) in _DISTILLERS
 
 
+#: hooks every distillation run of tools/train.py gets unless its config
+#: has them: the start line, short train lines, the shares only when
+#: measured and ``lipschitz.jsonl`` (``LipschitzMonitorHook``; its
+#: ``out_file=None`` keeps all but the file), the exported student
+DEFAULT_DISTILL_HOOKS = ('LipschitzMonitorHook', 'StudentExportHook')
+
+
 def prepare_distill_cfg(cfg: Config) -> None:
-    """For distillation configs: export the student at the end of
-    training (adds ``mmlckd.StudentExportHook`` unless present)."""
+    """For distillation configs: add the hooks of
+    :data:`DEFAULT_DISTILL_HOOKS` the config does not have, so a config
+    that only says ``model = dict(type='mmlckd.LipschitzDistiller', ...)``
+    logs as documented and exports the student at the end of training."""
     if not is_distill_cfg(cfg):
         return
     hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any('StudentExportHook' in str(h.get('type', '')) for h in hooks):
-        hooks.append(dict(type='mmlckd.StudentExportHook'))
+    for name in DEFAULT_DISTILL_HOOKS:
+        if not any(str(h.get('type', '')).split('.')[-1] == name
+                   for h in hooks):
+            hooks.append(dict(type=f'mmlckd.{name}'))
     cfg.custom_hooks = hooks
 
 
