@@ -210,6 +210,28 @@ def test_config_parses(path):
         assert a == b
 
 
+# the recipes and the demo's distilled students (is_distiller checks it)
+DISTILL_CONFIGS = [c for c in ALL_CONFIGS if c.split('/')[1] == 'london'
+                   or osp.basename(c).endswith('_london.py')]
+
+
+@pytest.mark.parametrize('path', DISTILL_CONFIGS)
+def test_dumped_config_holds_the_model_once(path, tmp_path):
+    """The printed / dumped config (what the work dir keeps) holds the
+    student's model once, inside ``model``: no top-level helper variable
+    (``student = _base_.model``) repeats it (issue 19, item 11)."""
+    cfg = load(path)
+    assert is_distiller(cfg)
+    student = cfg.model.student.to_dict()
+    copies = [k for k, v in cfg.to_dict().items()
+              if k != 'model' and v == student]
+    assert copies == []
+    out = tmp_path / 'dumped.py'
+    cfg.dump(str(out))
+    dumped = Config.fromfile(str(out))
+    assert dumped.model.student == cfg.model.student
+
+
 def _student_baseline(path):
     """The baseline student config a distillation recipe is built on."""
     name = osp.basename(path)

@@ -1,7 +1,11 @@
 """The tools' command lines as an OpenMMLab user expects them: mmdet's /
 mmseg's tools/test.py options, help texts with descriptions and defaults."""
+import os.path as osp
+
 import pytest
 from mmengine.config import Config
+
+from mmlckd.utils.cli import load_tool_cfg as load_cfg
 
 from tool_modules import load_tool
 
@@ -66,3 +70,53 @@ def test_help_texts(capsys):
                     '--seed SEED random seed (same seed, same dataset) '
                     '(default: 0)', '(default: 4)'):
         assert default in out, default
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_tools_take_a_package_config(tool):
+    """``tools/train.py mmdet::pascal_voc/...`` as mmengine's ``_base_``
+    takes it (issue 19, item 8): the installed package's config, the work
+    dir named after it; a wrong name lists close matches."""
+    mod = load_tool(tool)
+    argv = ['mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py'] + (
+        ['ckpt.pth'] if tool == 'test' else [])
+    cfg = load_cfg(mod.parse_args(argv))
+    assert cfg.model.type == 'RetinaNet'
+    assert cfg.model.bbox_head.num_classes == 20
+    assert cfg.filename.endswith(
+        'configs/pascal_voc/retinanet_r50_fpn_1x_voc0712.py')
+    assert osp.normpath(cfg.work_dir) == osp.join(
+        'work_dirs', 'retinanet_r50_fpn_1x_voc0712')
+    argv[0] = 'mmdet::pascal_voc/retinanet_r50_fpn_1x_voc07.py'
+    with pytest.raises(FileNotFoundError,
+                       match='retinanet_r50_fpn_1x_voc0712.py'):
+        load_cfg(mod.parse_args(argv))
+
+
+def test_train_tool_gives_a_distillation_run_its_log_hooks(tmp_path):
+    """A config that only sets model.type='mmlckd.LipschitzDistiller' (the
+    README's) gets the monitor hook from tools/train.py, as it gets the
+    export hook: the start line, short train lines, shares only when
+    measured, weights in %.3e and lipschitz.jsonl for tools/plot_run.py
+    (issue 19, items 2, 7 and 8). A config's own hook settings stay."""
+    path = tmp_path / 'distill.py'
+    path.write_text(
+        "model = dict(type='mmlckd.LipschitzDistiller', student=dict(), "
+        "teacher=dict(config='t.py'))\n")
+    train = load_tool('train')
+    cfg = train.build_cfg(train.parse_args([str(path)]))
+    assert [h['type'] for h in cfg.custom_hooks] == [
+        'mmlckd.LipschitzMonitorHook', 'mmlckd.StudentExportHook']
+    path.write_text(
+        "model = dict(type='mmlckd.LipschitzDistiller', student=dict(), "
+        "teacher=dict(config='t.py'))\n"
+        "custom_hooks = [dict(type='mmlckd.LipschitzMonitorHook', "
+        "interval=5, out_file=None)]\n")
+    cfg = train.build_cfg(train.parse_args([str(path)]))
+    assert cfg.custom_hooks == [
+        dict(type='mmlckd.LipschitzMonitorHook', interval=5, out_file=None),
+        dict(type='mmlckd.StudentExportHook')]
+    # a plain model is left alone
+    path.write_text("model = dict(type='RetinaNet')\n")
+    cfg = train.build_cfg(train.parse_args([str(path)]))
+    assert not cfg.get('custom_hooks')

@@ -4,11 +4,11 @@
 # python -m demo sets teacher.checkpoint.
 _base_ = ['./fcn_r18w16_synvoc_student.py']
 
-student = _base_.model
+__student = _base_.model  # "__": mmengine keeps it out of the config (no second copy of the model)
 model = dict(
     _delete_=True,
     type='mmlckd.LipschitzDistiller',
-    student=student,
+    student=__student,
     teacher=dict(
         config='{{ fileDirname }}/fcn_r18w32_synvoc_teacher.py',
         checkpoint='work_dirs/demo/seg/seed0/teacher/iter_400.pth'),

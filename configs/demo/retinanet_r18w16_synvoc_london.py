@@ -12,11 +12,11 @@
 #   python tools/train.py configs/demo/retinanet_r18w16_synvoc_london.py
 _base_ = ['./retinanet_r18w16_synvoc_student.py']
 
-student = _base_.model
+__student = _base_.model  # "__": mmengine keeps it out of the config (no second copy of the model)
 model = dict(
     _delete_=True,
     type='mmlckd.LipschitzDistiller',
-    student=student,
+    student=__student,
     teacher=dict(
         config='{{ fileDirname }}/retinanet_r18w32_synvoc_teacher.py',
         checkpoint='work_dirs/demo/det/seed0/teacher/iter_600.pth'),

@@ -7,11 +7,11 @@ _base_ = [
     '../_base_/distill/london_voc12aug_segmentation.py'
 ]
 
-student = _base_.model
+__student = _base_.model  # "__": mmengine keeps it out of the config (no second copy of the model)
 model = dict(
     _delete_=True,
     type='mmlckd.LipschitzDistiller',
-    student=student,
+    student=__student,
     teacher=_base_.london_teacher,
     # backbone stages 1-4; student: MobileNetV2 layer2/3/5/7 (out_indices 1,
     # 2, 4, 6), whose inverted residuals end linearly (pre-activation); then

@@ -6,11 +6,11 @@ _base_ = [
     '../_base_/distill/london_voc0712_detection.py'
 ]
 
-student = _base_.model
+__student = _base_.model  # "__": mmengine keeps it out of the config (no second copy of the model)
 model = dict(
     _delete_=True,
     type='mmlckd.LipschitzDistiller',
-    student=student,
+    student=__student,
     teacher=dict(
         config='{{ fileDirname }}/../baselines/'
         'faster-rcnn_r101_fpn_8xb2-1x_voc0712.py',

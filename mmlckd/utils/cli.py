@@ -42,8 +42,14 @@ def parse_with_launcher_args(parser: argparse.ArgumentParser,
 
 def load_tool_cfg(args) -> Config:
     """The config of ``args.config`` with ``--launcher``, ``--cfg-options``
-    and ``--work-dir`` (default ``work_dirs/<config name>``) applied."""
-    cfg = Config.fromfile(args.config)
+    and ``--work-dir`` (default ``work_dirs/<config name>``) applied.
+
+    ``args.config`` is a file, or a config shipped with an installed
+    package, ``mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py`` /
+    ``mmseg::deeplabv3plus/...`` (read from its ``.mim/configs``; the work
+    dir is then ``work_dirs/retinanet_r50_fpn_1x_voc0712``)."""
+    from mmlckd.utils.config import resolve_config_path
+    cfg = Config.fromfile(resolve_config_path(args.config))
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -61,14 +67,25 @@ def is_distill_cfg(cfg: Config) -> bool:
     return cfg.get('model', {}).get('type', None) in _DISTILLERS
 
 
+#: hooks every distillation run of tools/train.py gets unless its config
+#: has them: the start line, short train lines, the shares only when
+#: measured and ``lipschitz.jsonl`` (``LipschitzMonitorHook``; its
+#: ``out_file=None`` keeps all but the file), the exported student
+DEFAULT_DISTILL_HOOKS = ('LipschitzMonitorHook', 'StudentExportHook')
+
+
 def prepare_distill_cfg(cfg: Config) -> None:
-    """For distillation configs: export the student at the end of
-    training (adds ``mmlckd.StudentExportHook`` unless present)."""
+    """For distillation configs: add the hooks of
+    :data:`DEFAULT_DISTILL_HOOKS` the config does not have, so a config
+    that only says ``model = dict(type='mmlckd.LipschitzDistiller', ...)``
+    logs as documented and exports the student at the end of training."""
     if not is_distill_cfg(cfg):
         return
     hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any('StudentExportHook' in str(h.get('type', '')) for h in hooks):
-        hooks.append(dict(type='mmlckd.StudentExportHook'))
+    for name in DEFAULT_DISTILL_HOOKS:
+        if not any(str(h.get('type', '')).split('.')[-1] == name
+                   for h in hooks):
+            hooks.append(dict(type=f'mmlckd.{name}'))
     cfg.custom_hooks = hooks
 
 

@@ -160,3 +160,55 @@ def test_allow_list_is_exact():
 def test_safe_load_missing_file_message(tmp_path):
     with pytest.raises(FileNotFoundError, match='checkpoint not found'):
         safe_torch_load(str(tmp_path / 'nope.pth'))
+
+
+@pytest.mark.slow
+def test_stock_tool_reads_a_full_checkpoint_through_custom_imports(tmp_path):
+    """What the README offers stock mmdet/mmseg tools/test.py (issue 19,
+    item 9): a config line ``custom_imports=dict(imports=['mmlckd.compat'])``
+    registers the allow-list when the config is loaded, so mmengine's
+    checkpoint loader (torch.load, weights_only left on) reads a full
+    training checkpoint (a MessageHub of HistoryBuffers) in a process that
+    never imports mmlckd itself; without the line the same load fails."""
+    import subprocess
+    import sys
+    import textwrap
+    runner = _runner(tmp_path / 'run', max_epochs=1)
+    runner.train()
+    ckpt = tmp_path / 'run' / 'epoch_1.pth'
+    assert 'message_hub' in safe_torch_load(str(ckpt))
+    script = textwrap.dedent(f'''
+        import sys
+        from mmengine.config import Config
+        from mmengine.runner import CheckpointLoader
+        cfg = Config.fromfile(sys.argv[1])  # imports custom_imports
+        try:
+            ckpt = CheckpointLoader.load_checkpoint({str(ckpt)!r},
+                                                    map_location='cpu')
+        except Exception as e:
+            print('FAILED', type(e).__name__, str(e)[:300])
+            sys.exit(3)
+        print('LOADED', sorted(ckpt))
+        print('mmlckd imported:', 'mmlckd' in sys.modules)
+    ''')
+    # this checkout's mmlckd, whatever else is installed
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=repo)
+    out = {}
+    for name, extra in (('with', "custom_imports = dict(imports=["
+                         "'mmlckd.compat'], allow_failed_imports=False)\n"),
+                        ('without', '')):
+        cfg = tmp_path / f'{name}.py'
+        cfg.write_text("model = dict(type='Toy')\n" + extra)
+        proc = subprocess.run([sys.executable, '-c', script, str(cfg)],
+                              capture_output=True, text=True, timeout=300,
+                              cwd=str(tmp_path), env=env)
+        out[name] = proc
+    assert out['with'].returncode == 0, out['with'].stdout + \
+        out['with'].stderr
+    assert "'message_hub'" in out['with'].stdout
+    assert out['without'].returncode == 3, out['without'].stdout + \
+        out['without'].stderr
+    assert 'FAILED' in out['without'].stdout
+    assert 'mmlckd imported: False' not in out['with'].stdout

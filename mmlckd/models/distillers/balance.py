@@ -325,5 +325,8 @@ class LossBalancer(nn.Module):
                          f'({self.by} {stat:.4g} vs task {task:.4g}, '
                          f'fraction {self.fractions[i]:g})')
         print_log(f'loss balance: weights fixed after {self.iters} steps '
-                  f'(statistics of the last {steps}): ' + '; '.join(parts),
+                  f'(statistics of the last {steps}): ' + '; '.join(parts) +
+                  '. From the next step these terms count in the total '
+                  '`loss` (they weighed 0 while calibrating), so it jumps '
+                  'up once: expected, not a divergence.',
                   logger='current')

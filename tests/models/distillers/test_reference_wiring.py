@@ -166,6 +166,23 @@ def test_balancer_fixes_weights_at_the_stated_fraction(by):
                                    rtol=1e-5, atol=0)
 
 
+def test_balancer_says_why_the_total_loss_jumps(monkeypatch):
+    """The line at the end of the calibration says that the total loss
+    rises from the next step, and why (issue 19, item 7)."""
+    import mmlckd.models.distillers.balance as balance
+    lines = []
+    monkeypatch.setattr(balance, 'print_log',
+                        lambda msg, **kw: lines.append(msg))
+    bal = LossBalancer(['loss_a', 'loss_b'], iters=2, log_interval=0)
+    for seed in range(2):
+        assert lines == []  # nothing during the calibration
+        w, task, terms = _toy(seed)
+        bal(task, terms, [w])
+    assert len(lines) == 1 and 'weights fixed after 2 steps' in lines[0]
+    assert 'total `loss`' in lines[0] and 'jumps' in lines[0]
+    assert 'weighed 0 while calibrating' in lines[0]
+
+
 def test_balancer_state_resumes_mid_calibration_exactly():
     a = LossBalancer(['loss_a', 'loss_b'], iters=4, log_interval=0)
     for seed in range(2):
