@@ -1244,3 +1244,198 @@ def test_resume_set_in_the_config_moves_nothing_aside(tmp_path):
     assert runner.iter == 2
     assert not (work / 'previous_runs').exists()
     assert (work / 'iter_2.pth').is_file()
+
+
+
+# ------------------------------- a fresh pass (issue 20, closing note)
+def test_config_with_a_syntax_error_names_the_file_and_line(tmp_path):
+    """A config with a bracket left open: mmengine parsed it as
+    '<unknown>' and ended in a raw SyntaxError traceback naming no file."""
+    bad = tmp_path / 'exp.py'
+    bad.write_text("model = dict(type='X')\ntrain_cfg = dict(max_iters=2\n")
+    train = load_tool('train')
+    with pytest.raises(SystemExit, match=rf"^error: the config '{bad}' is "
+                       r"not valid Python: '\(' was never closed \(line 2: "
+                       r'train_cfg = dict\(max_iters=2\)'):
+        train.main([str(bad)])
+
+
+def test_config_path_typo_is_a_one_line_error(tmp_path):
+    """A mistyped config path: a raw FileNotFoundError traceback from
+    mmengine's Config.fromfile."""
+    (tmp_path / 'retinanet_r18.py').write_text('x = 1\n')
+    (tmp_path / 'model.pth').write_bytes(b'x')
+    test = load_tool('test')
+    with pytest.raises(SystemExit, match=r"^error: config file not found: "
+                       r"'.*retinanet_r81.py' .*Close names in .*"
+                       r"\['retinanet_r18.py'\]"):
+        test.main([str(tmp_path / 'retinanet_r81.py'),
+                   str(tmp_path / 'model.pth')])
+
+
+def test_resume_from_a_folder_names_its_latest_checkpoint(tmp_path):
+    """--resume <work dir> (a folder): "checkpoint not found: '<dir>'",
+    although the folder holds the checkpoints."""
+    from mmlckd.utils.cli import resolve_resume
+    old = tmp_path / 'old_run'
+    old.mkdir()
+    (old / 'iter_2.pth').write_bytes(b'x')
+    (old / 'last_checkpoint').write_text(str(old / 'iter_2.pth'))
+    cfg = Config(dict(work_dir=str(tmp_path / 'new')))
+    with pytest.raises(SystemExit, match=rf"--resume: '{old}' is a folder, "
+                       rf'not a checkpoint. Its latest checkpoint is '
+                       rf'{old}/iter_2.pth: pass --resume {old}/iter_2.pth'):
+        resolve_resume(cfg, str(old))
+    assert 'resume' not in cfg
+
+
+def test_test_tool_out_that_is_not_a_pickle_is_named_first(tmp_path):
+    """tools/test.py --out results.json: mmengine's raw "ValueError: The
+    output file must be a pkl file." traceback, after the model and the
+    data were built."""
+    ckpt = tmp_path / 'model.pth'
+    ckpt.write_bytes(b'x')
+    test = load_tool('test')
+    with pytest.raises(SystemExit, match=r"^error: --out '.*results.json': "
+                       r'.*must end in .pkl or .pickle \(e.g. --out '
+                       r'.*results.pkl\)'):
+        test.main([str(tmp_path / 'any_config.py'), str(ckpt), '--out',
+                   str(tmp_path / 'results.json')])
+
+
+def test_read_only_work_dir_is_named(tmp_path):
+    """A work dir on a read-only disk (or without write permission): a raw
+    "OSError: [Errno 30] Read-only file system: '<dir>/.mmlckd_run.lock'"
+    traceback."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'ro'
+    work.mkdir()
+    mounted = False
+    if _can_mount_tmpfs():
+        mounted = subprocess.run(
+            ['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(work)],
+            capture_output=True).returncode == 0
+    if not mounted:
+        work.chmod(0o555)  # EACCES for a user that is not root
+        if os.access(str(work), os.W_OK):
+            pytest.skip('cannot make a read-only folder here')
+    try:
+        cfg = _dump(toy_cfg(work, max_iters=1), tmp_path / 'toy.py')
+        with pytest.raises(SystemExit, match=rf'^error: cannot write in the '
+                           rf'work dir {work} \((Read-only file system|'
+                           r'Permission denied): .*\.mmlckd_run\.lock\).*'
+                           r'Pass a --work-dir on a writable disk'):
+            load_tool('train').main([cfg])
+    finally:
+        if mounted:
+            subprocess.run(['umount', str(work)])
+        work.chmod(0o755)
+
+
+@pytest.mark.parametrize('key', ['max_iters', 'max_epochs'])
+def test_zero_length_run_is_an_error(tmp_path, key):
+    """--cfg-options train_cfg.max_iters=0: exit 0 with "student exported"
+    (the untrained student as student_final.pth) and no word."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    cfg = toy_cfg(work, max_iters=1)
+    if key == 'max_epochs':
+        cfg['train_cfg'] = dict(type='EpochBasedTrainLoop', max_epochs=1)
+    cfg = _dump(cfg, tmp_path / 'toy.py')
+    with pytest.raises(SystemExit, match=rf'^error: train_cfg.{key}=0: the '
+                       r'run would train nothing .*student_final.pth.*'
+                       rf'--cfg-options train_cfg.{key}=12'):
+        load_tool('train').main([cfg, '--cfg-options', f'train_cfg.{key}=0'])
+    assert not work.exists()
+
+
+def test_test_tool_config_without_a_test_split_is_named(tmp_path):
+    """A config without test_dataloader/test_cfg/test_evaluator: the model
+    was built and the checkpoint loaded, then mmengine's raw RuntimeError
+    ("self._test_loop should not be None ...")."""
+    from fault_toys import toy_cfg
+    cfg = toy_cfg(tmp_path / 'w')
+    cfg.update(val_dataloader=cfg['train_dataloader'], val_cfg=dict(),
+               val_evaluator=dict(type='Accuracy'))
+    path = _dump(cfg, tmp_path / 'toy.py')
+    ckpt = tmp_path / 'model.pth'
+    ckpt.write_bytes(b'x')
+    with pytest.raises(SystemExit, match=r"^error: the config '.*toy.py' has "
+                       r'no test_dataloader, test_cfg, test_evaluator: .*'
+                       r'\(to test on the validation split: test_dataloader '
+                       r'= val_dataloader, test_cfg = val_cfg, '
+                       r'test_evaluator = val_evaluator\)'):
+        load_tool('test').main([path, str(ckpt)])
+
+
+@pytest.mark.parametrize('key', ['teacher', 'load_from'])
+def test_relative_path_from_another_folder_names_both_places(
+        tmp_path, monkeypatch, key):
+    """teacher.checkpoint='teacher.pth' (next to the config) with the tool
+    run from another folder: a traceback ending in "teacher checkpoint not
+    found ... relative paths are resolved from <cwd>", after the student
+    and the teacher were built."""
+    from fault_toys import toy_cfg
+    exp = tmp_path / 'exp'
+    exp.mkdir()
+    (exp / 'teacher.pth').write_bytes(b'x')
+    cfg = toy_cfg(tmp_path / 'w')
+    if key == 'teacher':
+        cfg['model'] = dict(type='mmlckd.LipschitzDistiller', student=dict(),
+                            teacher=dict(config='t.py',
+                                         checkpoint='teacher.pth'))
+        name = 'model.teacher.checkpoint'
+    else:
+        cfg['load_from'] = 'teacher.pth'
+        name = 'load_from'
+    path = _dump(cfg, exp / 'cfg.py')
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SystemExit, match=rf"^error: {name}='teacher.pth' is "
+                       rf'a relative path, read from the current folder '
+                       rf'{elsewhere}, where it does not exist; the config\'s '
+                       rf'folder has it: {exp}/teacher.pth'):
+        load_tool('train').main([path])
+    assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
+def test_training_set_emptied_by_the_filter_is_named(voc_devkit, tmp_path,
+                                                     teacher_ckpt):
+    """Every box of the split of a class the dataset does not know (so
+    filter_empty_gt drops every image): mmengine's raw "ValueError: need at
+    least one array to concatenate" from runner.train()."""
+    import shutil
+    from engine_toys import tiny_cfg
+    root = tmp_path / 'VOCdevkit'
+    shutil.copytree(osp.join(voc_devkit, 'VOC2007'), root / 'VOC2007')
+    for xml in (root / 'VOC2007/Annotations').glob('*.xml'):
+        xml.write_text(re.sub(r'<name>[^<]+</name>',
+                              '<name>dining table</name>', xml.read_text()))
+    work = tmp_path / 'w'
+    cfg = tiny_cfg(str(root), work, teacher_ckpt)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    with pytest.raises(SystemExit, match=r"^error: the training set is empty: "
+                       r"every image listed in 'VOC2007/ImageSets/Main/"
+                       r"trainval.txt' .* was dropped by the dataset's filter"
+                       r'.*filter_empty_gt=False'):
+        _train_in_process(cfg.to_dict(), tmp_path)
+    assert not list(work.glob('*.pth'))
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_work_dir_symlink_to_nothing_is_named(tmp_path, resume):
+    """A work dir that is a symlink whose target is gone (a disk not
+    mounted): a raw "FileExistsError: [Errno 17] File exists" from
+    os.makedirs (with --resume: "the folder does not exist")."""
+    from fault_toys import toy_cfg
+    link = tmp_path / 'w'
+    link.symlink_to(tmp_path / 'scratch' / 'run')
+    cfg = _dump(toy_cfg(link, max_iters=1), tmp_path / 'toy.py')
+    with pytest.raises(SystemExit, match=rf"^error: the work dir '{link}' is "
+                       rf"a symlink to '{tmp_path}/scratch/run', which does "
+                       r'not exist .*Create or mount that folder'):
+        load_tool('train').main([cfg] + (['--resume'] if resume else []))
+    assert link.is_symlink() and not (tmp_path / 'scratch').exists()
