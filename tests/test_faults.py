@@ -1289,6 +1289,27 @@ def test_resume_from_a_folder_names_its_latest_checkpoint(tmp_path):
     assert 'resume' not in cfg
 
 
+def test_export_through_a_symlinked_folder_keeps_the_checkpoint(tmp_path):
+    """export_student.py w/iter_2.pth alias/iter_2.pth, alias -> w: the
+    same file under another name; the export replaced the distillation
+    checkpoint (and its sidecar) with the student."""
+    work = tmp_path / 'w'
+    work.mkdir()
+    src = work / 'iter_2.pth'
+    atomic_torch_save(dict(state_dict={'student.w': torch.ones(3),
+                                       'connectors.0.w': torch.ones(2)}),
+                      str(src))
+    before = sha256_file(str(src))
+    (tmp_path / 'alias').symlink_to(work)
+    export = load_tool('export_student')
+    with pytest.raises(SystemExit, match=r"^error: the output '.*alias/"
+                       r"iter_2.pth' is the input checkpoint .*\(both are "
+                       r".*w/iter_2.pth\): refusing to overwrite it"):
+        export.main([str(src), str(tmp_path / 'alias' / 'iter_2.pth')])
+    assert sha256_file(str(src)) == before
+    assert verify_checksum(str(src)) is True
+
+
 def test_test_tool_out_that_is_not_a_pickle_is_named_first(tmp_path):
     """tools/test.py --out results.json: mmengine's raw "ValueError: The
     output file must be a pkl file." traceback, after the model and the
