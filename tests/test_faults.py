@@ -1273,6 +1273,42 @@ def test_config_path_typo_is_a_one_line_error(tmp_path):
                    str(tmp_path / 'model.pth')])
 
 
+@pytest.mark.parametrize('weight', [float('nan'), float('inf')])
+def test_non_finite_loss_weight_is_an_error_at_build(weight):
+    """feature_loss.loss_weight=nan trained until the first step, where the
+    NaN guard blamed an overflow and advised a lower learning rate."""
+    with pytest.raises(ValueError, match=r'feature_loss.loss_weight=(nan|'
+                       r'inf) is not a finite number'):
+        _build(_det(), _det(base=32), feature_loss=dict(
+            type='mmlckd.OFDLoss', loss_weight=weight))
+    with pytest.raises(ValueError, match=r'terms.neck.loss_weight=(nan|inf)'
+                       ' is not a finite number'):
+        _build(_det(), _det(base=32), terms=dict(neck=dict(
+            type='mmlckd.NeckPKDTerm', loss_weight=weight)))
+
+
+def test_unknown_balance_setting_names_the_settings():
+    """balance=dict(iter=3): a raw "LossBalancer.__init__() got an
+    unexpected keyword argument 'iter'"."""
+    with pytest.raises(ValueError, match=r"model.balance has no setting "
+                       r"\['iter'\] \('iter' -> 'iters'\?\); its settings "
+                       r"are \['fraction', 'iters', 'by', 'log_interval'\]"):
+        _build(_det(), _det(base=32), balance=dict(iter=3))
+
+
+def test_distiller_key_typo_names_the_likely_key():
+    """model.studnet=...: the error blamed a base config merged into the
+    distiller (add _delete_=True), not the typo."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    with pytest.raises(TypeError, match=r"unexpected config keys "
+                       r"\['studnet'\] \(a typo\? 'studnet' -> 'student'\?"
+                       r"\)\.$"):
+        MODELS.build(dict(type='mmlckd.LipschitzDistiller', student=_det(),
+                          teacher=dict(config=dict(model=_det(base=32))),
+                          studnet=dict(), terms=None))
+
+
 def test_resume_from_a_folder_names_its_latest_checkpoint(tmp_path):
     """--resume <work dir> (a folder): "checkpoint not found: '<dir>'",
     although the folder holds the checkpoints."""
@@ -1444,6 +1480,19 @@ def test_training_set_emptied_by_the_filter_is_named(voc_devkit, tmp_path,
                        r'.*filter_empty_gt=False'):
         _train_in_process(cfg.to_dict(), tmp_path)
     assert not list(work.glob('*.pth'))
+
+
+def test_teacher_setting_typo_is_an_error():
+    """teacher=dict(config=..., checkpiont=...): the checkpoint was never
+    read; the run went on with a random teacher and the generic warning
+    "teacher.checkpoint is None"."""
+    with pytest.raises(ValueError, match=r"^teacher has no setting "
+                       r"\['checkpiont'\] \(a typo\? 'checkpiont' -> "
+                       r"'checkpoint'\?\); its settings are \['config', "
+                       r"'checkpoint', 'allow_missing_keys', "
+                       r"'check_num_classes'\]"):
+        _build(_det(), _det(base=32),
+               teacher_kw=dict(checkpiont='teacher.pth'))
 
 
 @pytest.mark.parametrize('resume', [False, True])
