@@ -1346,6 +1346,30 @@ def test_export_through_a_symlinked_folder_keeps_the_checkpoint(tmp_path):
     assert verify_checksum(str(src)) is True
 
 
+def test_teacher_of_other_classes_distils_features_only_when_told():
+    """A teacher with num_classes=10 for a 20-class student: the build
+    error advises teacher.check_num_classes=False "to distil features
+    only"; with it, terms='auto' still added prediction KD, which failed at
+    the first step (logits (2, 180, 8, 8) vs (2, 90, 8, 8))."""
+    from mmlckd.testing import det_batch
+    teacher = _det(base=32)
+    teacher['bbox_head']['num_classes'] = 10
+    with pytest.raises(ValueError, match='check_num_classes=False to distil '
+                       'features only'):
+        _build(_det(), teacher, terms='auto')
+    model = _build(_det(), teacher, terms='auto',
+                   teacher_kw=dict(check_num_classes=False))
+    assert sorted(model.terms) == ['neck']  # no 'preds'
+    model.train()
+    losses = model(*det_batch(model), mode='loss')
+    assert 'loss_neck' in losses and 'loss_preds' not in losses
+    with pytest.raises(ValueError, match=r"PredictionKDTerm: the student's "
+                       r'bbox_head.retina_cls has 180 output channels and '
+                       r"the teacher's 90 .*Leave the term out"):
+        _build(_det(), teacher, teacher_kw=dict(check_num_classes=False),
+               terms=dict(preds=dict(type='mmlckd.PredictionKDTerm')))
+
+
 def test_test_tool_out_that_is_not_a_pickle_is_named_first(tmp_path):
     """tools/test.py --out results.json: mmengine's raw "ValueError: The
     output file must be a pkl file." traceback, after the model and the
