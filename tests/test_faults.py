@@ -1246,7 +1246,6 @@ def test_resume_set_in_the_config_moves_nothing_aside(tmp_path):
     assert (work / 'iter_2.pth').is_file()
 
 
-
 # ------------------------------- a fresh pass (issue 20, closing note)
 def test_config_with_a_syntax_error_names_the_file_and_line(tmp_path):
     """A config with a bracket left open: mmengine parsed it as
@@ -1519,6 +1518,93 @@ def test_teacher_setting_typo_is_an_error():
                teacher_kw=dict(checkpiont='teacher.pth'))
 
 
+def _other_mean(model):
+    model['data_preprocessor']['mean'] = [0.0, 0.0, 0.0]
+    return model
+
+
+@pytest.mark.parametrize('kind,kw,teacher,error,pattern', [
+    ('module_only_in_teacher',
+     dict(features=[dict(student='backbone.layer5',
+                         teacher='backbone.layer4')]), None, KeyError,
+     r"student has no submodule 'backbone.layer5'. Close matches: "
+     r"\['backbone.layer4'"),
+    ('other_normalisation', {}, _other_mean, ValueError,
+     r'teacher and student data preprocessors differ in mean: teacher '
+     r'\[0.0, 0.0, 0.0\] vs student .*copy the teacher\'s data_preprocessor'),
+    ('terms_typo', dict(terms='atuo'), None, TypeError,
+     r"terms must be 'auto', None or a dict name -> term config, got "
+     r"'atuo'"),
+    ('terms_type_typo',
+     dict(terms=dict(preds=dict(type='mmlckd.PredictonKDTerm'))), None,
+     KeyError, r'mmlckd.PredictonKDTerm is not in the .*registry'),
+    ('balance_by_unknown', dict(balance=dict(by='gradient')), None,
+     ValueError, r"balance by must be 'grad' or 'loss', got 'gradient'"),
+])
+def test_distiller_setup_faults_already_named(kind, kw, teacher, error,
+                                              pattern):
+    """Faults of the fresh pass that were already a clear error at build
+    time (docs/reliability.md, "no change needed"): kept so."""
+    t = _det(base=32)
+    if teacher is not None:
+        t = teacher(t)
+    with pytest.raises(error, match=pattern):
+        _build(_det(), t, **kw)
+
+
+def test_export_and_launcher_faults_already_named(tmp_path, monkeypatch):
+    """Fresh-pass faults that were already clear (no change needed):
+    export onto its own input, export of a plain student checkpoint, and
+    --launcher pytorch outside torchrun."""
+    src = tmp_path / 'iter_2.pth'
+    atomic_torch_save(dict(state_dict={'student.w': torch.ones(3)}),
+                      str(src))
+    before = sha256_file(str(src))
+    export = load_tool('export_student')
+    with pytest.raises(SystemExit, match='refusing to overwrite it'):
+        export.main([str(src), str(src)])
+    assert sha256_file(str(src)) == before
+    plain = tmp_path / 'student_final.pth'
+    atomic_torch_save(dict(state_dict={'backbone.w': torch.ones(3)}),
+                      str(plain))
+    with pytest.raises(SystemExit, match=r'has no "student.\*" keys: it is '
+                       'not a LipschitzDistiller checkpoint'):
+        export.main([str(plain), str(tmp_path / 'out.pth')])
+    from mmlckd.compat import init_cpu_dist
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    for key in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RuntimeError, match='--launcher pytorch needs the '
+                       'environment variable RANK; start the job with '
+                       r'torchrun \(tools/dist_train.sh\)'):
+        init_cpu_dist('pytorch')
+
+
+@pytest.mark.slow
+def test_symlinked_work_dir_moves_the_previous_run_aside(tmp_path):
+    """A work dir that is a symlink to a folder on another disk (fresh pass,
+    no change needed): the second fresh run locks and moves the first
+    run aside inside the real folder; nothing is lost."""
+    from fault_toys import toy_cfg
+    real = tmp_path / 'disk' / 'run'
+    real.mkdir(parents=True)
+    link = tmp_path / 'w'
+    link.symlink_to(real)
+    _train_in_process(toy_cfg(link, max_iters=2, max_keep_ckpts=3),
+                      tmp_path)
+    first = {p.name: sha256_file(str(p)) for p in real.glob('iter_*.pth')}
+    assert sorted(first) == ['iter_1.pth', 'iter_2.pth']
+    time.sleep(1.1)  # a Runner of its own second (mmengine's names)
+    _train_in_process(toy_cfg(link, max_iters=1, max_keep_ckpts=3),
+                      tmp_path, name='again.py')
+    kept = list((real / 'previous_runs').iterdir())
+    assert len(kept) == 1
+    assert {p.name: sha256_file(str(p))
+            for p in kept[0].glob('iter_*.pth')} == first
+    assert sorted(p.name for p in real.glob('*.pth')) == ['iter_1.pth']
+    assert link.is_symlink()
+
+
 @pytest.mark.parametrize('resume', [False, True])
 def test_work_dir_symlink_to_nothing_is_named(tmp_path, resume):
     """A work dir that is a symlink whose target is gone (a disk not
@@ -1533,3 +1619,43 @@ def test_work_dir_symlink_to_nothing_is_named(tmp_path, resume):
                        r'not exist .*Create or mount that folder'):
         load_tool('train').main([cfg] + (['--resume'] if resume else []))
     assert link.is_symlink() and not (tmp_path / 'scratch').exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_writing_a_checkpoint_loses_nothing(tmp_path,
+                                                         monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) in the middle of writing iter_2.pth (no
+    change needed): the partial file is removed, iter_1.pth and
+    last_checkpoint are intact, the work dir lock is released, and
+    --resume continues to the end."""
+    import mmengine.runner.runner as runner_mod
+    from fault_toys import toy_cfg
+    real = runner_mod.save_checkpoint
+    calls = [0]
+
+    def interrupted(checkpoint, filename, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            with open(filename, 'wb') as f:
+                f.write(b'PK\x03\x04 half a checkpoint')
+            raise KeyboardInterrupt
+        return real(checkpoint, filename, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, 'save_checkpoint', interrupted)
+    work = tmp_path / 'w'
+    with pytest.raises(KeyboardInterrupt):
+        _train_in_process(toy_cfg(work, max_iters=3, max_keep_ckpts=3),
+                          tmp_path)
+    assert calls[0] == 2
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    assert not list(work.glob('.*.tmp'))
+    assert osp.basename((work / 'last_checkpoint').read_text().strip()) \
+        == 'iter_1.pth'
+    assert verify_checksum(str(work / 'iter_1.pth')) is True
+    monkeypatch.setattr(runner_mod, 'save_checkpoint', real)
+    time.sleep(1.1)  # a Runner of its own second (mmengine's names)
+    runner = _train_in_process(toy_cfg(work, max_iters=3, max_keep_ckpts=3),
+                               tmp_path, '--resume', name='resume.py')
+    assert runner.iter == 3  # the lock was released; resumed from 1
+    assert sorted(p.name for p in work.glob('*.pth')) == [
+        'iter_1.pth', 'iter_2.pth', 'iter_3.pth']
