@@ -1540,6 +1540,13 @@ def _other_mean(model):
      KeyError, r'mmlckd.PredictonKDTerm is not in the .*registry'),
     ('balance_by_unknown', dict(balance=dict(by='gradient')), None,
      ValueError, r"balance by must be 'grad' or 'loss', got 'gradient'"),
+    ('weight_as_string',
+     dict(feature_loss=dict(type='mmlckd.OFDLoss', loss_weight='1e-4')),
+     None, TypeError, r"feature_loss.loss_weight must be a number or "
+     r"'auto', got '1e-4'"),
+    ('negative_fraction', dict(balance=dict(fraction=-0.5)), None,
+     ValueError, r"balance fraction of 'loss_lipschitz' must be > 0, got "
+     r'-0.5'),
 ])
 def test_distiller_setup_faults_already_named(kind, kw, teacher, error,
                                               pattern):
@@ -1550,6 +1557,33 @@ def test_distiller_setup_faults_already_named(kind, kw, teacher, error,
         t = teacher(t)
     with pytest.raises(error, match=pattern):
         _build(_det(), t, **kw)
+
+
+def test_distillation_checkpoint_as_the_teacher_is_named(tmp_path):
+    """An iter_N.pth of a distillation run as teacher.checkpoint (fresh
+    pass, no change needed): named, with the export that fixes it."""
+    path = tmp_path / 'iter_2.pth'
+    atomic_torch_save(dict(state_dict={'student.backbone.w': torch.ones(1),
+                                       'connectors.0.w': torch.ones(1)}),
+                      str(path))
+    with pytest.raises(ValueError, match=r'is a distillation checkpoint '
+                       r'\(keys "student.\*"\). Export the student first: '
+                       r'python tools/export_student.py'):
+        _build(_det(), _det(base=32), checkpoint=str(path))
+
+
+def test_nccl_config_on_a_cpu_machine_runs_on_gloo(monkeypatch):
+    """tools/dist_train.sh CONFIG 2 with env_cfg.dist_cfg.backend=nccl on a
+    machine without CUDA (fresh pass, no change needed: 2 processes
+    trained, rc 0): the tools switch the config to gloo."""
+    from mmlckd.compat import adapt_cfg_for_cpu_dist
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = Config(dict(launcher='pytorch', model=dict(type='X'),
+                      env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    adapt_cfg_for_cpu_dist(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == \
+        'mmlckd.CPUAwareDistributedDataParallel'
 
 
 def test_export_and_launcher_faults_already_named(tmp_path, monkeypatch):
