@@ -63,6 +63,18 @@ class FaultToyDistiller(FaultToyModel):
 
 
 @MODELS.register_module(force=True)
+class FaultToyTermsKD(FaultToyModel):
+    """A distiller's loss layout (what SafeCheckpointHook records): the
+    names of its terms (``terms``), no feature or Lipschitz loss."""
+    teacher = None
+    lipschitz_loss = feature_loss = None
+
+    def __init__(self, terms=(), **kw):
+        super().__init__(**kw)
+        self.terms = {name: None for name in terms}
+
+
+@MODELS.register_module(force=True)
 class FaultToyKD(BaseModel):
     """A distiller's key layout: the student under ``student.``, plus a
     connector (``connectors.*``)."""

@@ -1693,3 +1693,43 @@ def test_ctrl_c_while_writing_a_checkpoint_loses_nothing(tmp_path,
     assert runner.iter == 3  # the lock was released; resumed from 1
     assert sorted(p.name for p in work.glob('*.pth')) == [
         'iter_1.pth', 'iter_2.pth', 'iter_3.pth']
+
+
+@pytest.mark.slow
+def test_resume_with_other_distillation_terms_says_so(tmp_path):
+    """--resume of a run with terms=None under a config that adds terms:
+    the run went on from the checkpoint's iteration with the new losses
+    (total loss 4.2 -> 16.3 on the tiny RetinaNet), without a word."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+
+    def cfg(terms, iters):
+        c = toy_cfg(work, max_iters=iters, max_keep_ckpts=3)
+        c['model'] = dict(type='FaultToyTermsKD', terms=terms)
+        return c
+
+    _train_in_process(cfg([], 1), tmp_path)
+    meta = safe_torch_load(str(work / 'iter_1.pth'))['meta']
+    assert meta['distill_losses'] == []
+    time.sleep(1.1)  # a Runner of its own second (mmengine's names)
+    runner = _train_in_process(cfg(['neck', 'preds'], 2), tmp_path,
+                               '--resume', name='resume.py')
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert re.search(r'the resume checkpoint .*iter_1.pth was written by a '
+                     r"run that distilled \[\]; this run distils "
+                     r"\['loss_neck', 'loss_preds'\] \(added \['loss_neck', "
+                     r"'loss_preds'\]\).*start a new run: --cfg-options "
+                     r'load_from=.*iter_1.pth \(without --resume\)', log), \
+        log[-3000:]
+    # the same terms: no word
+    time.sleep(1.1)
+    runner = _train_in_process(cfg(['neck', 'preds'], 3), tmp_path,
+                               '--resume', name='resume2.py')
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'was written by a run that distilled' not in log
+    # what it records of a real distiller
+    from mmlckd.engine.hooks.safe_checkpoint_hook import distill_losses
+    assert distill_losses(_build(_det(), _det(base=32), terms='auto')) == [
+        'loss_feat', 'loss_lipschitz', 'loss_neck', 'loss_preds']
+    from fault_toys import FaultToyModel
+    assert distill_losses(FaultToyModel()) is None  # not a distiller
