@@ -467,8 +467,8 @@ def test_export_student_on_a_full_disk(tmp_path):
 
 # ------------------------------------------------------------ tools/test.py
 def _toy_test_cfg(tmp_path, width=8):
-    from fault_toys import toy_cfg
-    cfg = toy_cfg(tmp_path / 'eval', width=width)
+    from fault_toys import toy_cfg, toy_test_split
+    cfg = toy_test_split(toy_cfg(tmp_path / 'eval', width=width))
     return _dump(cfg, tmp_path / f'toy_w{width}.py')
 
 
