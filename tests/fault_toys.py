@@ -11,8 +11,9 @@ import signal
 
 import torch
 import torch.nn as nn
+from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
-from mmengine.registry import DATASETS, MODELS
+from mmengine.registry import DATASETS, METRICS, MODELS
 from torch.utils.data import Dataset
 
 
@@ -63,6 +64,18 @@ class FaultToyDistiller(FaultToyModel):
 
 
 @MODELS.register_module(force=True)
+class FaultToyTermsKD(FaultToyModel):
+    """A distiller's loss layout (what SafeCheckpointHook records): the
+    names of its terms (``terms``), no feature or Lipschitz loss."""
+    teacher = None
+    lipschitz_loss = feature_loss = None
+
+    def __init__(self, terms=(), **kw):
+        super().__init__(**kw)
+        self.terms = {name: None for name in terms}
+
+
+@MODELS.register_module(force=True)
 class FaultToyKD(BaseModel):
     """A distiller's key layout: the student under ``student.``, plus a
     connector (``connectors.*``)."""
@@ -74,6 +87,27 @@ class FaultToyKD(BaseModel):
 
     def forward(self, inputs, label=None, mode='loss'):
         return self.student(inputs, label, mode)
+
+
+@METRICS.register_module(force=True)
+class FaultToyAccuracy(BaseMetric):
+    """The share of right labels (for a toy test split)."""
+
+    def process(self, data_batch, data_samples):
+        for out, label in zip(data_samples, data_batch['label']):
+            self.results.append(float(out.argmax() == label))
+
+    def compute_metrics(self, results):
+        return dict(accuracy=sum(results) / max(len(results), 1))
+
+
+def toy_test_split(cfg: dict) -> dict:
+    """``cfg`` (a :func:`toy_cfg`) with a test split: tools/test.py needs
+    test_dataloader, test_cfg and test_evaluator."""
+    cfg.update(test_dataloader=dict(cfg['train_dataloader']),
+               test_cfg=dict(type='TestLoop'),
+               test_evaluator=dict(type='FaultToyAccuracy'))
+    return cfg
 
 
 def toy_cfg(work_dir, max_iters=3, interval=1, max_keep_ckpts=1, width=8,

@@ -467,8 +467,8 @@ def test_export_student_on_a_full_disk(tmp_path):
 
 # ------------------------------------------------------------ tools/test.py
 def _toy_test_cfg(tmp_path, width=8):
-    from fault_toys import toy_cfg
-    cfg = toy_cfg(tmp_path / 'eval', width=width)
+    from fault_toys import toy_cfg, toy_test_split
+    cfg = toy_test_split(toy_cfg(tmp_path / 'eval', width=width))
     return _dump(cfg, tmp_path / f'toy_w{width}.py')
 
 
@@ -1244,3 +1244,492 @@ def test_resume_set_in_the_config_moves_nothing_aside(tmp_path):
     assert runner.iter == 2
     assert not (work / 'previous_runs').exists()
     assert (work / 'iter_2.pth').is_file()
+
+
+# ------------------------------- a fresh pass (issue 20, closing note)
+def test_config_with_a_syntax_error_names_the_file_and_line(tmp_path):
+    """A config with a bracket left open: mmengine parsed it as
+    '<unknown>' and ended in a raw SyntaxError traceback naming no file."""
+    bad = tmp_path / 'exp.py'
+    bad.write_text("model = dict(type='X')\ntrain_cfg = dict(max_iters=2\n")
+    train = load_tool('train')
+    with pytest.raises(SystemExit, match=rf"^error: the config '{bad}' is "
+                       r"not valid Python: '\(' was never closed \(line 2: "
+                       r'train_cfg = dict\(max_iters=2\)'):
+        train.main([str(bad)])
+
+
+def test_config_path_typo_is_a_one_line_error(tmp_path):
+    """A mistyped config path: a raw FileNotFoundError traceback from
+    mmengine's Config.fromfile."""
+    (tmp_path / 'retinanet_r18.py').write_text('x = 1\n')
+    (tmp_path / 'model.pth').write_bytes(b'x')
+    test = load_tool('test')
+    with pytest.raises(SystemExit, match=r"^error: config file not found: "
+                       r"'.*retinanet_r81.py' .*Close names in .*"
+                       r"\['retinanet_r18.py'\]"):
+        test.main([str(tmp_path / 'retinanet_r81.py'),
+                   str(tmp_path / 'model.pth')])
+
+
+@pytest.mark.parametrize('weight', [float('nan'), float('inf')])
+def test_non_finite_loss_weight_is_an_error_at_build(weight):
+    """feature_loss.loss_weight=nan trained until the first step, where the
+    NaN guard blamed an overflow and advised a lower learning rate."""
+    with pytest.raises(ValueError, match=r'feature_loss.loss_weight=(nan|'
+                       r'inf) is not a finite number'):
+        _build(_det(), _det(base=32), feature_loss=dict(
+            type='mmlckd.OFDLoss', loss_weight=weight))
+    with pytest.raises(ValueError, match=r'terms.neck.loss_weight=(nan|inf)'
+                       ' is not a finite number'):
+        _build(_det(), _det(base=32), terms=dict(neck=dict(
+            type='mmlckd.NeckPKDTerm', loss_weight=weight)))
+
+
+def test_unknown_balance_setting_names_the_settings():
+    """balance=dict(iter=3): a raw "LossBalancer.__init__() got an
+    unexpected keyword argument 'iter'"."""
+    with pytest.raises(ValueError, match=r"model.balance has no setting "
+                       r"\['iter'\] \('iter' -> 'iters'\?\); its settings "
+                       r"are \['fraction', 'iters', 'by', 'log_interval'\]"):
+        _build(_det(), _det(base=32), balance=dict(iter=3))
+
+
+def test_distiller_key_typo_names_the_likely_key():
+    """model.studnet=...: the error blamed a base config merged into the
+    distiller (add _delete_=True), not the typo."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    with pytest.raises(TypeError, match=r"unexpected config keys "
+                       r"\['studnet'\] \(a typo\? 'studnet' -> 'student'\?"
+                       r"\)\.$"):
+        MODELS.build(dict(type='mmlckd.LipschitzDistiller', student=_det(),
+                          teacher=dict(config=dict(model=_det(base=32))),
+                          studnet=dict(), terms=None))
+
+
+def test_resume_from_a_folder_names_its_latest_checkpoint(tmp_path):
+    """--resume <work dir> (a folder): "checkpoint not found: '<dir>'",
+    although the folder holds the checkpoints."""
+    from mmlckd.utils.cli import resolve_resume
+    old = tmp_path / 'old_run'
+    old.mkdir()
+    (old / 'iter_2.pth').write_bytes(b'x')
+    (old / 'last_checkpoint').write_text(str(old / 'iter_2.pth'))
+    cfg = Config(dict(work_dir=str(tmp_path / 'new')))
+    with pytest.raises(SystemExit, match=rf"--resume: '{old}' is a folder, "
+                       rf'not a checkpoint. Its latest checkpoint is '
+                       rf'{old}/iter_2.pth: pass --resume {old}/iter_2.pth'):
+        resolve_resume(cfg, str(old))
+    assert 'resume' not in cfg
+
+
+def test_export_through_a_symlinked_folder_keeps_the_checkpoint(tmp_path):
+    """export_student.py w/iter_2.pth alias/iter_2.pth, alias -> w: the
+    same file under another name; the export replaced the distillation
+    checkpoint (and its sidecar) with the student."""
+    work = tmp_path / 'w'
+    work.mkdir()
+    src = work / 'iter_2.pth'
+    atomic_torch_save(dict(state_dict={'student.w': torch.ones(3),
+                                       'connectors.0.w': torch.ones(2)}),
+                      str(src))
+    before = sha256_file(str(src))
+    (tmp_path / 'alias').symlink_to(work)
+    export = load_tool('export_student')
+    with pytest.raises(SystemExit, match=r"^error: the output '.*alias/"
+                       r"iter_2.pth' is the input checkpoint .*\(both are "
+                       r".*w/iter_2.pth\): refusing to overwrite it"):
+        export.main([str(src), str(tmp_path / 'alias' / 'iter_2.pth')])
+    assert sha256_file(str(src)) == before
+    assert verify_checksum(str(src)) is True
+
+
+def test_teacher_of_other_classes_distils_features_only_when_told():
+    """A teacher with num_classes=10 for a 20-class student: the build
+    error advises teacher.check_num_classes=False "to distil features
+    only"; with it, terms='auto' still added prediction KD, which failed at
+    the first step (logits (2, 180, 8, 8) vs (2, 90, 8, 8))."""
+    from mmlckd.testing import det_batch
+    teacher = _det(base=32)
+    teacher['bbox_head']['num_classes'] = 10
+    with pytest.raises(ValueError, match='check_num_classes=False to distil '
+                       'features only'):
+        _build(_det(), teacher, terms='auto')
+    model = _build(_det(), teacher, terms='auto',
+                   teacher_kw=dict(check_num_classes=False))
+    assert sorted(model.terms) == ['neck']  # no 'preds'
+    model.train()
+    losses = model(*det_batch(model), mode='loss')
+    assert 'loss_neck' in losses and 'loss_preds' not in losses
+    with pytest.raises(ValueError, match=r"PredictionKDTerm: the student's "
+                       r'bbox_head.retina_cls has 180 output channels and '
+                       r"the teacher's 90 .*Leave the term out"):
+        _build(_det(), teacher, teacher_kw=dict(check_num_classes=False),
+               terms=dict(preds=dict(type='mmlckd.PredictionKDTerm')))
+
+
+def test_test_tool_out_that_is_not_a_pickle_is_named_first(tmp_path):
+    """tools/test.py --out results.json: mmengine's raw "ValueError: The
+    output file must be a pkl file." traceback, after the model and the
+    data were built."""
+    ckpt = tmp_path / 'model.pth'
+    ckpt.write_bytes(b'x')
+    test = load_tool('test')
+    with pytest.raises(SystemExit, match=r"^error: --out '.*results.json': "
+                       r'.*must end in .pkl or .pickle \(e.g. --out '
+                       r'.*results.pkl\)'):
+        test.main([str(tmp_path / 'any_config.py'), str(ckpt), '--out',
+                   str(tmp_path / 'results.json')])
+
+
+def test_read_only_work_dir_is_named(tmp_path):
+    """A work dir on a read-only disk (or without write permission): a raw
+    "OSError: [Errno 30] Read-only file system: '<dir>/.mmlckd_run.lock'"
+    traceback."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'ro'
+    work.mkdir()
+    mounted = False
+    if _can_mount_tmpfs():
+        mounted = subprocess.run(
+            ['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(work)],
+            capture_output=True).returncode == 0
+    if not mounted:
+        work.chmod(0o555)  # EACCES for a user that is not root
+        if os.access(str(work), os.W_OK):
+            pytest.skip('cannot make a read-only folder here')
+    try:
+        cfg = _dump(toy_cfg(work, max_iters=1), tmp_path / 'toy.py')
+        with pytest.raises(SystemExit, match=rf'^error: cannot write in the '
+                           rf'work dir {work} \((Read-only file system|'
+                           r'Permission denied): .*\.mmlckd_run\.lock\).*'
+                           r'Pass a --work-dir on a writable disk'):
+            load_tool('train').main([cfg])
+    finally:
+        if mounted:
+            subprocess.run(['umount', str(work)])
+        work.chmod(0o755)
+
+
+@pytest.mark.parametrize('key', ['max_iters', 'max_epochs'])
+def test_zero_length_run_is_an_error(tmp_path, key):
+    """--cfg-options train_cfg.max_iters=0: exit 0 with "student exported"
+    (the untrained student as student_final.pth) and no word."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+    cfg = toy_cfg(work, max_iters=1)
+    if key == 'max_epochs':
+        cfg['train_cfg'] = dict(type='EpochBasedTrainLoop', max_epochs=1)
+    cfg = _dump(cfg, tmp_path / 'toy.py')
+    with pytest.raises(SystemExit, match=rf'^error: train_cfg.{key}=0: the '
+                       r'run would train nothing .*student_final.pth.*'
+                       rf'--cfg-options train_cfg.{key}=12'):
+        load_tool('train').main([cfg, '--cfg-options', f'train_cfg.{key}=0'])
+    assert not work.exists()
+
+
+def test_test_tool_config_without_a_test_split_is_named(tmp_path):
+    """A config without test_dataloader/test_cfg/test_evaluator: the model
+    was built and the checkpoint loaded, then mmengine's raw RuntimeError
+    ("self._test_loop should not be None ...")."""
+    from fault_toys import toy_cfg
+    cfg = toy_cfg(tmp_path / 'w')
+    cfg.update(val_dataloader=cfg['train_dataloader'], val_cfg=dict(),
+               val_evaluator=dict(type='Accuracy'))
+    path = _dump(cfg, tmp_path / 'toy.py')
+    ckpt = tmp_path / 'model.pth'
+    ckpt.write_bytes(b'x')
+    with pytest.raises(SystemExit, match=r"^error: the config '.*toy.py' has "
+                       r'no test_dataloader, test_cfg, test_evaluator: .*'
+                       r'\(to test on the validation split: test_dataloader '
+                       r'= val_dataloader, test_cfg = val_cfg, '
+                       r'test_evaluator = val_evaluator\)'):
+        load_tool('test').main([path, str(ckpt)])
+
+
+@pytest.mark.parametrize('key', ['teacher', 'load_from'])
+def test_relative_path_from_another_folder_names_both_places(
+        tmp_path, monkeypatch, key):
+    """teacher.checkpoint='teacher.pth' (next to the config) with the tool
+    run from another folder: a traceback ending in "teacher checkpoint not
+    found ... relative paths are resolved from <cwd>", after the student
+    and the teacher were built."""
+    from fault_toys import toy_cfg
+    exp = tmp_path / 'exp'
+    exp.mkdir()
+    (exp / 'teacher.pth').write_bytes(b'x')
+    cfg = toy_cfg(tmp_path / 'w')
+    if key == 'teacher':
+        cfg['model'] = dict(type='mmlckd.LipschitzDistiller', student=dict(),
+                            teacher=dict(config='t.py',
+                                         checkpoint='teacher.pth'))
+        name = 'model.teacher.checkpoint'
+    else:
+        cfg['load_from'] = 'teacher.pth'
+        name = 'load_from'
+    path = _dump(cfg, exp / 'cfg.py')
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SystemExit, match=rf"^error: {name}='teacher.pth' is "
+                       rf'a relative path, read from the current folder '
+                       rf'{elsewhere}, where it does not exist; the config\'s '
+                       rf'folder has it: {exp}/teacher.pth'):
+        load_tool('train').main([path])
+    assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
+def test_training_set_emptied_by_the_filter_is_named(voc_devkit, tmp_path,
+                                                     teacher_ckpt):
+    """Every box of the split of a class the dataset does not know (so
+    filter_empty_gt drops every image): mmengine's raw "ValueError: need at
+    least one array to concatenate" from runner.train()."""
+    import shutil
+    from engine_toys import tiny_cfg
+    root = tmp_path / 'VOCdevkit'
+    shutil.copytree(osp.join(voc_devkit, 'VOC2007'), root / 'VOC2007')
+    for xml in (root / 'VOC2007/Annotations').glob('*.xml'):
+        xml.write_text(re.sub(r'<name>[^<]+</name>',
+                              '<name>dining table</name>', xml.read_text()))
+    work = tmp_path / 'w'
+    cfg = tiny_cfg(str(root), work, teacher_ckpt)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks
+                        if h['type'] != 'RankDumpHook']
+    with pytest.raises(SystemExit, match=r"^error: the training set is empty: "
+                       r"every image listed in 'VOC2007/ImageSets/Main/"
+                       r"trainval.txt' .* was dropped by the dataset's filter"
+                       r'.*filter_empty_gt=False'):
+        _train_in_process(cfg.to_dict(), tmp_path)
+    assert not list(work.glob('*.pth'))
+
+
+def test_teacher_setting_typo_is_an_error():
+    """teacher=dict(config=..., checkpiont=...): the checkpoint was never
+    read; the run went on with a random teacher and the generic warning
+    "teacher.checkpoint is None"."""
+    with pytest.raises(ValueError, match=r"^teacher has no setting "
+                       r"\['checkpiont'\] \(a typo\? 'checkpiont' -> "
+                       r"'checkpoint'\?\); its settings are \['config', "
+                       r"'checkpoint', 'allow_missing_keys', "
+                       r"'check_num_classes'\]"):
+        _build(_det(), _det(base=32),
+               teacher_kw=dict(checkpiont='teacher.pth'))
+
+
+def _other_mean(model):
+    model['data_preprocessor']['mean'] = [0.0, 0.0, 0.0]
+    return model
+
+
+@pytest.mark.parametrize('kind,kw,teacher,error,pattern', [
+    ('module_only_in_teacher',
+     dict(features=[dict(student='backbone.layer5',
+                         teacher='backbone.layer4')]), None, KeyError,
+     r"student has no submodule 'backbone.layer5'. Close matches: "
+     r"\['backbone.layer4'"),
+    ('other_normalisation', {}, _other_mean, ValueError,
+     r'teacher and student data preprocessors differ in mean: teacher '
+     r'\[0.0, 0.0, 0.0\] vs student .*copy the teacher\'s data_preprocessor'),
+    ('terms_typo', dict(terms='atuo'), None, TypeError,
+     r"terms must be 'auto', None or a dict name -> term config, got "
+     r"'atuo'"),
+    ('terms_type_typo',
+     dict(terms=dict(preds=dict(type='mmlckd.PredictonKDTerm'))), None,
+     KeyError, r'mmlckd.PredictonKDTerm is not in the .*registry'),
+    ('balance_by_unknown', dict(balance=dict(by='gradient')), None,
+     ValueError, r"balance by must be 'grad' or 'loss', got 'gradient'"),
+    ('weight_as_string',
+     dict(feature_loss=dict(type='mmlckd.OFDLoss', loss_weight='1e-4')),
+     None, TypeError, r"feature_loss.loss_weight must be a number or "
+     r"'auto', got '1e-4'"),
+    ('negative_fraction', dict(balance=dict(fraction=-0.5)), None,
+     ValueError, r"balance fraction of 'loss_lipschitz' must be > 0, got "
+     r'-0.5'),
+])
+def test_distiller_setup_faults_already_named(kind, kw, teacher, error,
+                                              pattern):
+    """Faults of the fresh pass that were already a clear error at build
+    time (docs/reliability.md, "no change needed"): kept so."""
+    t = _det(base=32)
+    if teacher is not None:
+        t = teacher(t)
+    with pytest.raises(error, match=pattern):
+        _build(_det(), t, **kw)
+
+
+def test_distillation_checkpoint_as_the_teacher_is_named(tmp_path):
+    """An iter_N.pth of a distillation run as teacher.checkpoint (fresh
+    pass, no change needed): named, with the export that fixes it."""
+    path = tmp_path / 'iter_2.pth'
+    atomic_torch_save(dict(state_dict={'student.backbone.w': torch.ones(1),
+                                       'connectors.0.w': torch.ones(1)}),
+                      str(path))
+    with pytest.raises(ValueError, match=r'is a distillation checkpoint '
+                       r'\(keys "student.\*"\). Export the student first: '
+                       r'python tools/export_student.py'):
+        _build(_det(), _det(base=32), checkpoint=str(path))
+
+
+def test_nccl_config_on_a_cpu_machine_runs_on_gloo(monkeypatch):
+    """tools/dist_train.sh CONFIG 2 with env_cfg.dist_cfg.backend=nccl on a
+    machine without CUDA (fresh pass, no change needed: 2 processes
+    trained, rc 0): the tools switch the config to gloo."""
+    from mmlckd.compat import adapt_cfg_for_cpu_dist
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = Config(dict(launcher='pytorch', model=dict(type='X'),
+                      env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    adapt_cfg_for_cpu_dist(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == \
+        'mmlckd.CPUAwareDistributedDataParallel'
+
+
+def test_export_and_launcher_faults_already_named(tmp_path, monkeypatch):
+    """Fresh-pass faults that were already clear (no change needed):
+    export onto its own input, export of a plain student checkpoint, and
+    --launcher pytorch outside torchrun."""
+    src = tmp_path / 'iter_2.pth'
+    atomic_torch_save(dict(state_dict={'student.w': torch.ones(3)}),
+                      str(src))
+    before = sha256_file(str(src))
+    export = load_tool('export_student')
+    with pytest.raises(SystemExit, match='refusing to overwrite it'):
+        export.main([str(src), str(src)])
+    assert sha256_file(str(src)) == before
+    plain = tmp_path / 'student_final.pth'
+    atomic_torch_save(dict(state_dict={'backbone.w': torch.ones(3)}),
+                      str(plain))
+    with pytest.raises(SystemExit, match=r'has no "student.\*" keys: it is '
+                       'not a LipschitzDistiller checkpoint'):
+        export.main([str(plain), str(tmp_path / 'out.pth')])
+    from mmlckd.compat import init_cpu_dist
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    for key in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RuntimeError, match='--launcher pytorch needs the '
+                       'environment variable RANK; start the job with '
+                       r'torchrun \(tools/dist_train.sh\)'):
+        init_cpu_dist('pytorch')
+
+
+@pytest.mark.slow
+def test_symlinked_work_dir_moves_the_previous_run_aside(tmp_path):
+    """A work dir that is a symlink to a folder on another disk (fresh pass,
+    no change needed): the second fresh run locks and moves the first
+    run aside inside the real folder; nothing is lost."""
+    from fault_toys import toy_cfg
+    real = tmp_path / 'disk' / 'run'
+    real.mkdir(parents=True)
+    link = tmp_path / 'w'
+    link.symlink_to(real)
+    _train_in_process(toy_cfg(link, max_iters=2, max_keep_ckpts=3),
+                      tmp_path)
+    first = {p.name: sha256_file(str(p)) for p in real.glob('iter_*.pth')}
+    assert sorted(first) == ['iter_1.pth', 'iter_2.pth']
+    time.sleep(1.1)  # a Runner of its own second (mmengine's names)
+    _train_in_process(toy_cfg(link, max_iters=1, max_keep_ckpts=3),
+                      tmp_path, name='again.py')
+    kept = list((real / 'previous_runs').iterdir())
+    assert len(kept) == 1
+    assert {p.name: sha256_file(str(p))
+            for p in kept[0].glob('iter_*.pth')} == first
+    assert sorted(p.name for p in real.glob('*.pth')) == ['iter_1.pth']
+    assert link.is_symlink()
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_work_dir_symlink_to_nothing_is_named(tmp_path, resume):
+    """A work dir that is a symlink whose target is gone (a disk not
+    mounted): a raw "FileExistsError: [Errno 17] File exists" from
+    os.makedirs (with --resume: "the folder does not exist")."""
+    from fault_toys import toy_cfg
+    link = tmp_path / 'w'
+    link.symlink_to(tmp_path / 'scratch' / 'run')
+    cfg = _dump(toy_cfg(link, max_iters=1), tmp_path / 'toy.py')
+    with pytest.raises(SystemExit, match=rf"^error: the work dir '{link}' is "
+                       rf"a symlink to '{tmp_path}/scratch/run', which does "
+                       r'not exist .*Create or mount that folder'):
+        load_tool('train').main([cfg] + (['--resume'] if resume else []))
+    assert link.is_symlink() and not (tmp_path / 'scratch').exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_writing_a_checkpoint_loses_nothing(tmp_path,
+                                                         monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) in the middle of writing iter_2.pth (no
+    change needed): the partial file is removed, iter_1.pth and
+    last_checkpoint are intact, the work dir lock is released, and
+    --resume continues to the end."""
+    import mmengine.runner.runner as runner_mod
+    from fault_toys import toy_cfg
+    real = runner_mod.save_checkpoint
+    calls = [0]
+
+    def interrupted(checkpoint, filename, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            with open(filename, 'wb') as f:
+                f.write(b'PK\x03\x04 half a checkpoint')
+            raise KeyboardInterrupt
+        return real(checkpoint, filename, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, 'save_checkpoint', interrupted)
+    work = tmp_path / 'w'
+    with pytest.raises(KeyboardInterrupt):
+        _train_in_process(toy_cfg(work, max_iters=3, max_keep_ckpts=3),
+                          tmp_path)
+    assert calls[0] == 2
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
+    assert not list(work.glob('.*.tmp'))
+    assert osp.basename((work / 'last_checkpoint').read_text().strip()) \
+        == 'iter_1.pth'
+    assert verify_checksum(str(work / 'iter_1.pth')) is True
+    monkeypatch.setattr(runner_mod, 'save_checkpoint', real)
+    time.sleep(1.1)  # a Runner of its own second (mmengine's names)
+    runner = _train_in_process(toy_cfg(work, max_iters=3, max_keep_ckpts=3),
+                               tmp_path, '--resume', name='resume.py')
+    assert runner.iter == 3  # the lock was released; resumed from 1
+    assert sorted(p.name for p in work.glob('*.pth')) == [
+        'iter_1.pth', 'iter_2.pth', 'iter_3.pth']
+
+
+@pytest.mark.slow
+def test_resume_with_other_distillation_terms_says_so(tmp_path):
+    """--resume of a run with terms=None under a config that adds terms:
+    the run went on from the checkpoint's iteration with the new losses
+    (total loss 4.2 -> 16.3 on the tiny RetinaNet), without a word."""
+    from fault_toys import toy_cfg
+    work = tmp_path / 'w'
+
+    def cfg(terms, iters):
+        c = toy_cfg(work, max_iters=iters, max_keep_ckpts=3)
+        c['model'] = dict(type='FaultToyTermsKD', terms=terms)
+        return c
+
+    _train_in_process(cfg([], 1), tmp_path)
+    meta = safe_torch_load(str(work / 'iter_1.pth'))['meta']
+    assert meta['distill_losses'] == []
+    time.sleep(1.1)  # a Runner of its own second (mmengine's names)
+    runner = _train_in_process(cfg(['neck', 'preds'], 2), tmp_path,
+                               '--resume', name='resume.py')
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert re.search(r'the resume checkpoint .*iter_1.pth was written by a '
+                     r"run that distilled \[\]; this run distils "
+                     r"\['loss_neck', 'loss_preds'\] \(added \['loss_neck', "
+                     r"'loss_preds'\]\).*start a new run: --cfg-options "
+                     r'load_from=.*iter_1.pth \(without --resume\)', log), \
+        log[-3000:]
+    # the same terms: no word
+    time.sleep(1.1)
+    runner = _train_in_process(cfg(['neck', 'preds'], 3), tmp_path,
+                               '--resume', name='resume2.py')
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'was written by a run that distilled' not in log
+    # what it records of a real distiller
+    from mmlckd.engine.hooks.safe_checkpoint_hook import distill_losses
+    assert distill_losses(_build(_det(), _det(base=32), terms='auto')) == [
+        'loss_feat', 'loss_lipschitz', 'loss_neck', 'loss_preds']
+    from fault_toys import FaultToyModel
+    assert distill_losses(FaultToyModel()) is None  # not a distiller

@@ -116,7 +116,26 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint not found: {args.checkpoint!r}')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        # mmengine's DumpResults would refuse it only after the model and
+        # the data were built, as a traceback
+        raise SystemExit(
+            f'error: --out {args.out!r}: the predictions are dumped as a '
+            'pickle, so the file must end in .pkl or .pickle (e.g. '
+            f'--out {osp.splitext(args.out)[0]}.pkl)')
     cfg = load_tool_cfg(args)
+    missing = [k for k in ('test_dataloader', 'test_cfg', 'test_evaluator')
+               if cfg.get(k, None) is None]
+    if missing:  # mmengine: a RuntimeError after building everything
+        val = ['val_' + k[len('test_'):] for k in missing
+               if cfg.get('val_' + k[len('test_'):], None) is not None]
+        raise SystemExit(
+            f'error: the config {args.config!r} has no {", ".join(missing)}'
+            ': tools/test.py evaluates on the test split they define. Add '
+            'them to the config' + (
+                ' (to test on the validation split: ' + ', '.join(
+                    f'test_{k[len("val_"):]} = {k}' for k in val) + ')'
+                if val else '') + '.')
     distilled = student_test_cfg(cfg)
     cfg.load_from = None  # loaded below, after the checks
     if args.out is not None:

@@ -28,7 +28,8 @@ from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
                            init_cpu_dist)
 from mmlckd.checkpoint import CheckpointError
 from mmlckd.utils.cli import (check_distill_setup, check_empty_ann_files,
-                              check_finished, load_tool_cfg,
+                              check_finished, check_relative_paths,
+                              check_train_length, load_tool_cfg,
                               own_work_dir, parse_with_launcher_args,
                               prepare_distill_cfg, resolve_resume,
                               use_safe_checkpoints, warn_resume_lr_override)
@@ -72,6 +73,8 @@ def build_cfg(args) -> Config:
         else:
             raise SystemExit('--auto-scale-lr: the config has no '
                              'auto_scale_lr.base_batch_size')
+    check_train_length(cfg)
+    check_relative_paths(cfg, args.config)
     resolve_resume(cfg, args.resume)
     check_empty_ann_files(cfg)
     use_safe_checkpoints(cfg)

@@ -36,9 +36,16 @@ def export_student(checkpoint: str, out: str) -> str:
     Raises:
         FileNotFoundError / ValueError with the reason and the fix.
     """
-    if osp.abspath(checkpoint) == osp.abspath(out):
-        raise ValueError('the output path must differ from the input '
-                         'checkpoint (refusing to overwrite it)')
+    # realpath: through a symlinked folder or file, a different spelling
+    # can name the same file (and the export would replace the checkpoint)
+    if osp.realpath(checkpoint) == osp.realpath(out) or (
+            osp.exists(out) and osp.exists(checkpoint)
+            and osp.samefile(checkpoint, out)):
+        raise ValueError(
+            f'the output {out!r} is the input checkpoint {checkpoint!r}' +
+            ('' if osp.abspath(checkpoint) == osp.abspath(out) else
+             f' (both are {osp.realpath(checkpoint)})') +
+            ': refusing to overwrite it; give another output path')
     ckpt, state = load_checked(checkpoint, 'distillation checkpoint',
                                whole=True)
     student = strip_prefix(state, 'student.')

@@ -2,6 +2,7 @@
 the demo): the shared arguments and the config adjustments."""
 import argparse
 import contextlib
+import errno
 import os
 import os.path as osp
 import re
@@ -40,6 +41,40 @@ def parse_with_launcher_args(parser: argparse.ArgumentParser,
     return args
 
 
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``; a missing file, or a config that is not
+    valid Python, is a one-line error naming the file (and the line:
+    mmengine parses the top file as ``<unknown>`` and passes the
+    ``SyntaxError`` on as a traceback)."""
+    if not osp.isfile(path):
+        near = osp.dirname(path) or '.'
+        hint = ''
+        if osp.isdir(near):
+            import difflib
+            close = difflib.get_close_matches(
+                osp.basename(path), os.listdir(near), n=3)
+            hint = f' Close names in {near}: {close}.' if close else ''
+        raise SystemExit(
+            f'error: config file not found: {path!r} (from {os.getcwd()}).'
+            + hint)
+    if path.endswith('.py'):
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+        try:
+            compile(source, path, 'exec')
+        except SyntaxError as e:
+            line = (e.text or '').strip()
+            raise SystemExit(
+                f'error: the config {path!r} is not valid Python: {e.msg} '
+                f'(line {e.lineno}' + (f': {line}' if line else '') +
+                '). Fix that line (a bracket or quote left open, a missing '
+                'comma) and run again.') from None
+    try:
+        return Config.fromfile(path)
+    except SyntaxError as e:  # in a _base_ file: mmengine names it
+        raise SystemExit(f'error: {e}') from None
+
+
 def load_tool_cfg(args) -> Config:
     """The config of ``args.config`` with ``--launcher``, ``--cfg-options``
     and ``--work-dir`` (default ``work_dirs/<config name>``) applied.
@@ -48,8 +83,14 @@ def load_tool_cfg(args) -> Config:
     package, ``mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py`` /
     ``mmseg::deeplabv3plus/...`` (read from its ``.mim/configs``; the work
     dir is then ``work_dirs/retinanet_r50_fpn_1x_voc0712``)."""
-    from mmlckd.utils.config import resolve_config_path
-    cfg = Config.fromfile(resolve_config_path(args.config))
+    path = args.config
+    if '::' in path:  # a package config; a local path is read_config's
+        from mmlckd.utils.config import resolve_config_path
+        try:
+            path = resolve_config_path(path)
+        except FileNotFoundError as e:
+            raise SystemExit(f'error: {e}') from None
+    cfg = read_config(path)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -132,10 +173,61 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
         cfg.resume = True
         cfg.load_from = latest
         return
+    if osp.isdir(resume):
+        from mmengine.runner.checkpoint import find_latest_checkpoint
+        latest = find_latest_checkpoint(resume)
+        raise SystemExit(
+            f'--resume: {resume!r} is a folder, not a checkpoint. ' +
+            (f'Its latest checkpoint is {latest}: pass --resume {latest}, '
+             f'or continue that run in its own work dir with --work-dir '
+             f'{resume} --resume (no value).' if latest and
+             osp.isfile(latest) else 'It holds no last_checkpoint; pass '
+             'the checkpoint file (--resume <folder>/iter_N.pth).'))
     if not osp.isfile(resume):
         raise SystemExit(f'--resume: checkpoint not found: {resume!r}')
     cfg.resume = True
     cfg.load_from = resume
+
+
+def check_train_length(cfg: Config) -> None:
+    """``train_cfg.max_iters`` / ``max_epochs`` of 0 (or less) is an error:
+    mmengine trains nothing and ends with status 0, and a distillation run
+    then exports its untrained student as ``student_final.pth``."""
+    train_cfg = cfg.get('train_cfg', None) or {}
+    for key in ('max_iters', 'max_epochs'):
+        n = train_cfg.get(key, None)
+        if isinstance(n, (int, float)) and n <= 0:
+            raise SystemExit(
+                f'error: train_cfg.{key}={n}: the run would train nothing '
+                '(and a distillation run would export its untrained student '
+                'as student_final.pth). Set train_cfg.' + key + ' to a '
+                'positive number, e.g. --cfg-options train_cfg.' + key +
+                '=12.')
+
+
+def check_relative_paths(cfg: Config, config_path: str) -> None:
+    """A relative ``teacher.checkpoint``, ``teacher.config`` or
+    ``load_from`` is read from the current folder; one that is missing
+    there but present next to the config (the tool run from another
+    folder) is an error naming both places."""
+    paths = [('load_from', cfg.get('load_from', None))]
+    if is_distill_cfg(cfg):
+        teacher = cfg.model.get('teacher', None) or {}
+        paths += [(f'model.teacher.{k}', teacher.get(k, None))
+                  for k in ('checkpoint', 'config')]
+    here = osp.dirname(osp.abspath(config_path))
+    for key, path in paths:
+        if not isinstance(path, str) or not path or osp.isabs(path) or \
+                '::' in path or '://' in path or osp.exists(path):
+            continue
+        beside = osp.join(here, path)
+        if osp.exists(beside):
+            raise SystemExit(
+                f'error: {key}={path!r} is a relative path, read from the '
+                f'current folder {os.getcwd()}, where it does not exist; '
+                f'the config\'s folder has it: {beside}. Give the absolute '
+                f'path (--cfg-options {key}={beside}) or run from the '
+                'folder the path is relative to.')
 
 
 def _existing_latest(work_dir: str, latest: str) -> str:
@@ -188,7 +280,14 @@ _RUN_FILES = re.compile(
 
 
 def check_work_dir_path(work_dir: str) -> None:
-    """A work dir that exists as a file (not a folder) is an error."""
+    """A work dir that exists as a file (not a folder), or a symlink to
+    nothing, is an error."""
+    if osp.islink(work_dir) and not osp.exists(work_dir):
+        raise SystemExit(
+            f'error: the work dir {work_dir!r} is a symlink to '
+            f'{os.readlink(work_dir)!r}, which does not exist (a disk not '
+            'mounted, or a folder moved?). Create or mount that folder, '
+            'or pass another --work-dir.')
     if osp.exists(work_dir) and not osp.isdir(work_dir):
         raise SystemExit(
             f'error: the work dir {work_dir!r} is a file, not a folder. '
@@ -331,9 +430,18 @@ def own_work_dir(cfg: Config, resume: bool,
     if not _is_main_rank():
         yield notes
         return
-    os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, LOCK_NAME)
-    f = open(path, 'a+', encoding='utf-8')
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        f = open(path, 'a+', encoding='utf-8')
+    except OSError as e:  # read-only disk, no permission
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise SystemExit(
+            f'error: cannot write in the work dir {work_dir} ({e.strerror}'
+            f': {e.filename}): checkpoints and logs go there. Pass a '
+            '--work-dir on a writable disk (or fix its permissions); '
+            'nothing was written.') from None
     try:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -524,7 +632,11 @@ def check_distill_setup(runner) -> List[str]:
         max_iters = runner.max_iters
         data_warnings = unknown_class_annotations(
             runner.train_dataloader.dataset)
-    except Exception:  # an unusual loop: runner.train() says what fails
+    except Exception as e:  # an unusual loop: runner.train() says what fails
+        if 'need at least one array to concatenate' in str(e):
+            runner.logger.error(_empty_after_filter(runner.cfg))
+            raise SystemExit('error: ' + _empty_after_filter(runner.cfg)) \
+                from None
         max_iters, data_warnings = None, []
     for w in data_warnings:
         runner.logger.warning(w)
@@ -544,6 +656,25 @@ def check_distill_setup(runner) -> List[str]:
 
 
 # ------------------------------------------------------------- data checks
+def _empty_after_filter(cfg) -> str:
+    """The message for a training set that its dataset's filter emptied
+    (mmengine: "need at least one array to concatenate")."""
+    data = (cfg.get('train_dataloader', None) or {}).get('dataset', {})
+    while isinstance(data, dict) and 'dataset' in data:
+        data = data['dataset']
+    if isinstance(data, dict) and 'datasets' in data:
+        data = data['datasets'][0]
+    data = data if isinstance(data, dict) else {}
+    return (f'the training set is empty: every image listed in '
+            f'{data.get("ann_file", "its ann_file")!r} (data_root '
+            f'{data.get("data_root", "")!r}) was dropped by the dataset\'s '
+            f'filter (filter_cfg={data.get("filter_cfg", None)}): mmdet '
+            'drops the images without a box of the dataset\'s classes. '
+            'Check the class names in the annotations against the '
+            'dataset\'s classes (metainfo), or set '
+            'filter_cfg.filter_empty_gt=False to keep images without boxes.')
+
+
 def _dataset_cfgs(cfg) -> list:
     """The dataset configs of ``cfg`` (a dataset config), wrappers
     (``dataset=``/``datasets=``) opened."""

@@ -240,6 +240,9 @@ class SafeCheckpointHook(CheckpointHook):
                                            list(self.keep_ckpt_ids))
         meta = dict(meta or {}, world_size=get_world_size(),
                     batch_size=_batch_size(runner))
+        losses = distill_losses(unwrap_model(runner))
+        if losses is not None:
+            meta['distill_losses'] = losses
         ckpt_filename = self.filename_tmpl.format(step)
         final = self.file_backend.join_path(self.out_dir, ckpt_filename)
         previous = self.last_ckpt
@@ -403,6 +406,41 @@ def _batch_size(runner):
     return getattr(loader, 'batch_size', None)
 
 
+def distill_losses(model):
+    """The sorted distillation loss names of a distiller (``loss_feat``,
+    ``loss_lipschitz``, ``loss_kd``, ``loss_<term>``), or None for a model
+    that is not one."""
+    if not hasattr(model, 'terms') or not hasattr(model, 'teacher'):
+        return None
+    # every term, built-in (feat, lipschitz, kd) or task-aware, is in
+    # model.terms
+    return sorted(f'loss_{k}' for k in model.terms)
+
+
+def warn_distill_losses_change(runner, ckpt: dict, path: str) -> None:
+    """A resume whose distillation terms differ from those of the run that
+    wrote the checkpoint (e.g. another ``terms=``): the run goes on with
+    another loss under the old run's name, history and schedule; say so,
+    with the two ways on."""
+    meta = ckpt.get('meta', None) if isinstance(ckpt, dict) else None
+    then = (meta or {}).get('distill_losses', None)
+    now = distill_losses(unwrap_model(runner))
+    if then is None or now is None or list(then) == now:
+        return
+    added = sorted(set(now) - set(then))
+    removed = sorted(set(then) - set(now))
+    runner.logger.warning(
+        f'the resume checkpoint {path} was written by a run that distilled '
+        f'{list(then)}; this run distils {now} (' + '; '.join(
+            x for x in (f'added {added}' if added else '',
+                        f'removed {removed}' if removed else '') if x) +
+        '): --resume continues the old run\'s iterations, history and '
+        'schedule with another loss. To continue that run, resume with its '
+        'own config (the .py saved in its work dir); to train this setup '
+        'from those weights, start a new run: --cfg-options '
+        f'load_from={path} (without --resume).')
+
+
 def warn_world_size_change(runner, ckpt: dict, path: str) -> None:
     """A resume with another number of processes than the run that wrote
     the checkpoint: the global batch (and with it what the lr was set for)
@@ -432,6 +470,7 @@ def check_resume_checkpoint(runner, path: str) -> None:
     ckpt, state = load_checked(path, role, log=runner.logger.info,
                                whole=True)
     warn_world_size_change(runner, ckpt, path)
+    warn_distill_losses_change(runner, ckpt, path)
     model = unwrap_model(runner)
     missing, unexpected, mismatched = compare_state_dicts(
         model.state_dict(), state)

@@ -39,6 +39,7 @@ hub), and none during the calibration, when the auto weights are still 0.
 The names avoid the substring ``loss``, which mmengine would add to the
 total loss.
 """
+import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -93,7 +94,32 @@ def auto_weight(cfg: Optional[dict], what: str
     if not isinstance(weight, (int, float)):
         raise TypeError(f'{what}.loss_weight must be a number or \'auto\', '
                         f'got {weight!r}')
+    if not math.isfinite(weight):
+        raise ValueError(
+            f'{what}.loss_weight={weight} is not a finite number: every '
+            'step would stop on a non-finite loss. Give a finite weight '
+            '(e.g. 1e-4; 0 switches the term off) or \'auto\'.')
     return cfg, False
+
+
+BALANCE_KEYS = ('fraction', 'iters', 'by', 'log_interval')
+
+
+def check_balance_keys(balance: dict) -> None:
+    """An unknown ``balance`` setting (a typo such as ``iter``) is an error
+    naming the settings there are, not a ``LossBalancer.__init__()``
+    TypeError."""
+    import difflib
+    unknown = [k for k in balance if k not in BALANCE_KEYS]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, BALANCE_KEYS, n=1)
+                 for k in unknown}
+        did = [f'{k!r} -> {c[0]!r}?' for k, c in close.items() if c]
+        raise ValueError(
+            f'model.balance has no setting {unknown}' +
+            (f' ({", ".join(did)})' if did else '') +
+            f'; its settings are {list(BALANCE_KEYS)} (balance=None turns '
+            'the automatic weights off).')
 
 
 def build_losses(lipschitz_loss: Optional[dict],
@@ -130,6 +156,8 @@ def build_losses(lipschitz_loss: Optional[dict],
         raise ValueError(
             f'balance=None, but {auto} set no loss_weight: give them '
             'explicit weights or keep the balancer')
+    if balance is not None:
+        check_balance_keys(balance)
     balancer = None if balance is None else LossBalancer(auto, **balance)
     cfgs = dict(lipschitz_loss=lipschitz_loss, feature_loss=feature_loss,
                 response=[r.get('loss') for r in response_cfgs])

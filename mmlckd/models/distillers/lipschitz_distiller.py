@@ -25,6 +25,7 @@ Design:
   guard in :mod:`.guard`, the automatic weights in :mod:`.balance`.
 """
 import copy
+import inspect
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -98,7 +99,9 @@ class LipschitzDistiller(BaseModel):
                  data_preprocessor=None,
                  init_cfg=None,
                  **unexpected):
-        check_arguments(unexpected, lipschitz_on)
+        check_arguments(unexpected, lipschitz_on, known=[
+            p for p in inspect.signature(type(self).__init__).parameters
+            if p not in ('self', 'unexpected')])
         student = check_data_preprocessor(data_preprocessor, student)
         student_model = ROOT_MODELS.build(copy.deepcopy(student))
         super().__init__(

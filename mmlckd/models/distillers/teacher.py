@@ -87,6 +87,11 @@ def load_teacher_checkpoint(teacher: nn.Module, path: str,
     print_log(f'teacher checkpoint loaded from {path}', logger='current')
 
 
+#: the settings of the distiller's ``teacher=`` dict
+TEACHER_KEYS = ('config', 'checkpoint', 'allow_missing_keys',
+                'check_num_classes')
+
+
 def build_teacher(cfg: dict) -> nn.Module:
     """The frozen teacher of ``cfg`` (the distiller's ``teacher=`` dict):
     built from ``cfg['config']`` in that config's default scope, loaded
@@ -96,6 +101,16 @@ def build_teacher(cfg: dict) -> nn.Module:
         raise ValueError(
             'teacher must be dict(config=<path or mmdet::/mmseg:: path>, '
             f'checkpoint=<path>), got {cfg!r}')
+    unknown = [k for k in cfg if k not in TEACHER_KEYS]
+    if unknown:  # a typo ('checkpiont') left a random teacher, warned only
+        import difflib
+        did = [f'{k!r} -> {c[0]!r}?' for k in unknown
+               for c in [difflib.get_close_matches(k, TEACHER_KEYS, 1, 0.6)]
+               if c]
+        raise ValueError(
+            f'teacher has no setting {unknown}' +
+            (f' (a typo? {", ".join(did)})' if did else '') +
+            f'; its settings are {list(TEACHER_KEYS)}.')
     tcfg = load_config(cfg['config'])
     model_cfg = tcfg.get('model', None) or tcfg
     if str(model_cfg.get('type', '')).split('.')[-1] == 'LipschitzDistiller':

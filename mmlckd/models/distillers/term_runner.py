@@ -1,6 +1,7 @@
 """The distiller's side of the pluggable terms (:mod:`mmlckd.models.terms`):
 build them from ``terms=``, run them on the recorded features."""
 import copy
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
@@ -29,20 +30,32 @@ TASK_AWARE = {
 }
 
 
-def task_aware_terms(student: nn.Module) -> dict:
+def task_aware_terms(student: nn.Module,
+                     teacher: Optional[nn.Module] = None) -> dict:
     """The :data:`TASK_AWARE` terms that apply to ``student``: a detector
     with a neck gets all of them, a segmentor its head terms; a head
-    without a classifier or tower the terms find is skipped."""
+    without a classifier or tower the terms find is skipped, and so is
+    prediction KD when the teacher's classifier differs (other
+    ``num_classes``, with ``teacher.check_num_classes=False``: features
+    only), with a log line."""
     from ..terms.base import head_of
     from ..terms.head_lipschitz_term import tower_of
-    from ..terms.prediction_kd_term import classifier_of
+    from ..terms.prediction_kd_term import classifier_mismatch, classifier_of
     out = {}
     for name, (needs, cfg) in TASK_AWARE.items():
         try:
             if needs == 'neck' and getattr(student, 'neck', None) is None:
                 continue
             if needs == 'head':
-                classifier_of(student)
+                path = classifier_of(student)['path']
+                why = teacher is not None and classifier_mismatch(
+                    student, teacher, path)
+                if why:
+                    from mmengine.logging import print_log
+                    print_log(f"terms='auto': {name} ({cfg['type']}) left "
+                              f'out: {why}', logger='current',
+                              level=logging.WARNING)
+                    continue
             if needs == 'tower':
                 head = head_of(student)[0]
                 tower_of(student, 'convs' if head == 'decode_head'
@@ -63,7 +76,7 @@ def build_terms(cfgs: Optional[dict], student: nn.Module,
     if cfgs is None:
         return terms, weights, auto, weight_cfgs
     if cfgs == 'auto':
-        cfgs = task_aware_terms(student)
+        cfgs = task_aware_terms(student, teacher)
     if not isinstance(cfgs, dict):
         raise TypeError("terms must be 'auto', None or a dict name -> term "
                         f'config, got {cfgs!r}')

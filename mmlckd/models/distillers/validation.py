@@ -83,15 +83,24 @@ def validate_distiller(model, features, shapes: Sequence[tuple],
             'maps on purpose.')
 
 
-def check_arguments(unexpected: dict, lipschitz_on: str) -> None:
-    """Errors, with the fix, for arguments the distiller does not take."""
+def check_arguments(unexpected: dict, lipschitz_on: str,
+                    known: Sequence[str] = ()) -> None:
+    """Errors, with the fix, for arguments the distiller does not take
+    (``known``: the ones it takes, for a likely spelling)."""
     if unexpected:
-        raise TypeError(
-            'LipschitzDistiller got unexpected config keys '
-            f'{sorted(unexpected)}. If these are your base model\'s keys '
+        import difflib
+        did = [f'{k!r} -> {c[0]!r}?' for k in sorted(unexpected)
+               for c in [difflib.get_close_matches(k, known, 1, 0.75)]
+               if c]
+        base = '' if len(did) == len(unexpected) else (
+            '. If these are your base model\'s keys '
             '(backbone, neck, bbox_head, ...), the distiller dict was '
             'merged into `_base_.model`: add `_delete_=True` to '
-            '`model=dict(...)` and pass the base model as `student=`.')
+            '`model=dict(...)` and pass the base model as `student=`')
+        raise TypeError(
+            'LipschitzDistiller got unexpected config keys '
+            f'{sorted(unexpected)}' +
+            (f' (a typo? {", ".join(did)})' if did else '') + base + '.')
     if lipschitz_on not in LIPSCHITZ_WIRINGS:
         raise ValueError(f'lipschitz_on must be one of {LIPSCHITZ_WIRINGS}'
                          f', got {lipschitz_on!r}')

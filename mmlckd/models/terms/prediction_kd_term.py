@@ -9,7 +9,7 @@ from mmlckd.registry import MODELS
 from ..losses import PredictionKDLoss
 from .base import DistillTerm, Read, as_list, head_of
 
-__all__ = ['PredictionKDTerm', 'classifier_of']
+__all__ = ['PredictionKDTerm', 'classifier_of', 'classifier_mismatch']
 
 #: classification convolutions of mmdet's dense heads, by attribute name
 DENSE_CLASSIFIERS = ('retina_cls', 'conv_cls', 'atss_cls', 'gfl_cls',
@@ -33,6 +33,20 @@ def classifier_of(model) -> dict:
         f'PredictionKDTerm: {type(head).__name__} has none of the '
         f'classifiers {list(DENSE_CLASSIFIERS)}; give path=..., '
         'activation=... and num_classes=...')
+
+
+def classifier_mismatch(student, teacher, path: str) -> Optional[str]:
+    """Why the classifier ``path`` of ``student`` and ``teacher`` cannot be
+    paired (their outputs differ in channels: other ``num_classes`` or
+    anchors), or None."""
+    from ..recorders import get_module
+    s = getattr(get_module(student, path, 'student'), 'out_channels', None)
+    t = getattr(get_module(teacher, path, 'teacher'), 'out_channels', None)
+    if s is None or t is None or s == t:
+        return None
+    return (f'the student\'s {path} has {s} output channels and the '
+            f'teacher\'s {t} (other num_classes or anchors), so their '
+            'predictions cannot be distilled')
 
 
 @MODELS.register_module()
@@ -92,6 +106,12 @@ class PredictionKDTerm(DistillTerm):
                     cfg[key] = found[key]
             if self.use_labels is None:
                 self.use_labels = found['labels']
+        why = classifier_mismatch(student, teacher, self.path)
+        if why:
+            raise ValueError(
+                f'PredictionKDTerm: {why}. Leave the term out (terms=None, '
+                'or a terms dict without it), or distil from a teacher '
+                'that predicts the student\'s classes.')
         self.loss = PredictionKDLoss(**dict(
             cfg, activation=cfg['activation'] or 'softmax'))
         print_log(f'PredictionKDTerm: {self.path} ({self.loss.activation}, '
