@@ -8,10 +8,12 @@ registration mechanism: for a type of another scope mmengine imports
 every module and the torch compatibility layer; ``locations`` then names
 the modules each registry holds.
 """
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 MODELS = Registry(
@@ -34,3 +36,13 @@ LOG_PROCESSORS = Registry(
     parent=MMENGINE_LOG_PROCESSORS,
     scope='mmlckd',
     locations=['mmlckd.engine'])
+DATASETS = Registry(
+    'dataset',
+    parent=MMENGINE_DATASETS,
+    scope='mmlckd',
+    locations=['mmlckd.datasets'])
+TRANSFORMS = Registry(
+    'transform',
+    parent=MMENGINE_TRANSFORMS,
+    scope='mmlckd',
+    locations=['mmlckd.datasets'])

@@ -63,7 +63,12 @@ def is_distill_cfg(cfg: Config) -> bool:
 
 def prepare_distill_cfg(cfg: Config) -> None:
     """For distillation configs: export the student at the end of
-    training (adds ``mmlckd.StudentExportHook`` unless present)."""
+    training (adds ``mmlckd.StudentExportHook`` unless present), and add
+    the images without labels of ``unlabelled_images = dict(...)``
+    (:func:`mmlckd.datasets.add_unlabelled_images`; an error for a config
+    that does not distil)."""
+    from mmlckd.datasets import add_unlabelled_images
+    add_unlabelled_images(cfg)
     if not is_distill_cfg(cfg):
         return
     hooks = list(cfg.get('custom_hooks', None) or [])
