@@ -136,7 +136,8 @@ class UnlabelledImageDataset(BaseDataset):
             raise ValueError(
                 'unlabelled images: give exactly one of img_dir= (a '
                 'folder), img_list= (a text file, one image path a line) or '
-                f'voc_split= (a VOC ImageSets split file); got {given or None}')
+                'voc_split= (a VOC ImageSets split file); got '
+                f'{given or None}')
         (self.source_kind, source), = given.items()
         self.source = source if osp.isabs(source) or not data_root else \
             osp.join(data_root, source)
@@ -426,13 +427,18 @@ def add_unlabelled_images(cfg) -> bool:
             'unlabelled images; both need at least one (raise ratio= or '
             'per_batch=, or the batch size)')
     sampler = dict(loader.get('sampler') or {})
-    if 'Infinite' not in str(sampler.get('type', 'InfiniteSampler')):
+    loop = dict(cfg.get('train_cfg') or {})
+    if 'Epoch' in str(loop.get('type', '')) or loop.get('by_epoch', False):
+        import logging
+
         from mmengine.logging import print_log
         print_log(
-            f'unlabelled_images: {sampler.get("type")} replaced by mmdet\'s '
-            'MultiSourceSampler, an infinite sampler: use an iteration-based '
-            'loop (IterBasedTrainLoop); an epoch is len(dataset) images',
-            logger='current')
+            'unlabelled_images with an epoch-based loop: mmdet\'s '
+            'MultiSourceSampler is infinite and keeps no epoch, so an '
+            'epoch is len(labelled) + len(unlabelled) images and a resume '
+            'restarts the order from the seed. For an exact resume use '
+            "train_cfg=dict(type='IterBasedTrainLoop', max_iters=...)",
+            logger='current', level=logging.WARNING)
     total = n_lab + n_unlab
     loader.dataset = dict(type='mmlckd.WithUnlabelledImages',
                           labelled=loader.dataset, unlabelled=spec)
