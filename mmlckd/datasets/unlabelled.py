@@ -222,10 +222,22 @@ class UnlabelledImageDataset(BaseDataset):
         return data_list
 
     def prepare_data(self, idx):
-        data = super().prepare_data(idx)
-        if data is not None:
-            for ds in _samples(data):
-                ds.set_metainfo({UNLABELLED: True})
+        try:
+            data = super().prepare_data(idx)
+        except AssertionError as e:  # mmcv: cv2 decoded nothing
+            if 'failed to load image' not in str(e):
+                raise
+            data = None
+        if data is None:  # (mmcv returns None with ignore_empty=True)
+            self._failed = getattr(self, '_failed', 0) + 1
+            warnings.warn(UnlabelledDataWarning(
+                'unlabelled images: could not decode '
+                f'{self.get_data_info(idx)["img_path"]}; another image is '
+                f'used instead ({self._failed} so far in this process)'),
+                stacklevel=2)
+            return None  # BaseDataset takes another image
+        for ds in _samples(data):
+            ds.set_metainfo({UNLABELLED: True})
         return data
 
 

@@ -161,6 +161,20 @@ def test_files_that_are_not_images_are_skipped_with_one_warning(folder):
         _unlabelled(img_dir=str(bad))
 
 
+def test_an_image_that_fails_to_decode_later_is_replaced(folder):
+    """Without the build-time check, a file OpenCV cannot decode is met in
+    the pipeline: a warning names it, and another image comes instead."""
+    (folder / 'broken.jpg').write_bytes(b'\xff\xd8\xff garbage')
+    ds = _unlabelled(img_dir=str(folder), check_images=False)
+    paths = [ds.get_data_info(i)['img_path'] for i in range(len(ds))]
+    broken = paths.index(str(folder / 'broken.jpg'))
+    with pytest.warns(UnlabelledDataWarning,
+                      match='could not decode .*broken.jpg; another'):
+        out = ds[broken]
+    assert out['data_samples'].img_path != str(folder / 'broken.jpg')
+    assert out['data_samples'].metainfo['unlabelled'] is True
+
+
 def _voc_labelled(voc_devkit, split='trainval'):
     return dict(type='VOCDataset', data_root=voc_devkit,
                 ann_file=f'VOC2007/ImageSets/Main/{split}.txt',
