@@ -379,8 +379,13 @@ class WithUnlabelledImages(ConcatDataset):
         # the unlabelled images share the labelled set's classes / palette
         unlab._metainfo = copy.deepcopy(lab.metainfo)
         self.check_overlap = check_overlap
-        super().__init__([lab, unlab], lazy_init=lazy_init,
-                         ignore_keys=ignore_keys)
+        # mmengine's ConcatDataset takes BaseDataset elements only; the
+        # labelled set may be a ConcatDataset itself (VOC07 + VOC12)
+        super().__init__([unlab], lazy_init=True, ignore_keys=ignore_keys)
+        self.datasets = [lab, unlab]
+        self._metainfo = lab.metainfo
+        if not lazy_init:
+            self.full_init()
 
     def full_init(self) -> None:
         if self._fully_initialized:

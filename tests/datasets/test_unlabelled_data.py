@@ -252,9 +252,16 @@ def test_config_key_sets_dataset_sampler_and_batch(voc_devkit, folder):
 def test_every_batch_has_the_configured_mix(voc_devkit, folder):
     """Through mmengine's dataloader builder: 2 labelled then 3
     unlabelled images in every batch, and the same order again from the
-    same seed (what mmengine's resume replays)."""
+    same seed (what mmengine's resume replays). The labelled set is a
+    ConcatDataset (VOC07 + VOC12), as in the stock VOC0712 configs."""
     from mmengine.runner import Runner
     cfg = _student_cfg(voc_devkit)
+    voc12 = _voc_labelled(voc_devkit)
+    voc12.update(ann_file='VOC2012/ImageSets/Main/trainval.txt',
+                 data_prefix=dict(sub_data_root='VOC2012/'))
+    cfg.train_dataloader.dataset = dict(
+        type='ConcatDataset', ignore_keys=['dataset_type'],
+        datasets=[_voc_labelled(voc_devkit), voc12])
     cfg.unlabelled_images = dict(img_dir=str(folder), ratio=1.5)
     prepare_distill_cfg(cfg)
     init_default_scope('mmdet')
