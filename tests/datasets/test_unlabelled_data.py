@@ -282,3 +282,34 @@ def test_every_batch_has_the_configured_mix(voc_devkit, folder):
     again = batches(4, seed=3)
     assert [[ds.img_path for ds in b['data_samples']] for b in first] == \
         [[ds.img_path for ds in b['data_samples']] for b in again]
+
+
+def test_segmentation_config_gets_the_same_mix(voc_devkit, folder):
+    """mmseg: the same config key, mmdet's sampler by its scoped name,
+    the labelled pipeline with an ignore map for the unlabelled images."""
+    from mmengine.runner import Runner
+    cfg = Config(dict(
+        default_scope='mmseg', model=dict(type='mmlckd.LipschitzDistiller'),
+        train_dataloader=dict(
+            batch_size=2, num_workers=0,
+            sampler=dict(type='InfiniteSampler', shuffle=True),
+            dataset=dict(
+                type='PascalVOCDataset',
+                data_root=osp.join(voc_devkit, 'VOC2012'),
+                data_prefix=dict(img_path='JPEGImages',
+                                 seg_map_path='SegmentationClass'),
+                ann_file='ImageSets/Segmentation/train.txt',
+                pipeline=SEG_PIPELINE)),
+        unlabelled_images=dict(img_dir=str(folder))))
+    prepare_distill_cfg(cfg)
+    init_default_scope('mmseg')
+    loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
+    batch = next(iter(loader))
+    flags = [ds.metainfo.get('unlabelled', False)
+             for ds in batch['data_samples']]
+    assert flags == [False, False, True, True]
+    for ds, img in zip(batch['data_samples'][2:], batch['inputs'][2:]):
+        assert bool((ds.gt_sem_seg.data == 255).all())
+        assert ds.gt_sem_seg.data.shape[-2:] == img.shape[-2:]
+    # the labelled maps are real labels
+    assert not bool((batch['data_samples'][0].gt_sem_seg.data == 255).all())
