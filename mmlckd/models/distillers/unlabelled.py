@@ -14,7 +14,8 @@ distiller's step:
   features come from the labelled images only);
 * the unlabelled samples: the teacher's forward and the student's
   ``mode='tensor'`` forward (no loss, no ground truth read), recording the
-  same features;
+  same features (the teacher always runs ``mode='tensor'``, so whatever a
+  term reads runs in that forward);
 * every distillation term on each part, combined as the image-weighted
   mean ``(n_l * term_l + n_u * term_u) / (n_l + n_u)`` (the batch mean of a
   per-image term), which is what the balancer calibrates on and what is
@@ -92,14 +93,6 @@ def mixed_loss(distiller, inputs, data_samples,
         losses, s_l, t_l = distiller.record(_take(inputs, lab), ds_l)
         _, s_u, t_u = distiller.record(_take(inputs, unlab), ds_u,
                                        student_mode='tensor')
-    except RuntimeError as e:
-        if 'nothing was recorded' not in str(e):
-            raise
-        raise RuntimeError(
-            f'{e} On images without labels the student runs its '
-            'mode="tensor" forward, which leaves out modules that only '
-            'the loss runs (e.g. an auxiliary head): distil other modules, '
-            'or train without unlabelled images') from None
     except ValueError as e:
         if 'more than 1 value per channel' not in str(e):
             raise
