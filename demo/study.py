@@ -154,6 +154,9 @@ def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
                 for row in rows_of(regime):
                     if row in NEEDS_NECK and REGIMES[regime]['task'] == 'seg':
                         continue  # the segmentation demo model has no neck
+                    if row in UNLABELLED_ROWS + ALL_LABELS_ROWS and \
+                            REGIMES[regime]['label_fraction'] >= 1.0:
+                        continue  # every image has its label there
                     students.append(Job(REGIMES[regime]['task'], data_seed,
                                         seed, regime, row))
     return [teachers, students]

@@ -204,3 +204,14 @@ def test_share_of_the_labels_gap_the_unlabelled_images_recover():
     assert out[GAP_SHARE]['per_seed'] == [25.0, 25.0]
     del rows['baseline-all-labels']
     assert GAP_SHARE not in contrasts(rows)
+
+
+def test_unlabelled_rows_are_planned_in_the_scarce_regime_only():
+    from demo.study import plan_jobs
+    rows = ['baseline', 'default+unlabelled', 'baseline-all-labels']
+    teachers, students = plan_jobs(['det-scarce', 'det'], rows, [0], [0])
+    assert sorted((j.regime, j.row) for j in students) == [
+        ('det', 'baseline'), ('det-scarce', 'baseline'),
+        ('det-scarce', 'baseline-all-labels'),
+        ('det-scarce', 'default+unlabelled')]
+    assert len(teachers) == 1
