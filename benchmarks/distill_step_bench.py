@@ -247,7 +247,7 @@ class Bench:
         d = self.distiller
         if d.lipschitz_loss is None:
             return None
-        # leaves: the Lipschitz term alone (d.lipschitz_term wires them);
+        # leaves: the Lipschitz term alone (d.terms['lipschitz'] wires them);
         # _record's student features already are
         s_feats, t_feats = self._record(batch)
         raw = [s_feats[p.student.key] for p in d.pairs]
@@ -260,7 +260,7 @@ class Bench:
 
         def run():
             with self.autocast():
-                total, _ = d.lipschitz_term(raw, conn, t_list)
+                total, _ = d.terms['lipschitz'](raw, t_list, connected=conn)
             if torch.is_tensor(total):
                 total.backward()
 

@@ -77,16 +77,13 @@ def describe_distiller(model) -> str:
     balancer = getattr(model, 'balancer', None)
     auto = list(balancer.terms) if balancer is not None else []
     terms = []
-    named = [('loss_lipschitz', getattr(model, 'lipschitz_loss', None)),
-             ('loss_feat', getattr(model, 'feature_loss', None))]
-    for name, loss in named:
-        if loss is not None:
-            terms.append((name, getattr(loss, 'loss_weight', None)))
-    if len(getattr(model, 'response_losses', [])):
-        terms.append(('loss_kd', None))
-    for name in getattr(model, 'terms', {}):
+    for name, term in getattr(model, 'terms', {}).items():
         key = f'loss_{name}'
-        terms.append((key, getattr(model, 'term_weights', {}).get(key)))
+        weight = getattr(model, 'term_weights', {}).get(key)
+        if weight is None:  # a built-in term's loss applies its own
+            weight = getattr(getattr(term, 'loss', None), 'loss_weight',
+                             None)
+        terms.append((key, weight))
     desc = []
     for name, weight in terms:
         if name in auto:

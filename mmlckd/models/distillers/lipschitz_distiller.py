@@ -48,14 +48,16 @@ from mmlckd.registry import MODELS
 from ..recorders import FeatureRecorder, get_module
 from .balance import build_losses
 from .term_runner import build_terms, run_terms
+from ..terms.pair_terms import (LipschitzTerm, OFDTerm, ResponseKDTerm,
+                                lipschitz_maps, sigma_ratios)
 from .feature_pairs import (FeaturePair, feature_groups,
-                            lipschitz_block_shapes, lipschitz_maps,
-                            parse_features, parse_response, probe_shapes,
+                            lipschitz_block_shapes, parse_features,
+                            parse_response, probe_shapes,
                             warn_single_feature_groups)
 from .guard import (check_losses_finite, check_terms_finite,
                     reraise_for_input)
 from .teacher import build_teacher, check_compatible
-from .unlabelled import label_map, mixed_loss, split_batch
+from .unlabelled import mixed_loss, split_batch
 from .validation import (check_arguments, check_data_preprocessor,
                          validate_distiller)
 
@@ -65,16 +67,6 @@ __all__ = ['LipschitzDistiller', 'FeaturePair', 'lipschitz_maps',
 ForwardResults = Union[Dict[str, torch.Tensor], list, Tuple[torch.Tensor],
                        torch.Tensor]
 Features = Dict[str, Union[torch.Tensor, List[torch.Tensor]]]
-
-
-def sigma_ratios(sigmas: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """``sigma_ratio.<group>.<i>`` = ``sigma_s.<group>.<i> /
-    sigma_t.<group>.<i>`` for every student estimate of ``sigmas`` (inf
-    where the teacher's estimate is 0). No name holds ``loss``, so mmengine
-    logs them without adding them to the total loss."""
-    return {'sigma_ratio.' + k[len('sigma_s.'):]:
-            v / sigmas['sigma_t.' + k[len('sigma_s.'):]]
-            for k, v in sigmas.items() if k.startswith('sigma_s.')}
 
 
 @MODELS.register_module()
@@ -131,7 +123,9 @@ class LipschitzDistiller(BaseModel):
             ``loss_<name>``; ``loss_weight`` in a term's config (a number,
             or ``'auto'``, the default) is applied by the distiller. A term
             set to ``None`` is left out (so ``--cfg-options`` can remove
-            one).
+            one). ``lipschitz_loss``, ``feature_loss`` and ``response``
+            build the built-in terms ``lipschitz``, ``feat`` and ``kd``
+            (:mod:`mmlckd.models.terms.pair_terms`), which run with these.
         lipschitz_on (str): how the student's maps form its transmitting
             matrices (:func:`lipschitz_maps`): ``'reference'`` (default,
             LONDON's loop: ``TM(connector_i(s_i), s_{i+1})`` with the raw
@@ -217,10 +211,20 @@ class LipschitzDistiller(BaseModel):
             g: idx for g, idx in feature_groups(self.pairs).items()
             if len(idx) >= 2}
         self.response_cfgs = parse_response(response)
-        #: the pluggable terms (name -> DistillTerm), their explicit
-        #: weights (``loss_<name> -> float``) and auto-weighted names
-        self.terms, self.term_weights, term_auto, term_cfgs = build_terms(
+        extra, self.term_weights, term_auto, term_cfgs = build_terms(
             terms, self.student, self.teacher)
+        # the built-in terms' losses (LONDON, OFD, response KD), kept
+        # unregistered here: their terms own them
+        lip, feat, kd, self.balancer, loss_cfgs = build_losses(
+            lipschitz_loss, feature_loss, self.response_cfgs, balance,
+            term_auto)
+        object.__setattr__(self, '_losses', dict(
+            lipschitz=lip, feat=feat, kd=kd if self.response_cfgs else None))
+        #: every term by name: the built-in ones (``feat``, ``lipschitz``,
+        #: ``kd``) first, then those of ``terms=``; their explicit weights
+        #: (``loss_<name> -> float``; the built-in losses apply their own)
+        self.terms = self._builtin_terms(lipschitz_on)
+        self.terms.update(extra)
         self.student_recorder = self._recorder('student', False)
         self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
         shapes, s_probe, t_probe = probe_shapes(
@@ -229,25 +233,18 @@ class LipschitzDistiller(BaseModel):
         for term in self.terms.values():
             term.build([s_probe[r.student.key] for r in term.reads],
                        [t_probe[r.teacher.key] for r in term.reads])
-        (self.lipschitz_loss, self.feature_loss, self.response_losses,
-         self.balancer, loss_cfgs) = build_losses(
-             lipschitz_loss, feature_loss, self.response_cfgs, balance,
-             term_auto)
         loss_cfgs.update(term_cfgs)
         self.connectors = nn.ModuleList()
-        if self.feature_loss is not None or (
-                self.lipschitz_loss is not None and lipschitz_on != 'raw'):
+        if feat is not None or (lip is not None and lipschitz_on != 'raw'):
             connector = MODELS.get('OFDConnector')
             self.connectors.extend(connector(s[1], t[1]) for s, t in shapes)
         #: ``(group, 'student'|'teacher') -> [(C_in, C_out)]``: the shape of
         #: every transmitting matrix of the Lipschitz term
         self.block_shapes = lipschitz_block_shapes(shapes, self.groups,
                                                    lipschitz_on)
-        if hasattr(self.lipschitz_loss, 'register_blocks'):
+        if 'lipschitz' in self.terms:
             # its power-iteration state exists before a checkpoint loads
-            for (group, net), blocks in self.block_shapes.items():
-                self.lipschitz_loss.register_blocks(group, net, blocks)
-        self._margins = self._teacher_margins()
+            self.terms['lipschitz'].register_blocks(self.block_shapes)
         if self.lipschitz_loss is not None:
             warn_single_feature_groups(self.pairs)
         validate_distiller(
@@ -258,28 +255,45 @@ class LipschitzDistiller(BaseModel):
 
     # ------------------------------------------------------------ building
     def _recorder(self, role: str, stop_when_done: bool) -> FeatureRecorder:
-        """The recorder of the ``role`` net: its side of every pair and
-        response entry."""
+        """The recorder of the ``role`` net: its side of every pair and of
+        every term's reads."""
         specs = [getattr(p, role) for p in self.pairs] + [
-            r[f'{role}_spec'] for r in self.response_cfgs] + [
             getattr(r, role) for t in self.terms.values() for r in t.reads]
         return FeatureRecorder(getattr(self, role), specs, role,
                                stop_when_done=stop_when_done)
 
-    def _teacher_margins(self) -> List[Optional[str]]:
-        """OFD's margin of every pair with a ``teacher_bn``, as buffers."""
-        from ..losses import ofd_margin
-        margins = []
-        for i, pair in enumerate(self.pairs):
-            if pair.teacher_bn is None:
-                margins.append(None)
-                continue
-            bn = get_module(self.teacher, pair.teacher_bn, 'teacher')
-            name = f'_margin_{i}'
-            self.register_buffer(name, ofd_margin(bn).detach().clone(),
-                                 persistent=False)
-            margins.append(name)
-        return margins
+    def _builtin_terms(self, lipschitz_on: str) -> nn.ModuleDict:
+        """The terms of ``feature_loss=``, ``lipschitz_loss=`` and
+        ``response=`` (:mod:`mmlckd.models.terms.pair_terms`), attached to
+        both nets; a term with nothing to read is left out."""
+        terms = nn.ModuleDict()
+        losses = self._losses
+        if losses['feat'] is not None and self.pairs:
+            terms['feat'] = OFDTerm(self.pairs, losses['feat'])
+        if losses['lipschitz'] is not None and self.groups:
+            terms['lipschitz'] = LipschitzTerm(
+                self.pairs, losses['lipschitz'], self.groups, lipschitz_on)
+        if losses['kd'] is not None:
+            terms['kd'] = ResponseKDTerm(self.response_cfgs, losses['kd'])
+        for term in terms.values():
+            term.attach(self.student, self.teacher)
+        return terms
+
+    @property
+    def lipschitz_loss(self) -> Optional[nn.Module]:
+        """The LONDON loss (``lipschitz_loss=``), None when off."""
+        return self._losses['lipschitz']
+
+    @property
+    def feature_loss(self) -> Optional[nn.Module]:
+        """The OFD loss (``feature_loss=``), None when off."""
+        return self._losses['feat']
+
+    @property
+    def response_losses(self) -> nn.ModuleList:
+        """The losses of the ``response=`` entries."""
+        return self._losses['kd'] if self._losses['kd'] is not None \
+            else nn.ModuleList()
 
     # ------------------------------------------------------ nn.Module glue
     def _apply(self, fn, *args, **kwargs):
@@ -379,30 +393,19 @@ class LipschitzDistiller(BaseModel):
     def distill_terms(self, student_feats: Features, teacher_feats: Features,
                       data_samples=None) -> Tuple[dict, dict]:
         """``(terms, logs)`` from recorded features (see :meth:`record`):
-        unweighted by the balancer and ``distill_weight``; ``terms`` holds
-        ``loss_feat``, ``loss_lipschitz``, ``loss_kd`` and ``loss_<name>`` of
-        every pluggable term as configured,
-        ``logs`` the sigmas and their ratios. Checked by the NaN guard."""
+        ``loss_<name>`` of every term in :attr:`terms`, unweighted by the
+        balancer and ``distill_weight``, and the terms' logs (the sigmas
+        and their ratios). Checked by the NaN guard."""
         terms, logs = {}, {}
-        if self.pairs:
+        context = {}
+        if len(self.connectors):  # once a step, for every pair term
             s_raw = [student_feats[p.student.key] for p in self.pairs]
             if not self.distill_to_student:  # connector warm-up
                 s_raw = [s.detach() for s in s_raw]
-            t_feats = [teacher_feats[p.teacher.key] for p in self.pairs]
-            s_conn = self.connect(s_raw)
-            if self.feature_loss is not None:
-                terms['loss_feat'] = self.feature_term(s_conn, t_feats)
-            if self.lipschitz_loss is not None and self.groups:
-                terms['loss_lipschitz'], sigmas = self.lipschitz_term(
-                    s_raw, s_conn, t_feats)
-                logs.update(sigmas)
-                logs.update(sigma_ratios(sigmas))
-        if self.response_cfgs:
-            terms['loss_kd'] = self.response_term(student_feats,
-                                                  teacher_feats, data_samples)
-        if self.terms:
-            run_terms(self.terms, student_feats, teacher_feats, data_samples,
-                      terms, logs, detach_student=not self.distill_to_student)
+            context['connected'] = self.connect(s_raw)
+        run_terms(self.terms, student_feats, teacher_feats, data_samples,
+                  terms, logs, detach_student=not self.distill_to_student,
+                  context=context)
         if self.nan_guard:
             self.check_finite(terms, student_feats, teacher_feats)
         return terms, logs
@@ -413,51 +416,6 @@ class LipschitzDistiller(BaseModel):
         if not len(self.connectors):
             return list(s_raw)
         return [c(s) for c, s in zip(self.connectors, s_raw)]
-
-    def feature_term(self, s_conn: Sequence[torch.Tensor],
-                     t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """OFD's feature mimic of the connector outputs (per pair)."""
-        margins = [getattr(self, m) if m else None for m in self._margins]
-        return self.feature_loss(s_conn, t_feats, margins)
-
-    def lipschitz_term(self, s_raw: Sequence[torch.Tensor],
-                       s_conn: Sequence[torch.Tensor],
-                       t_feats: Sequence[torch.Tensor]
-                       ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """LONDON's term summed over :attr:`groups`, and the per-block
-        ``sigma_s/sigma_t.<group>.<i>`` estimates; ``lipschitz_on`` wires
-        the student's maps (:func:`lipschitz_maps`)."""
-        s_out, s_in = lipschitz_maps(s_raw, s_conn, self.lipschitz_on)
-        total, sigmas = None, {}
-        for group, idx in self.groups.items():
-            term, group_sigmas = self.lipschitz_loss(
-                [s_out[i] for i in idx], [t_feats[i] for i in idx],
-                key=group, student_inputs=[s_in[i] for i in idx])
-            sigmas.update(group_sigmas)
-            total = term if total is None else total + term
-        return total, sigmas
-
-    def response_term(self, student_feats: Features, teacher_feats: Features,
-                      data_samples=None) -> torch.Tensor:
-        """The response (logit) KD losses, each averaged over its calls."""
-        total = None
-        for cfg, loss_fn in zip(self.response_cfgs, self.response_losses):
-            s = student_feats[cfg['student_spec'].key]
-            t = teacher_feats[cfg['teacher_spec'].key]
-            s_list = s if isinstance(s, list) else [s]
-            t_list = t if isinstance(t, list) else [t]
-            if not self.distill_to_student:  # connector warm-up
-                s_list = [x.detach() for x in s_list]
-            if len(s_list) != len(t_list):
-                raise ValueError(
-                    f'response {cfg["student"]!r}: the student gave '
-                    f'{len(s_list)} outputs and the teacher {len(t_list)}')
-            labels = _labels(data_samples) if cfg.get('use_labels', False) \
-                else None
-            for s_i, t_i in zip(s_list, t_list):
-                term = loss_fn(s_i, t_i, labels) / len(s_list)
-                total = term if total is None else total + term
-        return total
 
     def check_finite(self, terms: Dict[str, torch.Tensor],
                      student_feats: Features, teacher_feats: Features
@@ -471,10 +429,3 @@ class LipschitzDistiller(BaseModel):
             named[f'teacher {pair.teacher.key}'] = \
                 teacher_feats[pair.teacher.key]
         check_terms_finite(terms, named)
-
-
-def _labels(data_samples) -> Optional[torch.Tensor]:
-    """The segmentation labels of a batch (None for detection)."""
-    if not data_samples or not hasattr(data_samples[0], 'gt_sem_seg'):
-        return None
-    return torch.stack([label_map(ds) for ds in data_samples]).long()

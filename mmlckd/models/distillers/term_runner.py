@@ -95,17 +95,22 @@ def build_terms(cfgs: Optional[dict], student: nn.Module,
 
 def run_terms(terms: nn.ModuleDict, student_feats: dict, teacher_feats: dict,
               data_samples, out: dict, logs: dict,
-              detach_student: bool = False) -> None:
+              detach_student: bool = False,
+              context: Optional[dict] = None) -> None:
     """Run every term on the recorded features: ``out['loss_<name>']`` its
     loss, ``logs`` its logs. ``detach_student`` (the connector warm-up)
-    stops the terms' gradients at the student's features."""
+    stops the terms' gradients at the student's features. A term whose
+    class lists names in ``context`` (e.g. ``('connected',)``) gets those
+    entries of ``context`` as keyword arguments."""
+    context = context or {}
     for name, term in terms.items():
         s = [student_feats[r.student.key] for r in term.reads]
         t = [teacher_feats[r.teacher.key] for r in term.reads]
         if detach_student:
             s = [[x.detach() for x in v] if isinstance(v, list)
                  else v.detach() for v in s]
-        result = term(s, t, data_samples)
+        kwargs = {k: context.get(k) for k in getattr(term, 'context', ())}
+        result = term(s, t, data_samples, **kwargs)
         if isinstance(result, tuple):
             result, extra = result
             logs.update(extra)

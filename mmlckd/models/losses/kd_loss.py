@@ -1,12 +1,11 @@
 """Response (logit) distillation: pixel-wise KD and channel-wise (CWD) KD."""
 from typing import Optional
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmlckd.registry import MODELS
+from .prediction_kd_loss import masked_mean, position_distance
 from .utils import fp32_guard, resize_like, upcast
 
 __all__ = ['KDLoss']
@@ -72,20 +71,6 @@ class KDLoss(nn.Module):
         self.mode = mode
         self.ignore_index = ignore_index
 
-    def _valid_mask(self, labels: Tensor, logits: Tensor) -> Tensor:
-        """Mask of shape logits.shape[:1] + logits.shape[2:]."""
-        if logits.dim() == 4 and labels.shape[-2:] != logits.shape[-2:]:
-            labels = F.interpolate(
-                labels[:, None].float(),
-                size=logits.shape[-2:],
-                mode='nearest')[:, 0]
-        target_shape = logits.shape[:1] + logits.shape[2:]
-        if labels.shape != target_shape:
-            raise ValueError(f'KDLoss: labels of shape {tuple(labels.shape)} '
-                             'do not match logits of shape '
-                             f'{tuple(logits.shape)}')
-        return labels != self.ignore_index
-
     def forward(self,
                 student_logits: Tensor,
                 teacher_logits: Tensor,
@@ -117,32 +102,18 @@ class KDLoss(nn.Module):
                 'compatible')
         T = self.temperature
         with fp32_guard(student_logits):
-            s = upcast(resize_like(student_logits, teacher_logits)) / T
-            t = upcast(teacher_logits.detach()).to(s) / T
+            s = upcast(resize_like(student_logits, teacher_logits))
+            t = upcast(teacher_logits.detach()).to(s)
             if self.mode == 'channel':
                 if s.dim() != 4:
                     raise ValueError("KDLoss: mode='channel' needs "
                                      '(B, C, H, W) logits')
-                s, t = s.flatten(2), t.flatten(2)  # softmax over H * W
-                log_p_t = F.log_softmax(t, dim=-1)
-                kl = (log_p_t.exp() *
-                      (log_p_t - F.log_softmax(s, dim=-1))).sum(-1)
+                # softmax over H * W of every channel
+                kl = position_distance(s.flatten(2).transpose(1, 2),
+                                       t.flatten(2).transpose(1, 2), 'kl',
+                                       'softmax', T)
                 loss = kl.mean()
             else:
-                if self.activation == 'softmax':
-                    log_p_t = F.log_softmax(t, dim=1)
-                    kl = (log_p_t.exp() *
-                          (log_p_t - F.log_softmax(s, dim=1))).sum(1)
-                else:
-                    # Bernoulli KL: p log(p/q) + (1-p) log((1-p)/(1-q)).
-                    p_t = torch.sigmoid(t)
-                    kl = (p_t * (F.logsigmoid(t) - F.logsigmoid(s)) +
-                          (1 - p_t) *
-                          (F.logsigmoid(-t) - F.logsigmoid(-s))).sum(1)
-                if labels is None:
-                    loss = kl.mean()
-                else:
-                    valid = self._valid_mask(labels, kl.unsqueeze(1))
-                    loss = torch.where(valid, kl, kl.new_zeros(())).sum() / \
-                        valid.sum().clamp(min=1)
-        return loss * (T * T) * self.loss_weight
+                kl = position_distance(s, t, 'kl', self.activation, T)
+                loss = masked_mean(kl, labels, self.ignore_index, 'KDLoss')
+        return loss * self.loss_weight

@@ -36,7 +36,8 @@ from torch import Tensor
 from mmlckd.registry import MODELS
 from .utils import fp32_guard, resize_like, upcast
 
-__all__ = ['PredictionKDLoss', 'split_classes']
+__all__ = ['PredictionKDLoss', 'split_classes', 'position_distance',
+           'masked_mean']
 
 DISTANCES = ('kl', 'logit', 'correlation')
 
@@ -57,9 +58,11 @@ def split_classes(logits: Tensor, num_classes: Optional[int]) -> Tensor:
         b * (k // num_classes), num_classes, *rest)
 
 
-def _per_position(s: Tensor, t: Tensor, distance: str, activation: str,
-                  temperature: float, eps: float) -> Tensor:
-    """(N, C, *S) logits -> (N, *S) distances."""
+def position_distance(s: Tensor, t: Tensor, distance: str, activation: str,
+                      temperature: float = 1.0, eps: float = 1e-12
+                      ) -> Tensor:
+    """(N, C, *S) logits -> (N, *S) distances (the module docstring's
+    definitions; KL already multiplied by ``temperature ** 2``)."""
     if distance == 'kl':
         s, t = s / temperature, t / temperature
         if activation == 'softmax':
@@ -151,22 +154,27 @@ class PredictionKDLoss(nn.Module):
                                  'num_classes or labels, not both')
             s = split_classes(s, self.num_classes)
             t = split_classes(t, self.num_classes)
-            dist = _per_position(s, t, self.distance, self.activation,
-                                 self.temperature, self.eps)
-            if labels is None:
-                loss = dist.mean()
-            else:
-                valid = self._valid(labels, dist)
-                loss = torch.where(valid, dist, dist.new_zeros(())).sum() / \
-                    valid.sum().clamp(min=1)
+            dist = position_distance(s, t, self.distance, self.activation,
+                                     self.temperature, self.eps)
+            loss = masked_mean(dist, labels, self.ignore_index,
+                               'PredictionKDLoss')
         return loss * self.loss_weight
 
-    def _valid(self, labels: Tensor, dist: Tensor) -> Tensor:
-        if labels.dim() == 3 and labels.shape[-2:] != dist.shape[-2:]:
-            labels = F.interpolate(labels[:, None].float(),
-                                   size=dist.shape[-2:], mode='nearest')[:, 0]
-        if labels.shape != dist.shape:
-            raise ValueError(
-                f'PredictionKDLoss: labels {tuple(labels.shape)} do not '
-                f'match the predictions\' positions {tuple(dist.shape)}')
-        return labels != self.ignore_index
+
+def masked_mean(dist: Tensor, labels: Optional[Tensor], ignore_index: int,
+                owner: str) -> Tensor:
+    """The mean of the per-position ``dist`` (N, *S) over the positions
+    whose label (nearest-resized to ``S``) is not ``ignore_index``; the
+    plain mean without labels."""
+    if labels is None:
+        return dist.mean()
+    if labels.dim() == 3 and labels.shape[-2:] != dist.shape[-2:]:
+        labels = F.interpolate(labels[:, None].float(),
+                               size=dist.shape[-2:], mode='nearest')[:, 0]
+    if labels.shape != dist.shape:
+        raise ValueError(
+            f'{owner}: labels {tuple(labels.shape)} do not match the '
+            f'predictions\' positions {tuple(dist.shape)}')
+    valid = labels != ignore_index
+    return torch.where(valid, dist, dist.new_zeros(())).sum() / \
+        valid.sum().clamp(min=1)

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 
 from mmlckd.registry import MODELS
-from ..distillers.feature_pairs import count_outputs
+from ..probe import count_outputs
 from ..losses import PKDLoss
 from .base import DistillTerm, Read, as_list
 

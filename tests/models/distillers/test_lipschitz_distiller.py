@@ -126,7 +126,7 @@ def test_default_terms_run_the_teacher_through_its_head():
     FPN level), and both terms are balanced."""
     s, t, scope, batch = FAMILIES['retinanet']
     model = build(s(), t(), scope, terms='auto')
-    assert sorted(model.terms) == ['neck', 'preds']
+    assert sorted(model.terms) == ['feat', 'lipschitz', 'neck', 'preds']
     assert {'loss_neck', 'loss_preds'} <= set(model.balancer.terms)
     calls = {'head': 0}
     model.teacher.bbox_head.retina_cls.register_forward_hook(
