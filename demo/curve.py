@@ -22,7 +22,7 @@ from typing import Dict, List
 
 from mmengine.hooks import Hook
 
-from mmlckd.compat.checkpoint_io import atomic_write
+from mmlckd.checkpoint import atomic_write
 
 __all__ = ['ValCurveHook', 'with_validation', 'converged_length', 'main']
 

@@ -3,7 +3,7 @@ import json
 import os.path as osp
 from typing import Dict, List, Optional
 
-from mmlckd.compat.checkpoint_io import atomic_write
+from mmlckd.checkpoint import atomic_write
 from .study import REGIMES, ROW_NAMES
 
 __all__ = ['study_markdown', 'summary_markdown', 'write_results',

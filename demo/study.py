@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from typing import Dict, List, Optional, Sequence
 
-from mmlckd.compat.checkpoint_io import atomic_write
+from mmlckd.checkpoint import atomic_write
 from mmlckd.models.distillers.term_runner import TASK_AWARE
 from mmlckd.testing import single_process_loaders
 

@@ -16,33 +16,18 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
-MODELS = Registry(
-    'model',
-    parent=MMENGINE_MODELS,
-    scope='mmlckd',
-    locations=['mmlckd.models'])
-HOOKS = Registry(
-    'hook',
-    parent=MMENGINE_HOOKS,
-    scope='mmlckd',
-    locations=['mmlckd.engine.hooks'])
-MODEL_WRAPPERS = Registry(
-    'model_wrapper',
-    parent=MMENGINE_MODEL_WRAPPERS,
-    scope='mmlckd',
-    locations=['mmlckd.compat'])
-LOG_PROCESSORS = Registry(
-    'log_processor',
-    parent=MMENGINE_LOG_PROCESSORS,
-    scope='mmlckd',
-    locations=['mmlckd.engine'])
-DATASETS = Registry(
-    'dataset',
-    parent=MMENGINE_DATASETS,
-    scope='mmlckd',
-    locations=['mmlckd.datasets'])
-TRANSFORMS = Registry(
-    'transform',
-    parent=MMENGINE_TRANSFORMS,
-    scope='mmlckd',
-    locations=['mmlckd.datasets'])
+
+def _child(name: str, parent: Registry, location: str) -> Registry:
+    """A registry of the ``mmlckd`` scope under mmengine's ``parent``."""
+    return Registry(name, parent=parent, scope='mmlckd',
+                    locations=[location])
+
+
+MODELS = _child('model', MMENGINE_MODELS, 'mmlckd.models')
+HOOKS = _child('hook', MMENGINE_HOOKS, 'mmlckd.engine.hooks')
+MODEL_WRAPPERS = _child('model_wrapper', MMENGINE_MODEL_WRAPPERS,
+                        'mmlckd.compat')
+LOG_PROCESSORS = _child('log_processor', MMENGINE_LOG_PROCESSORS,
+                        'mmlckd.engine')
+DATASETS = _child('dataset', MMENGINE_DATASETS, 'mmlckd.datasets')
+TRANSFORMS = _child('transform', MMENGINE_TRANSFORMS, 'mmlckd.datasets')

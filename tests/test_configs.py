@@ -40,7 +40,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, DefaultScope
 
 import mmlckd  # noqa: F401
-from mmlckd.compat import safe_torch_load
+from mmlckd.checkpoint import safe_torch_load
 from mmlckd.testing import tiny_model_cfg, tiny_voc_cfg
 from tool_modules import REPO, load_tool
 

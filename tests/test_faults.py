@@ -19,8 +19,8 @@ import torch
 from mmengine.config import Config
 
 import mmlckd  # noqa: F401
-from mmlckd.compat import safe_torch_load
-from mmlckd.compat.checkpoint_io import (CheckpointError, atomic_torch_save,
+from mmlckd.checkpoint import safe_torch_load
+from mmlckd.checkpoint import (CheckpointError, atomic_torch_save,
                                          sha256_file, verify_checksum)
 from tool_modules import REPO, TESTS, load_tool
 
@@ -1068,7 +1068,7 @@ def test_resume_in_a_moved_work_dir_finds_the_checkpoint(tmp_path):
 def test_zero_byte_resume_checkpoint_hint_lists_resumable_ones(tmp_path):
     """Issue 20, case 22: the hint listed student_final.pth among the
     checkpoints to resume from; it cannot resume a distillation run."""
-    from mmlckd.compat.checkpoint_io import check_checkpoint_file
+    from mmlckd.checkpoint import check_checkpoint_file
     for name in ('iter_1.pth', 'student_final.pth'):
         (tmp_path / name).write_bytes(b'x' * 8)
     (tmp_path / 'iter_2.pth').write_bytes(b'')

@@ -30,7 +30,7 @@ from mmengine.runner.checkpoint import load_state_dict
 # allow-list that --resume / the checkpoint checks need
 from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
                            init_cpu_dist)
-from mmlckd.compat.checkpoint_io import check_model_checkpoint
+from mmlckd.checkpoint import check_model_checkpoint
 from mmlckd.utils.cli import (load_tool_cfg, parse_with_launcher_args,
                               student_test_cfg)
 

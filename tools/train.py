@@ -26,7 +26,7 @@ from mmengine.runner import Runner
 # allow-list that --resume / the checkpoint checks need
 from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
                            init_cpu_dist)
-from mmlckd.compat.checkpoint_io import CheckpointError
+from mmlckd.checkpoint import CheckpointError
 from mmlckd.utils.cli import (check_distill_setup, check_empty_ann_files,
                               check_finished, load_tool_cfg,
                               own_work_dir, parse_with_launcher_args,

@@ -3,9 +3,7 @@ plain student config."""
 import os.path as osp
 from typing import Optional
 
-from mmlckd.compat import safe_torch_load
-from mmlckd.compat.checkpoint_io import (atomic_torch_save, state_dict_from,
-                                         verify_checksum)
+from mmlckd.checkpoint import atomic_torch_save, load_checked, strip_prefix
 
 __all__ = ['save_student', 'export_student']
 
@@ -13,7 +11,7 @@ __all__ = ['save_student', 'export_student']
 def _write_student(state: dict, meta: dict, path: str) -> str:
     """The one writer of student checkpoints: ``{'state_dict', 'meta'}``
     marked ``mmlckd_export``, written atomically with a SHA-256 sidecar
-    (:func:`~mmlckd.compat.checkpoint_io.atomic_torch_save`)."""
+    (:func:`~mmlckd.checkpoint.atomic_torch_save`)."""
     atomic_torch_save(dict(state_dict=state,
                            meta=dict(meta, mmlckd_export=True)),
                       path, checksum=True)
@@ -41,11 +39,9 @@ def export_student(checkpoint: str, out: str) -> str:
     if osp.abspath(checkpoint) == osp.abspath(out):
         raise ValueError('the output path must differ from the input '
                          'checkpoint (refusing to overwrite it)')
-    ckpt = safe_torch_load(checkpoint, role='distillation checkpoint')
-    verify_checksum(checkpoint, 'distillation checkpoint')
-    state = state_dict_from(ckpt, checkpoint, 'distillation checkpoint')
-    student = {k[len('student.'):]: v for k, v in state.items()
-               if k.startswith('student.')}
+    ckpt, state = load_checked(checkpoint, 'distillation checkpoint',
+                               whole=True)
+    student = strip_prefix(state, 'student.')
     if not student:
         raise ValueError(
             f'{checkpoint!r} has no "student.*" keys: it is not a '

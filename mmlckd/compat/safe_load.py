@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
-__all__ = ['mmengine_safe_globals', 'register_safe_globals', 'safe_torch_load']
+__all__ = ['mmengine_safe_globals', 'register_safe_globals']
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
@@ -93,48 +93,3 @@ def register_safe_globals() -> None:
     if add is not None:
         add(mmengine_safe_globals())
     _REGISTERED = True
-
-
-def safe_torch_load(path: str, map_location: Any = 'cpu',
-                    role: str = 'checkpoint') -> Any:
-    """``torch.load`` with ``weights_only=True`` and mmengine's globals.
-
-    Errors are reworded (``role`` names the file's purpose, e.g.
-    ``'teacher checkpoint'``): torch's own messages suggest
-    ``weights_only=False``, which this project never does.
-
-    Raises:
-        FileNotFoundError: with a message naming the path, when it is missing.
-        CheckpointError (a ``pickle.UnpicklingError`` and ``ValueError``):
-            an empty, text, truncated or corrupted file, or one that
-            references a global outside the allow-list (the message says
-            which).
-    """
-    from .checkpoint_io import CheckpointError, check_checkpoint_file
-    check_checkpoint_file(path, role)
-    register_safe_globals()
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        m = re.search(r'(?:Unsupported global|GLOBAL) ?:? ?(?:GLOBAL )?'
-                      r'([\w.]+)', msg)
-        if 'mmlckd refuses' in msg:
-            what = 'a getattr call outside the allow-list'
-        elif m:
-            what = f'the Python object {m.group(1)!r}'
-        else:
-            what = 'Python objects other than tensors and mmengine state'
-        err = CheckpointError(
-            f'{role} {path!r} refers to {what}, which mmlckd does not load: '
-            'checkpoints are read with the weights-only unpickler so that '
-            'opening a file cannot run code. If you made this file, save '
-            'plain tensors: torch.save(dict(state_dict=model.state_dict()), '
-            'path).')
-    except (EOFError, RuntimeError, KeyError, ValueError, IndexError) as e:
-        err = CheckpointError(
-            f'{role} {path!r} is truncated or corrupted '
-            f'({type(e).__name__} while reading it): its write was '
-            'probably cut off (a killed run, a full disk or a partial '
-            'copy). Use an earlier checkpoint or another copy.')
-    raise err

@@ -369,7 +369,7 @@ def warn_resume_lr_override(runner, args) -> Optional[str]:
     path = getattr(runner, '_load_from', None)
     if not overrides or not path or not osp.isfile(path):
         return None
-    from mmlckd.compat import safe_torch_load
+    from mmlckd.checkpoint import safe_torch_load
     try:
         lrs = _checkpoint_lrs(safe_torch_load(path, role='resume checkpoint'))
     except Exception:  # the checkpoint check reports a bad file

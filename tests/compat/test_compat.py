@@ -10,7 +10,8 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import mmlckd  # noqa: F401  (registers the allow-list)
-from mmlckd.compat import mmengine_safe_globals, safe_torch_load
+from mmlckd.checkpoint import safe_torch_load
+from mmlckd.compat import mmengine_safe_globals
 
 
 class _ToyData(Dataset):

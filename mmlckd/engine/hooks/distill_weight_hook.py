@@ -76,17 +76,7 @@ class DistillWeightHook(Hook):
                  decay: Optional[str] = None,
                  min_ratio: float = 0.0,
                  stop_at: Optional[int] = None,
-                 by_epoch: bool = False,
-                 **removed):
-        if 'connector_warmup' in removed:
-            raise TypeError(
-                'DistillWeightHook(connector_warmup=N) moved to its own '
-                'hook: add dict(type=\'mmlckd.ConnectorWarmupHook\', '
-                'iters=N) to custom_hooks (with by_epoch=True if N counts '
-                'epochs) and drop connector_warmup here.')
-        if removed:
-            raise TypeError('DistillWeightHook got unexpected arguments '
-                            f'{sorted(removed)}')
+                 by_epoch: bool = False):
         self.schedule = WeightSchedule(warmup, warmup_ratio, decay, min_ratio,
                                        stop_at)
         self.by_epoch = by_epoch

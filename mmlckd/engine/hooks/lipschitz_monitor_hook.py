@@ -127,7 +127,7 @@ class LipschitzMonitorHook(Hook):
             except (ValueError, KeyError, TypeError):
                 continue  # a truncated last line of a killed run
         if len(keep) != len(lines):
-            from mmlckd.compat.checkpoint_io import atomic_write
+            from mmlckd.checkpoint import atomic_write
             data = ''.join(keep).encode('utf-8')
             atomic_write(self._path, lambda f: f.write(data))
 

@@ -11,13 +11,12 @@ from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
-from mmlckd.compat.checkpoint_io import (CheckpointError, _is_enospc,
-                                         atomic_write,
-                                         check_checkpoint_file,
-                                         compare_state_dicts,
-                                         describe_mismatch, fsync_dir,
-                                         sidecar_path, state_dict_from,
-                                         verify_checksum, write_checksum)
+from mmlckd.checkpoint import (CheckpointError, atomic_write,
+                               compare_state_dicts, describe_mismatch,
+                               fsync_dir, is_distillation_state,
+                               load_checked, sha256_file, sidecar_path,
+                               write_checksum)
+from mmlckd.checkpoint.io import _is_enospc
 from mmlckd.registry import HOOKS
 from .utils import unwrap_model
 
@@ -320,7 +319,6 @@ class SafeCheckpointHook(CheckpointHook):
             os.fsync(f.fileno())
         if osp.exists(sidecar_path(final)):
             os.remove(sidecar_path(final))
-        from mmlckd.compat.checkpoint_io import sha256_file
         digest = sha256_file(tmp)
         os.replace(tmp, final)
         fsync_dir(osp.dirname(osp.abspath(final)))
@@ -340,14 +338,9 @@ def check_load_from_checkpoint(runner, path: str) -> None:
       initial weights).
     """
     import functools
-    import re
 
-    from mmlckd.compat import safe_torch_load
     role = 'load_from checkpoint'
-    check_checkpoint_file(path, role)
-    verify_checksum(path, role, log=runner.logger.info)
-    state = state_dict_from(safe_torch_load(path, role=role), path, role)
-    state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+    state = load_checked(path, role, log=runner.logger.info)
     model = unwrap_model(runner)
     expected = model.state_dict()
     if any(k in expected for k in state):
@@ -366,7 +359,7 @@ def check_load_from_checkpoint(runner, path: str) -> None:
                 'student (keys mapped onto "student.").')
             return
     config = getattr(runner.cfg, 'filename', None) or 'in memory'
-    if any(k.startswith('student.') for k in state):
+    if is_distillation_state(state):
         raise CheckpointError(
             f'{role} {path!r} is a distillation checkpoint (keys '
             f'"student.*") and the model of the config ({config}) is a plain '
@@ -435,12 +428,9 @@ def warn_world_size_change(runner, ckpt: dict, path: str) -> None:
 
 def check_resume_checkpoint(runner, path: str) -> None:
     """Fail, in words, when ``path`` cannot resume ``runner``'s model."""
-    from mmlckd.compat import safe_torch_load
     role = 'resume checkpoint'
-    check_checkpoint_file(path, role)  # missing/empty/text
-    verify_checksum(path, role, log=runner.logger.info)
-    ckpt = safe_torch_load(path, role=role)  # truncated, unsafe
-    state = state_dict_from(ckpt, path, role)
+    ckpt, state = load_checked(path, role, log=runner.logger.info,
+                               whole=True)
     warn_world_size_change(runner, ckpt, path)
     model = unwrap_model(runner)
     missing, unexpected, mismatched = compare_state_dicts(

@@ -104,8 +104,7 @@ def build_losses(lipschitz_loss: Optional[dict],
     configs)`` of the distiller's arguments: the balancer weights every
     term that sets no ``loss_weight`` (:func:`auto_weight`; the response
     losses as one term, ``loss_kd``). Completes ``response_cfgs[i]['loss']``
-    in place. A LipschitzLoss config without ``check_finite`` gets
-    ``check_finite=False`` (the distiller's ``nan_guard`` covers it).
+    in place.
     A loss config without ``type`` is one of the default loss
     (:func:`with_default_type`)."""
     lipschitz_loss = with_default_type(lipschitz_loss, 'lipschitz_loss')
@@ -125,9 +124,6 @@ def build_losses(lipschitz_loss: Optional[dict],
         ('loss_kd', bool(response_auto) and all(response_auto))) if is_auto]
     auto += list(term_auto)
     lip = MODELS.build(lipschitz_loss) if lipschitz_loss else None
-    if lip is not None and 'check_finite' not in lipschitz_loss and \
-            hasattr(lip, 'check_finite'):
-        lip.check_finite = False
     feat = MODELS.build(feature_loss) if feature_loss else None
     response = nn.ModuleList(MODELS.build(r['loss']) for r in response_cfgs)
     if balance is None and auto:

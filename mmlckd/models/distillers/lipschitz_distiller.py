@@ -1,21 +1,7 @@
 """LipschitzDistiller: drop-in teacher -> student distillation for any
 MMDetection 3.x / MMSegmentation 1.x model.
 
-Add to a stock config::
-
-    student = _base_.model
-    student.backbone.depth = 18
-    model = dict(
-        _delete_=True,
-        type='mmlckd.LipschitzDistiller',
-        student=student,
-        teacher=dict(config='mmdet::pascal_voc/retinanet_r50_fpn_1x_voc0712.py',
-                     checkpoint='work_dirs/teacher/epoch_4.pth'))
-
-With nothing else said, the backbone stages (``out_indices``) of both nets
-are recorded (pre-activation outputs for ResNets, as in LONDON/OFD), the
-student's are mapped to the teacher's channels by 1x1 conv + BN connectors,
-and the loss is ``task + OFD feature mimic + LONDON Lipschitz term``.
+The README shows the config lines a user adds.
 
 Design:
 
@@ -30,11 +16,13 @@ Design:
 * Features are captured by forward hooks (:mod:`mmlckd.models.recorders`);
   the teacher's forward stops right after the deepest recorded layer
   (``teacher_early_stop``).
-* A step is :meth:`LipschitzDistiller.record` (both forwards) then
-  :meth:`LipschitzDistiller.distill_terms` (the terms, on any given
-  features); the pairing and the probe live in :mod:`.feature_pairs`, the
-  teacher in :mod:`.teacher`, the NaN guard in :mod:`.guard`, the automatic
-  weights in :mod:`.balance`.
+* A step is :meth:`LipschitzDistiller.record` (both forwards), then
+  :meth:`LipschitzDistiller.distill_terms` (every term of ``terms``, built-in
+  and task-aware, on the recorded features), then :meth:`loss` weights them
+  (balancer, explicit weights, ``distill_weight``). The pairing lives in
+  :mod:`.feature_pairs`, the probe in :mod:`mmlckd.models.probe`, the terms
+  in :mod:`mmlckd.models.terms`, the teacher in :mod:`.teacher`, the NaN
+  guard in :mod:`.guard`, the automatic weights in :mod:`.balance`.
 """
 import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -44,6 +32,7 @@ import torch.nn as nn
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 
+from mmlckd.checkpoint import strip_prefix
 from mmlckd.registry import MODELS
 from ..recorders import FeatureRecorder, get_module
 from .balance import build_losses
@@ -71,100 +60,23 @@ Features = Dict[str, Union[torch.Tensor, List[torch.Tensor]]]
 
 @MODELS.register_module()
 class LipschitzDistiller(BaseModel):
-    """LONDON distillation of a student by a frozen teacher.
+    """LONDON distillation of a student by a frozen teacher, plus the
+    task-aware terms.
 
-    Args:
-        student (dict): the student model config (e.g. ``_base_.model``),
-            built in the current default scope (mmdet / mmseg).
-        teacher (dict): ``config`` (path, ``'mmdet::...'``/``'mmseg::...'``,
-            dict or Config holding ``model``), ``checkpoint`` (path; ``None``
-            keeps a random teacher and warns), ``allow_missing_keys``
-            (default False: missing/unexpected checkpoint keys are an
-            error), ``check_num_classes`` (default True: differing
-            ``num_classes`` between teacher and student heads is an error).
-        features (str | list): what to distil. ``'backbone'`` (default):
-            the backbone stages of both nets; ``'backbone+neck'``: plus every
-            neck output; or a list of ``dict(student=..., teacher=...,
-            group=..., teacher_bn=...)`` where ``student``/``teacher`` are a
-            module path (``'backbone.layer1'``, ``'neck'`` with
-            ``index=2``...) or a dict with ``path``, ``source``
-            (``'output'``/``'input'``), ``index`` and ``call``. Shared keys
-            (``source``, ``index``, ``call``) may be given at the top level.
-            ``group`` (default: the first path component) chains features
-            for the Lipschitz term: consecutive features of one group form
-            the blocks whose Lipschitz constants are matched;
-            ``group=None`` makes a feature OFD-only (no Lipschitz term).
-        lipschitz_loss (dict, optional): ``mmlckd.LipschitzLoss`` config;
-            ``None`` disables the LONDON term. Without a ``loss_weight``
-            (or with ``loss_weight='auto'``) its weight is fixed by the
-            balancer (see ``balance``). Unless the config sets
-            ``check_finite``, the loss's own per-feature NaN check is off
-            (``check_finite=False``): ``nan_guard`` checks every term with
-            one host sync instead.
-        feature_loss (dict, optional): ``mmlckd.OFDLoss`` config; ``None``
-            disables feature mimicking. Weight as for ``lipschitz_loss``.
-        response (list[dict], optional): response (logit) distillation,
-            each ``dict(student=<path>, teacher=<path>, call='last'|'all',
-            loss=dict(type='mmlckd.KDLoss', ...), use_labels=False)``;
-            ``use_labels=True`` passes the segmentation labels (ignore index)
-            to the loss. If no response loss sets ``loss_weight``, the
-            balancer weights ``loss_kd``.
-        terms (str | dict, optional): the task-aware distillation terms.
-            ``'auto'`` (default): those of
-            :data:`~mmlckd.models.distillers.term_runner.TASK_AWARE` that
-            apply to the student (chosen on the demo's selection data;
-            README, "Distillation terms"); ``None``: none (the backbone
-            terms only); or ``name -> term config``
-            (:mod:`mmlckd.models.terms`), e.g.
-            ``dict(neck=dict(type='mmlckd.NeckPKDTerm'),
-            preds=dict(type='mmlckd.PredictionKDTerm', distance='kl'))``.
-            Each term says what it reads (recorded by the distiller) and
-            returns its unweighted loss, logged and balanced as
-            ``loss_<name>``; ``loss_weight`` in a term's config (a number,
-            or ``'auto'``, the default) is applied by the distiller. A term
-            set to ``None`` is left out (so ``--cfg-options`` can remove
-            one). ``lipschitz_loss``, ``feature_loss`` and ``response``
-            build the built-in terms ``lipschitz``, ``feat`` and ``kd``
-            (:mod:`mmlckd.models.terms.pair_terms`), which run with these.
-        lipschitz_on (str): how the student's maps form its transmitting
-            matrices (:func:`lipschitz_maps`): ``'reference'`` (default,
-            LONDON's loop: ``TM(connector_i(s_i), s_{i+1})`` with the raw
-            ``s_{i+1}``), ``'connector'`` (connector outputs on both sides)
-            or ``'raw'`` (no connectors). The teacher's are always raw.
-        balance (dict, optional): automatic weights of the distillation
-            terms that do not set a ``loss_weight``
-            (:class:`~mmlckd.models.distillers.balance.LossBalancer`):
-            ``fraction`` (default 0.5: each such term starts at half the
-            task's gradient norm on the student; a dict per term is
-            accepted), ``iters`` (calibration steps, default 10, during
-            which those terms are computed but weigh 0), ``by``
-            (``'grad'``, default, or ``'loss'``) and ``log_interval``
-            (gradient-share logging, default 50, 0 disables). ``None``
-            turns both off: every term then needs an explicit weight.
-        teacher_early_stop (bool): run the teacher only up to the deepest
-            recorded layer. Default True.
-        nan_guard (bool): raise a ``FloatingPointError``, *before* the
-            optimizer step, when a distillation term (naming the offending
-            layers), a task loss or the input batch is NaN/Inf; the message
-            names the last finite checkpoint. Costs two host syncs per step
-            (``mmlckd.SafeCheckpointHook`` adds a gradient check, also off
-            when this is False).
-        probe_input_size (tuple): (H, W) of the dummy input used once at
-            build time to discover feature shapes.
-        allow_empty_features (bool): accept ``features=[]`` while a
-            feature or Lipschitz loss is set (those terms then do nothing);
-            default False: an error.
-        allow_negative_weights (bool): accept negative ``loss_weight`` values;
-            default False: an error.
-        allow_resize (bool): accept feature pairs whose student and teacher
-            maps differ in spatial size at probe time (the losses then
-            resize the student's); default False: an error, as it usually
-            means stages paired one off (stride 4 vs 8).
-        data_preprocessor: what mmengine's Runner passes from a config's
-            top-level ``data_preprocessor``: as for a stock model, the
-            student's own one (set in ``student=``, it preprocesses the
-            batch for both nets) wins (a difference is logged); a student
-            without one gets this one.
+    Every argument, its default and what it does is in the README's table
+    ("Knobs"); the terms in "Distillation terms", the automatic weights in
+    :class:`~mmlckd.models.distillers.balance.LossBalancer`. In short:
+    ``student`` is a model config (built in the current scope);
+    ``teacher`` is ``dict(config=..., checkpoint=..., allow_missing_keys=
+    False, check_num_classes=True)``; ``features``, ``lipschitz_loss``,
+    ``feature_loss``, ``lipschitz_on`` and ``response`` set the built-in
+    terms (:mod:`mmlckd.models.terms.pair_terms`), ``terms`` the others;
+    a loss without ``loss_weight`` is weighted by ``balance``;
+    ``teacher_early_stop``, ``nan_guard``, ``probe_input_size`` and the
+    ``allow_*`` switches as in the table. ``data_preprocessor`` is what
+    mmengine's Runner passes from a config's top level: the student's own
+    one wins, as for a stock model. The design is in the module
+    docstring.
     """
 
     def __init__(self,
@@ -172,7 +84,7 @@ class LipschitzDistiller(BaseModel):
                  teacher: dict,
                  features: Union[str, Sequence] = 'backbone',
                  lipschitz_loss: Optional[dict] = dict(
-                     type='mmlckd.LipschitzLoss', check_finite=False),
+                     type='mmlckd.LipschitzLoss'),
                  feature_loss: Optional[dict] = dict(type='mmlckd.OFDLoss'),
                  response: Optional[Sequence[dict]] = None,
                  terms: Union[str, dict, None] = 'auto',
@@ -211,6 +123,24 @@ class LipschitzDistiller(BaseModel):
             g: idx for g, idx in feature_groups(self.pairs).items()
             if len(idx) >= 2}
         self.response_cfgs = parse_response(response)
+        loss_cfgs = self._build_terms(terms, lipschitz_loss, feature_loss,
+                                      balance, lipschitz_on)
+        self.student_recorder = self._recorder('student', False)
+        self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
+        shapes = self._build_shapes(probe_input_size, lipschitz_on)
+        if self.lipschitz_loss is not None:
+            warn_single_feature_groups(self.pairs)
+        validate_distiller(
+            self, features=features, shapes=shapes, loss_cfgs=loss_cfgs,
+            allow_empty_features=allow_empty_features,
+            allow_negative_weights=allow_negative_weights,
+            allow_resize=allow_resize)
+
+    # ------------------------------------------------------------ building
+    def _build_terms(self, terms, lipschitz_loss, feature_loss, balance,
+                     lipschitz_on: str) -> dict:
+        """:attr:`terms` (built-in first, then ``terms=``), their explicit
+        weights and the balancer; returns every loss's weight config."""
         extra, self.term_weights, term_auto, term_cfgs = build_terms(
             terms, self.student, self.teacher)
         # the built-in terms' losses (LONDON, OFD, response KD), kept
@@ -225,17 +155,21 @@ class LipschitzDistiller(BaseModel):
         #: (``loss_<name> -> float``; the built-in losses apply their own)
         self.terms = self._builtin_terms(lipschitz_on)
         self.terms.update(extra)
-        self.student_recorder = self._recorder('student', False)
-        self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
+        loss_cfgs.update(term_cfgs)
+        return loss_cfgs
+
+    def _build_shapes(self, probe_input_size, lipschitz_on: str) -> list:
+        """The probe: every term's shape-dependent parts, the connectors
+        and the Lipschitz blocks; returns the pairs' shapes."""
         shapes, s_probe, t_probe = probe_shapes(
             self.pairs, self.student, self.teacher, self.student_recorder,
             self.teacher_recorder, probe_input_size)
         for term in self.terms.values():
             term.build([s_probe[r.student.key] for r in term.reads],
                        [t_probe[r.teacher.key] for r in term.reads])
-        loss_cfgs.update(term_cfgs)
         self.connectors = nn.ModuleList()
-        if feat is not None or (lip is not None and lipschitz_on != 'raw'):
+        if self.feature_loss is not None or (
+                self.lipschitz_loss is not None and lipschitz_on != 'raw'):
             connector = MODELS.get('OFDConnector')
             self.connectors.extend(connector(s[1], t[1]) for s, t in shapes)
         #: ``(group, 'student'|'teacher') -> [(C_in, C_out)]``: the shape of
@@ -245,15 +179,8 @@ class LipschitzDistiller(BaseModel):
         if 'lipschitz' in self.terms:
             # its power-iteration state exists before a checkpoint loads
             self.terms['lipschitz'].register_blocks(self.block_shapes)
-        if self.lipschitz_loss is not None:
-            warn_single_feature_groups(self.pairs)
-        validate_distiller(
-            self, features=features, shapes=shapes, loss_cfgs=loss_cfgs,
-            allow_empty_features=allow_empty_features,
-            allow_negative_weights=allow_negative_weights,
-            allow_resize=allow_resize)
+        return shapes
 
-    # ------------------------------------------------------------ building
     def _recorder(self, role: str, stop_when_done: bool) -> FeatureRecorder:
         """The recorder of the ``role`` net: its side of every pair and of
         every term's reads."""
@@ -308,10 +235,7 @@ class LipschitzDistiller(BaseModel):
 
     def student_state_dict(self) -> Dict[str, torch.Tensor]:
         """The student's weights, loadable by the plain student config."""
-        return {
-            k[len('student.'):]: v
-            for k, v in self.state_dict().items() if k.startswith('student.')
-        }
+        return strip_prefix(self.state_dict(), 'student.')
 
     # ------------------------------------------------------------ forward
     def forward(self,

@@ -3,7 +3,6 @@ and teacher/student compatibility checks, with messages that name the
 teacher, the file, the config and the fix."""
 import copy
 import logging
-import re
 import warnings
 from typing import Optional
 
@@ -14,11 +13,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import DefaultScope
 
-from mmlckd.compat import safe_torch_load
-from mmlckd.compat.checkpoint_io import (check_checkpoint_file,
-                                         compare_state_dicts,
-                                         describe_mismatch, state_dict_from,
-                                         verify_checksum)
+from mmlckd.checkpoint import (compare_state_dicts, describe_mismatch,
+                               is_distillation_state, load_checked)
 from mmlckd.utils import load_config
 
 __all__ = [
@@ -59,12 +55,8 @@ def load_teacher_checkpoint(teacher: nn.Module, path: str,
             'Download the file first (e.g. wget or curl, or mmengine\'s '
             'CheckpointLoader.load_checkpoint, which caches it under '
             '~/.cache/torch) and set teacher.checkpoint to the local path.')
-    check_checkpoint_file(path, role)
-    verify_checksum(path, role)
-    ckpt = safe_torch_load(path, map_location='cpu', role=role)
-    state = state_dict_from(ckpt, path, role)
-    state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
-    if any(k.startswith('student.') for k in state) and not any(
+    state = load_checked(path, role)
+    if is_distillation_state(state) and not any(
             k.startswith('backbone.') for k in state):
         raise ValueError(
             f'{path!r} is a distillation checkpoint (keys "student.*"). '

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from mmlckd.registry import MODELS
 from .prediction_kd_loss import masked_mean, position_distance
-from .utils import fp32_guard, resize_like, upcast
+from .utils import check_logit_options, fp32_guard, student_teacher_fp32
 
 __all__ = ['KDLoss']
 
@@ -55,16 +55,12 @@ class KDLoss(nn.Module):
                  mode: str = 'pixel',
                  ignore_index: int = 255) -> None:
         super().__init__()
-        if activation not in ('softmax', 'sigmoid'):
-            raise ValueError("activation must be 'softmax' or 'sigmoid', got "
-                             f'{activation!r}')
+        check_logit_options(activation, temperature)
         if mode not in ('pixel', 'channel'):
             raise ValueError(
                 f"mode must be 'pixel' or 'channel', got {mode!r}")
         if mode == 'channel' and activation != 'softmax':
             raise ValueError("mode='channel' (CWD) needs activation='softmax'")
-        if temperature <= 0:
-            raise ValueError(f'temperature must be > 0, got {temperature}')
         self.temperature = temperature
         self.loss_weight = loss_weight
         self.activation = activation
@@ -102,8 +98,7 @@ class KDLoss(nn.Module):
                 'compatible')
         T = self.temperature
         with fp32_guard(student_logits):
-            s = upcast(resize_like(student_logits, teacher_logits))
-            t = upcast(teacher_logits.detach()).to(s)
+            s, t = student_teacher_fp32(student_logits, teacher_logits)
             if self.mode == 'channel':
                 if s.dim() != 4:
                     raise ValueError("KDLoss: mode='channel' needs "

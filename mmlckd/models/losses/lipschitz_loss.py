@@ -1,6 +1,5 @@
 """LONDON's loss: match the student's block Lipschitz estimates to the
 teacher's (the estimates are explained in :mod:`.power_iteration`)."""
-import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,36 +8,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmlckd.registry import MODELS
-from .power_iteration import (PowerIterationState, Products, _tm_factors,
-                              dense_products, factored_products,
-                              tracked_top_singular_value)
+from .power_iteration import (Products, _tm_factors, dense_products,
+                              factored_products)
+from .warm_start import PowerIterationState, tracked_top_singular_value
 from .utils import (LevelWeights, check_level_weights, fp32_guard,
                     reference_level_weights, resolve_level_weights, upcast)
 
 __all__ = ['LipschitzLoss']
-
-
-def _decode_legacy_state(blob: Tensor) -> Dict[Tuple[str, str, int],
-                                               Tuple[Tensor, Tensor]]:
-    """The vectors of a checkpoint written before the state became buffers.
-
-    Such a checkpoint holds ONE float64 ``<prefix>_extra_state`` tensor:
-    ``[header length, JSON header bytes, flattened vectors]``, the header
-    listing ``[key, net, i, u_shape, v_shape]`` per block in the order of
-    the vectors.
-    """
-    blob = blob.detach().cpu()
-    n = int(blob[0])
-    header = json.loads(bytes(blob[1:1 + n].to(torch.uint8).tolist()))
-    pos, vectors = 1 + n, {}
-    for key, net, i, u_shape, v_shape in header:
-        uv = []
-        for shape in (u_shape, v_shape):
-            size = int(torch.Size(shape).numel())
-            uv.append(blob[pos:pos + size].float().reshape(shape))
-            pos += size
-        vectors[(key, net, i)] = tuple(uv)
-    return vectors
 
 
 @MODELS.register_module()
@@ -81,9 +57,6 @@ class LipschitzLoss(nn.Module):
         n_vectors (int): Rows iterated together, capped at the TM's smaller
             side; more than one copes with samples whose top directions
             differ (benchmarks/README.md). Defaults to 4.
-        check_finite (bool): Raise :class:`FloatingPointError` if an input
-            feature contains NaN/Inf (costs a device sync per feature). If
-            False, NaNs propagate into the loss. Defaults to True.
         eps (float): Epsilon of the ``log_ratio`` distance. Defaults to 1e-6.
     """
 
@@ -97,7 +70,6 @@ class LipschitzLoss(nn.Module):
                  cold_iters: int = 20,
                  warm_start: bool = True,
                  n_vectors: int = 4,
-                 check_finite: bool = True,
                  eps: float = 1e-6) -> None:
         super().__init__()
         check_level_weights(block_weights, 'block_weights')
@@ -110,11 +82,9 @@ class LipschitzLoss(nn.Module):
         self.loss_weight = loss_weight
         self.block_weights = block_weights
         self.distance = distance
-        self.n_iters = n_iters
-        self.cold_iters = cold_iters
-        self.warm_start = warm_start
-        self.n_vectors = n_vectors
-        self.check_finite = check_finite
+        # the estimator (power_iteration.py, warm_start.py)
+        self.n_iters, self.cold_iters = n_iters, cold_iters
+        self.warm_start, self.n_vectors = warm_start, n_vectors
         self.eps = eps
         self.states = nn.ModuleDict()
 
@@ -164,43 +134,6 @@ class LipschitzLoss(nn.Module):
         """Forget the rows of every block: the next steps start cold."""
         for state in self.states.values():
             state.reset()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args,
-                              **kwargs) -> None:
-        legacy = state_dict.pop(prefix + '_extra_state', None)
-        if isinstance(legacy, Tensor) and legacy.numel() > 0:
-            self._convert_legacy_state(state_dict, prefix, legacy)
-        # (re)create the states the state dict holds, in its shapes
-        head = prefix + 'states.'
-        for name in {k[len(head):-len('.u')] for k in state_dict
-                     if k.startswith(head) and k.endswith('.u')}:
-            u = state_dict[head + name + '.u']
-            v = state_dict.get(head + name + '.v')
-            if u.dim() != 2 or v is None or v.dim() != 2:
-                continue  # left to the usual shape / missing-key errors
-            old = self.states[name] if name in self.states else None
-            if old is None or not old.fits(u.size(0), u.size(1), v.size(1)):
-                new = PowerIterationState(u.size(0), u.size(1), v.size(1))
-                self.states[name] = new if old is None else new.to(old.u)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _convert_legacy_state(self, state_dict: dict, prefix: str,
-                              blob: Tensor) -> None:
-        """Rewrite a legacy ``_extra_state`` entry as the buffers' entries.
-        Like the old loader, it replaces all vectors: blocks the checkpoint
-        has none for start cold."""
-        head = prefix + 'states.'
-        entries = {}
-        for name, state in self.states.items():
-            entries[name] = (torch.zeros_like(state.u),
-                             torch.zeros_like(state.v), False)
-        for (key, net, i), (u, v) in _decode_legacy_state(blob).items():
-            entries[self.state_name(key, net, i)] = (u, v, True)
-        for name, (u, v, initialized) in entries.items():
-            state_dict[head + name + '.u'] = u
-            state_dict[head + name + '.v'] = v
-            state_dict[head + name + '.initialized'] = torch.tensor(
-                initialized)
 
     # -------------------------------------------------------- estimation
     def _estimate(self, products: Products, like: Tensor, m: int, n: int,
@@ -276,19 +209,6 @@ class LipschitzLoss(nn.Module):
                 f'LipschitzLoss (key={key!r}): student batch size '
                 f'{student_feats[0].size(0)} != teacher batch size '
                 f'{teacher_feats[0].size(0)}')
-        if not self.check_finite:
-            return
-        for net, feats in (('student', student_feats), ('teacher',
-                                                        teacher_feats)):
-            for i, feat in enumerate(feats):
-                if not torch.isfinite(feat).all():
-                    raise FloatingPointError(
-                        f'LipschitzLoss (key={key!r}): the {net} feature {i} '
-                        f'{tuple(feat.shape)} contains NaN/Inf. Try a lower '
-                        'learning rate, gradient clipping, fp32 or bf16 '
-                        'instead of fp16, or check the data and the '
-                        f'{net} checkpoint; set check_finite=False to let '
-                        'NaNs propagate instead.')
 
     def _distance(self, sigma_s: Tensor, sigma_t: Tensor) -> Tensor:
         if self.distance == 'mse':

@@ -12,8 +12,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from mmlckd.registry import MODELS
-from .utils import (LevelWeights, check_level_weights, fp32_guard, resize_like,
-                    resolve_level_weights, upcast)
+from .utils import (LevelWeights, check_batch_channels, check_level_weights,
+                    fp32_guard, resolve_level_weights, student_teacher_fp32)
 
 __all__ = ['ofd_margin', 'OFDLoss']
 
@@ -160,17 +160,11 @@ class OFDLoss(nn.Module):
         loss = 0.
         for i, (s, t, margin) in enumerate(
                 zip(student_feats, teacher_feats, margins)):
-            if s.shape[:2] != t.shape[:2]:
-                raise ValueError(
-                    f'OFDLoss: feature {i}: student {tuple(s.shape)} and '
-                    f'teacher {tuple(t.shape)} differ in batch size or '
-                    'channels; pass the student feature through a connector '
-                    'to the teacher channels')
+            check_batch_channels(
+                s, t, f'OFDLoss: feature {i}', 'pass the student feature '
+                'through a connector to the teacher channels')
             with fp32_guard(s):
-                # upcast s first: the target and margin must not be rounded to
-                # the student's half precision under AMP
-                s = upcast(resize_like(s, t))
-                t = upcast(t.detach()).to(s)
+                s, t = student_teacher_fp32(s, t)
                 if margin is not None:
                     if margin.numel() != t.size(1):
                         raise ValueError(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmlckd.registry import MODELS
-from .utils import fp32_guard, upcast
+from .utils import check_batch_channels, fp32_guard, upcast
 
 __all__ = ['PKDLoss', 'channel_standardise']
 
@@ -55,12 +55,10 @@ class PKDLoss(nn.Module):
 
     def level(self, s: Tensor, t: Tensor) -> Tensor:
         """The loss of one level (student and teacher of equal channels)."""
-        if s.shape[:2] != t.shape[:2]:
-            raise ValueError(
-                f'PKDLoss: student {tuple(s.shape)} and teacher '
-                f'{tuple(t.shape)} differ in batch or channels; map the '
-                'student to the teacher\'s channels first (NeckPKDTerm '
-                'adds a 1x1 conv connector where they differ)')
+        check_batch_channels(
+            s, t, 'PKDLoss', "map the student to the teacher's channels "
+            'first (NeckPKDTerm adds a 1x1 conv connector where they '
+            'differ)')
         if s.shape[-2:] != t.shape[-2:]:
             if self.resize_student:
                 s = F.interpolate(s, size=t.shape[-2:], mode='bilinear',

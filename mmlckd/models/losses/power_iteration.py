@@ -33,27 +33,26 @@ The method, documented here once:
   with samples whose top singular directions differ, where one shared
   vector needs many more iterations.
 * **Warm start.** Each block keeps its rows across training steps in a
-  :class:`PowerIterationState` (buffers, so they move with ``.to()`` and are
+  :class:`~.warm_start.PowerIterationState` (buffers, so they move with ``.to()`` and are
   saved in checkpoints). Every sample of the next batch starts from the
   stored ``u`` and runs a few iterations. The stored rows are
   batch-independent: after a step they become an orthonormal basis pooled
-  over the samples' rows (:func:`_pool_basis`).
+  over the samples' rows (:func:`~.warm_start._pool_basis`).
 * **Cold start.** Without stored rows the iteration starts from the
   largest-norm columns of ``TM`` (:func:`_cold_start`; then ``TM`` is formed,
   under ``no_grad``) and runs more iterations.
 * **Precision.** Everything runs in float32 (float64 inputs stay float64),
   also under ``torch.autocast``.
 """
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from .utils import fp32_guard, upcast
 
-__all__ = ['transmitting_matrix', 'top_singular_value', 'PowerIterationState']
+__all__ = ['transmitting_matrix', 'dense_products', 'factored_products']
 
 # A linear map given by its products with row blocks: x (..., k, m) ->
 # x @ TM (..., k, n), or y (..., k, n) -> y @ TM^T (..., k, m).
@@ -250,199 +249,3 @@ def _block_power_iteration(mul: RowProduct, mul_t: RowProduct, u: Tensor,
         u, v = left.transpose(-1, -2) @ u, right_h @ v
     sigma = (a_top.transpose(-1, -2) @ s @ b_top)[..., 0, 0]
     return sigma, u, v
-
-
-def _prepare_vector(vec: Tensor, mat: Tensor, dim: int, name: str) -> Tensor:
-    """Check a warm-start vector's shape and make it a (..., 1, size) row."""
-    size = mat.size(dim)
-    batch = mat.shape[:-2]
-    if vec.shape not in (torch.Size([size]), batch + (size, )):
-        raise ValueError(f'top_singular_value: {name} must have shape '
-                         f'({size},) or {tuple(batch + (size, ))} for a '
-                         f'matrix of shape {tuple(mat.shape)}, got '
-                         f'{tuple(vec.shape)}')
-    return vec.detach().to(mat).expand(*batch, size).unsqueeze(-2)
-
-
-def top_singular_value(
-    mat: Tensor,
-    n_iters: int = 2,
-    u: Optional[Tensor] = None,
-    v: Optional[Tensor] = None,
-    eps: float = 1e-12,
-    exact: bool = False,
-    return_vectors: bool = False
-) -> Union[Tensor, Tuple[Tensor, Tensor, Tensor]]:
-    """Largest singular value of a batch of matrices by power iteration.
-
-    The single-vector (``k == 1``) iteration of the module docstring on
-    ``mat`` itself, from the given vectors or else from the cold start.
-
-    Accuracy: ``sigma <= ||mat||_2`` always. With ``c = |cos(u_0, u_1)|``,
-    ``t = tan(u_0, u_1)`` for the start ``u_0`` and the top left singular
-    vector ``u_1``, and ``r = s_2 / s_1``, after ``k = n_iters >= 1``
-    iterations the relative error is at most ``1 - c ** (1 / (2k - 1))``
-    (whatever the spectrum) and at most ``t**2 * r ** (4k - 2) / 2``.
-
-    Args:
-        mat (Tensor): Shape (..., m, n), typically (B, m, n).
-        n_iters (int): Number of power iterations (each one ``v`` and one
-            ``u`` update). With 0 iterations both ``u`` and ``v`` should be
-            given and ``sigma = u^T mat v`` is returned directly (a missing
-            ``v`` is computed from ``u``). Defaults to 2.
-        u (Tensor, optional): Warm-start left vector, shape (m,) (shared by
-            the batch) or (..., m). The iteration starts from it.
-        v (Tensor, optional): Warm-start right vector, shape (n,) or
-            (..., n). Used when ``u`` is None (the start is then
-            ``normalize(mat v)``) or when ``n_iters == 0``.
-        eps (float): Epsilon of the normalisations. Defaults to 1e-12.
-        exact (bool): Use an SVD instead (for checks; slow). Defaults to
-            False.
-        return_vectors (bool): Also return the final unit vectors ``u``
-            (..., m) and ``v`` (..., n), detached. Defaults to False.
-
-    Returns:
-        Tensor | tuple[Tensor, Tensor, Tensor]: ``sigma`` of shape (...),
-        or ``(sigma, u, v)`` if ``return_vectors``. A zero matrix gives
-        ``sigma == 0`` with a zero (finite) gradient.
-    """
-    if mat.dim() < 2:
-        raise ValueError('top_singular_value expects a (..., m, n) tensor, '
-                         f'got shape {tuple(mat.shape)}')
-    if n_iters < 0:
-        raise ValueError(f'n_iters must be >= 0, got {n_iters}')
-    with fp32_guard(mat):
-        mat = upcast(mat)
-        if exact:
-            if not return_vectors:
-                return torch.linalg.matrix_norm(mat, ord=2)
-            U, S, Vh = torch.linalg.svd(mat, full_matrices=False)
-            return S[..., 0], U[..., 0].detach(), Vh[..., 0, :].detach()
-        mul, mul_t, _ = dense_products(mat)
-        with torch.no_grad():
-            if v is not None:
-                v = _prepare_vector(v, mat, -1, 'v')
-            if u is not None:
-                u = _prepare_vector(u, mat, -2, 'u')
-            elif v is not None:
-                u = _orthonormalize(mul_t(v), eps)
-            else:
-                u = _cold_start(mat, 1, eps)
-        sigma, u, v = _block_power_iteration(mul, mul_t, u, v, n_iters, eps)
-    if return_vectors:
-        return sigma, u.squeeze(-2), v.squeeze(-2)
-    return sigma
-
-
-def _pool_basis(rows: Tensor, ref: Tensor) -> Tensor:
-    """Batch-independent orthonormal basis (k, d) from rows (B, k, d).
-
-    One step of subspace iteration on the mean projector of the samples,
-    started from ``ref`` (k, d): ``orth(mean_b ref P_b)``. For ``k == 1``
-    this is the mean of the per-sample vectors sign-aligned to ``ref``,
-    weighted by their overlap with it. A degenerate result (e.g. after an
-    all-zero batch) falls back to a uniform unit vector (k == 1; QR
-    completes it for k > 1), without a host-device sync.
-    """
-    mean = (ref @ rows.transpose(-1, -2) @ rows).mean(0)  # (k, d)
-    if mean.size(0) > 1:
-        return _orthonormalize(mean, 1e-12)
-    norm = mean.norm()
-    uniform = torch.full_like(mean, mean.numel()**-0.5)
-    return torch.where(norm > 1e-6, mean / norm.clamp(min=1e-6), uniform)
-
-
-class PowerIterationState(nn.Module):
-    """The warm-start rows of one block's power iteration (see the module
-    docstring), kept like the ``u``/``v`` buffers of
-    :func:`torch.nn.utils.parametrizations.spectral_norm`.
-
-    Buffers: ``u`` (k, m) and ``v`` (k, n), updated in place, and
-    ``initialized`` (bool), False until the first :meth:`update` (a cold
-    start is needed then). ``initialized`` mirrors the Python flag
-    :attr:`warm`, which the training step reads without a host-device sync;
-    the buffer is read back only when a state dict is loaded.
-
-    Args:
-        k (int): Number of rows.
-        m (int): Rows of the block's matrix (C_in of its TM).
-        n (int): Columns of the block's matrix (C_out of its TM).
-    """
-
-    def __init__(self, k: int, m: int, n: int) -> None:
-        super().__init__()
-        self.register_buffer('u', torch.zeros(k, m))
-        self.register_buffer('v', torch.zeros(k, n))
-        self.register_buffer('initialized', torch.zeros((), dtype=torch.bool))
-        self.warm = False
-
-    def fits(self, k: int, m: int, n: int) -> bool:
-        """Whether the buffers have the shapes for ``k`` rows of an m x n
-        matrix."""
-        return self.u.shape == (k, m) and self.v.shape == (k, n)
-
-    @torch.no_grad()
-    def update(self, u: Tensor, v: Tensor) -> None:
-        """Store new rows (copied into the buffers, in their dtype)."""
-        self.u.copy_(u)
-        self.v.copy_(v)
-        if not self.warm:
-            self.initialized.fill_(True)
-            self.warm = True
-
-    @torch.no_grad()
-    def reset(self) -> None:
-        """Forget the rows: the next use starts cold."""
-        self.u.zero_()
-        self.v.zero_()
-        self.initialized.fill_(False)
-        self.warm = False
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.warm = bool(self.initialized)
-
-    def extra_repr(self) -> str:
-        return f'k={self.u.size(0)}, m={self.u.size(1)}, n={self.v.size(1)}'
-
-
-def tracked_top_singular_value(products: Products, like: Tensor, k: int,
-                               state: Optional[PowerIterationState],
-                               n_iters: int, cold_iters: int) -> Tensor:
-    """Per-sample top singular value of a batch of matrices, warm-started
-    from ``state`` (see the module docstring).
-
-    A warm ``state`` gives ``n_iters`` iterations from its rows; otherwise a
-    cold start with ``cold_iters``. Then ``state`` (if given) stores the
-    pooled rows of this step.
-
-    Args:
-        products (Products): The matrices (B, m, n), see
-            :func:`dense_products` and :func:`factored_products`.
-        like (Tensor): Shape (B, ...), with the compute dtype and device
-            (the matrices or their factor ``P``).
-        k (int): Number of rows, at most ``min(m, n)``.
-        state (PowerIterationState, optional): Fits ``(k, m, n)``; None
-            for a cold start that keeps nothing.
-        n_iters (int): Iterations of a warm step.
-        cold_iters (int): Iterations of a cold start.
-
-    Returns:
-        Tensor: Shape (B,), differentiable through ``products``.
-    """
-    mul, mul_t, make_tm = products
-    if state is None or not state.warm:
-        with torch.no_grad():
-            start = _cold_start(make_tm(), k, 1e-12)
-        sigma, u, v = _block_power_iteration(mul, mul_t, start, None,
-                                             cold_iters, 1e-12)
-        ref_u, ref_v = u[0], v[0]
-    else:
-        ref_u, ref_v = state.u.to(like), state.v.to(like)
-        sigma, u, v = _block_power_iteration(
-            mul, mul_t, ref_u.expand(like.size(0), *ref_u.shape), None,
-            n_iters, 1e-12)
-    if state is not None:
-        with torch.no_grad():
-            state.update(_pool_basis(u, ref_u), _pool_basis(v, ref_v))
-    return sigma

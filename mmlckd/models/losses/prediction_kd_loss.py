@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmlckd.registry import MODELS
-from .utils import fp32_guard, resize_like, upcast
+from .utils import (check_batch_channels, check_logit_options, fp32_guard,
+                    student_teacher_fp32)
 
 __all__ = ['PredictionKDLoss', 'split_classes', 'position_distance',
            'masked_mean']
@@ -121,11 +122,7 @@ class PredictionKDLoss(nn.Module):
         if distance not in DISTANCES:
             raise ValueError(f'distance must be one of {DISTANCES}, got '
                              f'{distance!r}')
-        if activation not in ('softmax', 'sigmoid'):
-            raise ValueError("activation must be 'softmax' or 'sigmoid', "
-                             f'got {activation!r}')
-        if temperature <= 0:
-            raise ValueError(f'temperature must be > 0, got {temperature}')
+        check_logit_options(activation, temperature)
         self.distance = distance
         self.activation = activation
         self.temperature = temperature
@@ -139,15 +136,11 @@ class PredictionKDLoss(nn.Module):
         """``student``/``teacher``: logits (B, K, ...) of the same K;
         ``labels`` (B, H', W'), optional, for softmax dense predictions
         (positions at ``ignore_index`` are left out)."""
-        if student.shape[:2] != teacher.shape[:2]:
-            raise ValueError(
-                f'PredictionKDLoss: student logits {tuple(student.shape)} '
-                f'and teacher logits {tuple(teacher.shape)} differ in batch '
-                'or classes; teacher and student must predict the same '
-                'classes with the same anchors')
+        check_batch_channels(
+            student, teacher, 'PredictionKDLoss: logits', 'teacher and '
+            'student must predict the same classes with the same anchors')
         with fp32_guard(student):
-            s = upcast(resize_like(student, teacher))
-            t = upcast(teacher.detach()).to(s)
+            s, t = student_teacher_fp32(student, teacher)
             if self.num_classes is not None and labels is not None:
                 raise ValueError('PredictionKDLoss: labels are for one '
                                  'class distribution per position; give '

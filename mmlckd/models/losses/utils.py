@@ -1,6 +1,6 @@
 """Small helpers shared by the distillation losses (pure torch)."""
 from contextlib import AbstractContextManager
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,3 +89,35 @@ def resize_like(src: Tensor, ref: Tensor) -> Tensor:
         src = F.interpolate(
             src, size=ref.shape[-2:], mode='bilinear', align_corners=False)
     return src
+
+
+def check_logit_options(activation: str, temperature: float) -> None:
+    """The options every logit distillation loss shares."""
+    if activation not in ('softmax', 'sigmoid'):
+        raise ValueError("activation must be 'softmax' or 'sigmoid', got "
+                         f'{activation!r}')
+    if temperature <= 0:
+        raise ValueError(f'temperature must be > 0, got {temperature}')
+
+
+def student_teacher_fp32(student: Tensor, teacher: Tensor
+                         ) -> Tuple[Tensor, Tensor]:
+    """The student upcast (:func:`upcast`) and resized to the teacher's
+    spatial size, and the detached teacher in the student's dtype: the
+    inputs of every distillation distance (call inside :func:`fp32_guard`;
+    upcasting the student first keeps the target out of half precision
+    under AMP)."""
+    s = upcast(resize_like(student, teacher))
+    return s, upcast(teacher.detach()).to(s)
+
+
+def check_batch_channels(student: Tensor, teacher: Tensor, what: str,
+                         fix: str) -> None:
+    """A ValueError naming ``what`` (e.g. ``'OFDLoss: feature 2'``), both
+    shapes and the ``fix`` unless student and teacher agree in batch size
+    and channels."""
+    if student.shape[:2] != teacher.shape[:2]:
+        raise ValueError(
+            f'{what}: student {tuple(student.shape)} and teacher '
+            f'{tuple(teacher.shape)} differ in batch size or channels; '
+            f'{fix}')

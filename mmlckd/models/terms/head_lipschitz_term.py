@@ -63,9 +63,7 @@ class HeadLipschitzTerm(DistillTerm):
         super().__init__()
         self.tower = tower
         self.chain = chain
-        kw = dict(check_finite=False)
-        kw.update(lipschitz_loss or {})
-        self.loss = LipschitzLoss(**kw)
+        self.loss = LipschitzLoss(**(lipschitz_loss or {}))
 
     def bind(self, student, teacher):
         if self.chain is not None:

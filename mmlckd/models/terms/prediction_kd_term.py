@@ -74,32 +74,28 @@ class PredictionKDTerm(DistillTerm):
                  use_labels: Optional[bool] = None,
                  ignore_index: int = 255) -> None:
         super().__init__()
-        self.distance = distance
-        self.temperature = temperature
-        self.path = path
-        self.activation = activation
-        self.num_classes = num_classes
-        self.call = call
-        self.use_labels = use_labels
-        self.ignore_index = ignore_index
+        self.path, self.call, self.use_labels = path, call, use_labels
+        #: the PredictionKDLoss arguments; activation and num_classes are
+        #: found with the classifier when not given
+        self.loss_cfg = dict(distance=distance, temperature=temperature,
+                             activation=activation, num_classes=num_classes,
+                             ignore_index=ignore_index)
         self.loss: Optional[PredictionKDLoss] = None
 
     def bind(self, student, teacher):
+        cfg = self.loss_cfg
         if self.path is None:
             found = classifier_of(student)
             self.path, self.call = found['path'], found['call']
-            if self.activation is None:
-                self.activation = found['activation']
-            if self.num_classes is None:
-                self.num_classes = found['num_classes']
+            for key in ('activation', 'num_classes'):
+                if cfg[key] is None:
+                    cfg[key] = found[key]
             if self.use_labels is None:
                 self.use_labels = found['labels']
-        self.loss = PredictionKDLoss(
-            distance=self.distance, activation=self.activation or 'softmax',
-            temperature=self.temperature, num_classes=self.num_classes,
-            ignore_index=self.ignore_index)
+        self.loss = PredictionKDLoss(**dict(
+            cfg, activation=cfg['activation'] or 'softmax'))
         print_log(f'PredictionKDTerm: {self.path} ({self.loss.activation}, '
-                  f'{self.distance})', logger='current')
+                  f'{self.loss.distance})', logger='current')
         return [Read.same(self.path, call=self.call)]
 
     def forward(self, student, teacher, data_samples=None):

@@ -1,15 +1,7 @@
-"""DistillWeightHook: the weight schedule, and the connector warm-up's
-move to its own hook."""
+"""DistillWeightHook: the weight schedule."""
 import pytest
 
 from mmlckd.engine.hooks import DistillWeightHook
-
-
-def test_distill_weight_hook_rejects_connector_warmup():
-    with pytest.raises(TypeError, match='mmlckd.ConnectorWarmupHook'):
-        DistillWeightHook(connector_warmup=3)
-    with pytest.raises(TypeError, match='unexpected'):
-        DistillWeightHook(warm_up=3)
 
 
 def test_distill_weight_schedule():

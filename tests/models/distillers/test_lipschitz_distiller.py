@@ -540,12 +540,3 @@ def test_data_preprocessor_follows_the_runners_setdefault(monkeypatch):
         pytest.approx(student['data_preprocessor']['std'])
     with pytest.raises(TypeError, match='config dict'):
         validation.check_data_preprocessor(object(), bare)
-
-
-def test_lipschitz_check_finite_default_and_override():
-    s, t, scope, _ = FAMILIES['retinanet']
-    model = build(s(), t(), scope)  # a config without check_finite
-    assert model.lipschitz_loss.check_finite is False
-    model = build(s(), t(), scope, lipschitz_loss=dict(
-        type='mmlckd.LipschitzLoss', loss_weight=1e-3, check_finite=True))
-    assert model.lipschitz_loss.check_finite is True
