@@ -78,7 +78,19 @@ ROWS = {
     '+kd-logit': dict(terms=preds('logit')),
     '+kd-corr': dict(terms=preds('correlation')),
     '+head-lip': dict(terms=HEAD_LIP),
+    # the default, plus the training images the regime leaves without
+    # labels as unlabelled images (issue 18; UNLABELLED_ROWS)
+    'default+unlabelled': dict(),
+    # the student alone on every label (ALL_LABELS_ROWS): the reference
+    # point of the scarce-label regime
+    'baseline-all-labels': None,
 }
+#: rows that distil on the training images without labels too: those the
+#: regime's ``label_fraction`` leaves out, through ``unlabelled_images``
+#: (mmlckd.datasets), as many unlabelled as labelled images per batch
+UNLABELLED_ROWS = ('default+unlabelled', )
+#: rows trained on every label whatever the regime's ``label_fraction``
+ALL_LABELS_ROWS = ('baseline-all-labels', )
 ROW_NAMES = {
     'baseline': 'student alone',
     'default': 'default (task-aware)',
@@ -92,6 +104,8 @@ ROW_NAMES = {
     '+kd-logit': 'backbone + prediction KD (logit matching)',
     '+kd-corr': 'backbone + prediction KD (correlation)',
     '+head-lip': 'backbone + head Lipschitz',
+    'default+unlabelled': 'default + the unlabelled rest of the images',
+    'baseline-all-labels': 'student alone on every label',
 }
 #: rows that need a neck (FPN); a segmentation regime skips them
 NEEDS_NECK = ('+neck',)
@@ -131,7 +145,7 @@ def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
     teachers, students = [], []
     for data_seed in data_seeds:
         for task in dict.fromkeys(REGIMES[r]['task'] for r in regimes):
-            if any(row != 'baseline' for r in regimes
+            if any(ROWS[row] is not None for r in regimes
                    if REGIMES[r]['task'] == task for row in rows_of(r)):
                 teachers.append(Job(task, data_seed, 0))
     for regime in regimes:
@@ -140,6 +154,9 @@ def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
                 for row in rows_of(regime):
                     if row in NEEDS_NECK and REGIMES[regime]['task'] == 'seg':
                         continue  # the segmentation demo model has no neck
+                    if row in UNLABELLED_ROWS + ALL_LABELS_ROWS and \
+                            REGIMES[regime]['label_fraction'] >= 1.0:
+                        continue  # every image has its label there
                     students.append(Job(REGIMES[regime]['task'], data_seed,
                                         seed, regime, row))
     return [teachers, students]
@@ -162,6 +179,32 @@ def _subset_train_data(cfg, fraction: float, data_root: str) -> int:
         ds.indices = max(1, int(round(num * fraction)))
         kept += ds.indices
     return kept
+
+
+def _unlabelled_rest(cfg, data_root: str, out_file: str) -> int:
+    """Write the images that :func:`_subset_train_data` left out of every
+    training list (a VOC list: ``<sub_data_root>/JPEGImages/<id>.jpg``)
+    to ``out_file``, one absolute path a line; returns their number."""
+    import os
+    datasets = cfg.train_dataloader.dataset
+    datasets = datasets.datasets if datasets.get('type') == 'ConcatDataset' \
+        else [datasets]
+    paths = []
+    for ds in datasets:
+        root = ds.get('data_root') or data_root
+        with open(osp.join(root, ds.ann_file), encoding='utf-8') as f:
+            ids = [line.split()[0] for line in f if line.strip()]
+        kept = ds.get('indices')
+        if not isinstance(kept, int):
+            raise ValueError('the unlabelled rows need a label fraction '
+                             'below 1 (a scarce-label regime)')
+        sub = ds.get('data_prefix', {}).get('sub_data_root', '')
+        paths += [osp.abspath(osp.join(root, sub, 'JPEGImages', i + '.jpg'))
+                  for i in ids[kept:]]
+    os.makedirs(osp.dirname(out_file), exist_ok=True)
+    with open(out_file, 'w', encoding='utf-8') as f:
+        f.write('\n'.join(paths) + '\n')
+    return len(paths)
 
 
 def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
@@ -194,8 +237,16 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
         with_validation(cfg, iters)  # the teacher's learning curve
         return cfg, -1
     cfg.train_dataloader.batch_size = opts['student_batch']
-    return cfg, _subset_train_data(
-        cfg, REGIMES[job.regime]['label_fraction'], cfg.data_root)
+    fraction = 1.0 if job.row in ALL_LABELS_ROWS else \
+        REGIMES[job.regime]['label_fraction']
+    kept = _subset_train_data(cfg, fraction, cfg.data_root)
+    if job.row in UNLABELLED_ROWS:
+        from mmlckd.datasets import add_unlabelled_images
+        path = osp.join(cfg.work_dir, 'unlabelled_images.txt')
+        _unlabelled_rest(cfg, cfg.data_root, path)
+        cfg.unlabelled_images = dict(img_list=path, ratio=1.0)
+        add_unlabelled_images(cfg)
+    return cfg, kept
 
 
 def _run_one(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
@@ -331,7 +382,8 @@ def summarize(results: Dict[Job, dict]) -> dict:
 #: paired contrasts between distilled rows, ``(row, reference row)``: what
 #: each term adds to the old default, and what the Lipschitz terms add to
 #: the default
-CONTRASTS = [('default', 'london+ofd'), ('default', 'default-no-lip')] + [
+CONTRASTS = [('default', 'london+ofd'), ('default', 'default-no-lip'),
+             ('default+unlabelled', 'default')] + [
     (row, 'london+ofd') for row in ('+neck', '+kd-kl', '+kd-logit',
                                     '+kd-corr', '+head-lip')]
 
@@ -348,4 +400,29 @@ def contrasts(rows: Dict[str, Dict[int, dict]]) -> Dict[str, dict]:
                 out[f'{row} - {ref}'] = paired(
                     [rows[row][s]['metric'] - rows[ref][s]['metric']
                      for s in seeds])
+    share = label_gap_share(rows)
+    if share is not None:
+        out[GAP_SHARE] = share
     return out
+
+
+GAP_SHARE = ('share of the labels gap recovered by the unlabelled images '
+             '(%)')
+
+
+def label_gap_share(rows: Dict[str, Dict[int, dict]]) -> Optional[dict]:
+    """Per student seed, ``100 * (default+unlabelled - default) /
+    (alone on every label - alone)``: the share of the gap between the
+    scarce and the full labels that the unlabelled images recover, paired
+    over the seeds all four rows have (None without them)."""
+    need = ('default+unlabelled', 'default', 'baseline-all-labels',
+            'baseline')
+    if not all(r in rows for r in need):
+        return None
+    seeds = sorted(set.intersection(*(set(rows[r]) for r in need)))
+    m = {r: {s: rows[r][s]['metric'] for s in seeds} for r in need}
+    shares = [100 * (m['default+unlabelled'][s] - m['default'][s]) /
+              (m['baseline-all-labels'][s] - m['baseline'][s])
+              for s in seeds
+              if m['baseline-all-labels'][s] != m['baseline'][s]]
+    return paired(shares) if shares else None

@@ -8,7 +8,7 @@ A config needs no ``custom_imports``: for a ``type='mmlckd.X'`` mmengine
 imports :mod:`mmlckd.registry`, hence this package.
 """
 from . import compat  # noqa: F401  (torch.load allow-list, CPU DDP)
-from . import engine, models  # noqa: F401
+from . import datasets, engine, models  # noqa: F401
 from .version import __version__
 
 __all__ = ['__version__']

@@ -8,10 +8,12 @@ registration mechanism: for a type of another scope mmengine imports
 every module and the torch compatibility layer; ``locations`` then names
 the modules each registry holds.
 """
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 
@@ -27,3 +29,5 @@ MODEL_WRAPPERS = _child('model_wrapper', MMENGINE_MODEL_WRAPPERS,
                         'mmlckd.compat')
 LOG_PROCESSORS = _child('log_processor', MMENGINE_LOG_PROCESSORS,
                         'mmlckd.engine')
+DATASETS = _child('dataset', MMENGINE_DATASETS, 'mmlckd.datasets')
+TRANSFORMS = _child('transform', MMENGINE_TRANSFORMS, 'mmlckd.datasets')

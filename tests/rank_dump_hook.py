@@ -19,6 +19,8 @@ class RankDumpHook(Hook):
                for k, v in (outputs or {}).items()}
         rec['iter'] = runner.iter + 1
         rec['img_ids'] = [ds.img_id for ds in data_batch['data_samples']]
+        rec['unlabelled'] = [bool(ds.metainfo.get('unlabelled', False))
+                             for ds in data_batch['data_samples']]
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
         rec['param_sum'] = float(

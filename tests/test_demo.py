@@ -152,3 +152,66 @@ def test_contrasts_pair_rows_by_the_student_seeds_both_have():
     assert out['default - london+ofd']['per_seed'] == [10.0, 9.0]
     assert out['default - default-no-lip']['per_seed'] == [1.0, -0.5, 1.0]
     assert '+neck - london+ofd' not in out
+
+
+def test_unlabelled_row_distils_on_the_rest_of_the_scarce_regime(voc_root,
+                                                                 tmp_path):
+    """``default+unlabelled`` (issue 18): the 25% labelled lists as in the
+    regime, the other 75% of each list as unlabelled images, one per
+    labelled image in a batch (mmdet's MultiSourceSampler); the reference
+    row trains the student alone on every label."""
+    import os.path as osp
+    from demo.study import Job, _build_job_cfg
+    opts = dict(work_dir=str(tmp_path), quick=True,
+                data_roots={0: voc_root}, iters=dict(det=2),
+                teacher_iters=dict(det=2), student_batch=2, log_interval=1)
+    job = Job('det', 0, 0, 'det-scarce', 'default+unlabelled')
+    cfg, kept = _build_job_cfg(job, opts, 'teacher.pth')
+    loader = cfg.train_dataloader
+    assert loader.sampler.type == 'mmdet.MultiSourceSampler'
+    assert loader.sampler.source_ratio == [2, 2] and loader.batch_size == 4
+    labelled = loader.dataset.labelled.datasets
+    assert kept == sum(d.indices for d in labelled) == 4  # 25% of 8 + 8
+    with open(loader.dataset.unlabelled.img_list) as f:
+        rest = [line.strip() for line in f if line.strip()]
+    assert len(rest) == 12
+    for d in labelled:
+        with open(osp.join(d.data_root, d.ann_file)) as f:
+            ids = [line.strip() for line in f if line.strip()]
+        names = [osp.basename(p)[:-4] for p in rest if d.data_prefix[
+            'sub_data_root'].strip('/') in p]
+        assert names == ids[d.indices:]  # the rest, none of the labelled
+        assert all(osp.isfile(p) for p in rest)
+    assert cfg.model.type == 'mmlckd.LipschitzDistiller'
+
+    job = Job('det', 0, 0, 'det-scarce', 'baseline-all-labels')
+    cfg, kept = _build_job_cfg(job, opts, None)
+    assert kept == -1 and 'LipschitzDistiller' not in str(cfg.model.type)
+
+
+def test_share_of_the_labels_gap_the_unlabelled_images_recover():
+    from demo.study import GAP_SHARE, contrasts
+
+    def runs(**metrics):
+        return {int(s[1:]): dict(metric=m) for s, m in metrics.items()}
+
+    rows = {'baseline': runs(s0=70.0, s1=72.0),
+            'baseline-all-labels': runs(s0=90.0, s1=88.0),
+            'default': runs(s0=80.0, s1=80.0),
+            'default+unlabelled': runs(s0=85.0, s1=84.0)}
+    out = contrasts(rows)
+    assert out['default+unlabelled - default']['per_seed'] == [5.0, 4.0]
+    assert out[GAP_SHARE]['per_seed'] == [25.0, 25.0]
+    del rows['baseline-all-labels']
+    assert GAP_SHARE not in contrasts(rows)
+
+
+def test_unlabelled_rows_are_planned_in_the_scarce_regime_only():
+    from demo.study import plan_jobs
+    rows = ['baseline', 'default+unlabelled', 'baseline-all-labels']
+    teachers, students = plan_jobs(['det-scarce', 'det'], rows, [0], [0])
+    assert sorted((j.regime, j.row) for j in students) == [
+        ('det', 'baseline'), ('det-scarce', 'baseline'),
+        ('det-scarce', 'baseline-all-labels'),
+        ('det-scarce', 'default+unlabelled')]
+    assert len(teachers) == 1

@@ -206,7 +206,8 @@ def test_mmlckd_prefix_registers_everything_in_a_fresh_process(tmp_path):
 def test_registry_locations_import():
     """Each registry's ``locations`` names modules that exist."""
     from mmlckd import registry
-    for reg in (registry.MODELS, registry.HOOKS, registry.MODEL_WRAPPERS):
+    for reg in (registry.MODELS, registry.HOOKS, registry.MODEL_WRAPPERS,
+                registry.DATASETS, registry.TRANSFORMS):
         assert reg._locations
         for loc in reg._locations:
             importlib.import_module(loc)

@@ -119,7 +119,12 @@ def prepare_distill_cfg(cfg: Config) -> None:
     """For distillation configs: add the hooks of
     :data:`DEFAULT_DISTILL_HOOKS` the config does not have, so a config
     that only says ``model = dict(type='mmlckd.LipschitzDistiller', ...)``
-    logs as documented and exports the student at the end of training."""
+    logs as documented and exports the student at the end of training; and
+    add the images without labels of ``unlabelled_images = dict(...)``
+    (:func:`mmlckd.datasets.add_unlabelled_images`; an error for a config
+    that does not distil)."""
+    from mmlckd.datasets import add_unlabelled_images
+    add_unlabelled_images(cfg)
     if not is_distill_cfg(cfg):
         return
     hooks = list(cfg.get('custom_hooks', None) or [])

@@ -47,6 +47,7 @@ from .feature_pairs import (FeaturePair, feature_groups,
 from .guard import (check_losses_finite, check_terms_finite,
                     reraise_for_input)
 from .teacher import build_teacher, check_compatible
+from .unlabelled import mixed_loss, split_batch
 from .validation import (check_arguments, check_data_preprocessor,
                          validate_distiller)
 
@@ -261,8 +262,13 @@ class LipschitzDistiller(BaseModel):
     def loss(self, inputs: torch.Tensor, data_samples) -> dict:
         """Student task losses + weighted distillation terms + logs
         (sigmas, their ratios, the balancer's gradient shares)."""
-        losses, s_feats, t_feats = self.record(inputs, data_samples)
-        distill, logs = self.distill_terms(s_feats, t_feats, data_samples)
+        split = split_batch(data_samples)
+        if split is None:
+            losses, s_feats, t_feats = self.record(inputs, data_samples)
+            distill, logs = self.distill_terms(s_feats, t_feats, data_samples)
+        else:  # images without labels: task loss on the labelled ones
+            losses, distill, logs = mixed_loss(self, inputs, data_samples,
+                                               split)
         clash = set(distill) & set(losses)
         if clash:
             raise KeyError(f'distillation loss names {sorted(clash)} clash '
@@ -289,18 +295,22 @@ class LipschitzDistiller(BaseModel):
     def _student_params(self) -> List[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
 
-    def record(self, inputs: torch.Tensor, data_samples
+    def record(self, inputs: torch.Tensor, data_samples,
+               student_mode: str = 'loss'
                ) -> Tuple[dict, Features, Features]:
         """``(task losses, student features, teacher features)`` of one
         batch: the teacher's forward (no grad, cut after its deepest
         recorded layer with ``teacher_early_stop``) and the student's
-        ``mode='loss'`` forward. Features map ``spec.key`` to the recorded
-        tensor (a list for ``call='all'``)."""
+        ``mode='loss'`` forward (``student_mode='tensor'``: the student's
+        raw outputs in the first place, for images without labels).
+        Features map ``spec.key`` to the recorded tensor (a list for
+        ``call='all'``)."""
         try:
             with torch.no_grad(), self.teacher_recorder:
                 self.teacher(inputs, data_samples, mode='tensor')
             with self.student_recorder:
-                losses = self.student(inputs, data_samples, mode='loss')
+                losses = self.student(inputs, data_samples,
+                                      mode=student_mode)
             return (losses, self.student_recorder.recorded(),
                     self.teacher_recorder.recorded())
         finally:
@@ -346,4 +356,3 @@ class LipschitzDistiller(BaseModel):
             named[f'teacher {pair.teacher.key}'] = \
                 teacher_feats[pair.teacher.key]
         check_terms_finite(terms, named)
-

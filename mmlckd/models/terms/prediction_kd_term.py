@@ -124,14 +124,19 @@ class PredictionKDTerm(DistillTerm):
             raise ValueError(
                 f'PredictionKDTerm {self.path}: the student gave '
                 f'{len(s_list)} outputs and the teacher {len(t_list)}')
-        labels = seg_labels(data_samples) if self.use_labels else None
+        labels = seg_labels(data_samples, self.ignore_index) \
+            if self.use_labels else None
         total = sum(self.loss(s, t, labels) for s, t in zip(s_list, t_list))
         return total / len(s_list)
 
 
-def seg_labels(data_samples) -> Optional[torch.Tensor]:
-    """The segmentation labels of a batch (None for detection)."""
+def seg_labels(data_samples, ignore_index: int = 255
+               ) -> Optional[torch.Tensor]:
+    """The segmentation labels of a batch (None for detection); an
+    unlabelled image counts every pixel inside the image
+    (:func:`~mmlckd.models.distillers.unlabelled.label_map`)."""
+    from ..distillers.unlabelled import label_map
     if not data_samples or not hasattr(data_samples[0], 'gt_sem_seg'):
         return None
-    return torch.stack(
-        [ds.gt_sem_seg.data.squeeze(0) for ds in data_samples]).long()
+    return torch.stack([label_map(ds, ignore_index)
+                        for ds in data_samples]).long()
