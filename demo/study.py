@@ -312,13 +312,16 @@ def finished(phases: List[List[Job]], opts: dict) -> dict:
 
 def run_jobs(phases: List[List[Job]], opts: dict, jobs: int = 2) -> dict:
     """Run the phases in order, ``jobs`` processes at a time; returns
-    ``{job: result}``. Finished jobs (``result.json``) are not rerun."""
+    ``{job: result}``. Finished jobs (``result.json``) are not rerun.
+    Within a phase the distilled runs (about twice as long: the teacher's
+    forward) start first, so the short ones fill the gaps at the end."""
     results: Dict[Job, dict] = {}
     ctx = get_context('spawn')
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         for phase in phases:
             futures = {}
-            for job in phase:
+            for job in sorted(phase, key=lambda j: j.row is None or
+                              ROWS[j.row] is None):
                 ckpt = None
                 if job.row is not None and ROWS[job.row] is not None:
                     teacher = Job(job.task, job.data_seed, 0)
