@@ -124,7 +124,7 @@ class PredictionKDTerm(DistillTerm):
             raise ValueError(
                 f'PredictionKDTerm {self.path}: the student gave '
                 f'{len(s_list)} outputs and the teacher {len(t_list)}')
-        labels = seg_labels(data_samples, self.ignore_index) \
+        labels = seg_labels(data_samples, self.loss.ignore_index) \
             if self.use_labels else None
         total = sum(self.loss(s, t, labels) for s, t in zip(s_list, t_list))
         return total / len(s_list)
