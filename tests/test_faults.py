@@ -1358,7 +1358,8 @@ def test_teacher_of_other_classes_distils_features_only_when_told():
         _build(_det(), teacher, terms='auto')
     model = _build(_det(), teacher, terms='auto',
                    teacher_kw=dict(check_num_classes=False))
-    assert sorted(model.terms) == ['neck']  # no 'preds'
+    # the built-in backbone terms and the neck term; no 'preds'
+    assert sorted(model.terms) == ['feat', 'lipschitz', 'neck']
     model.train()
     losses = model(*det_batch(model), mode='loss')
     assert 'loss_neck' in losses and 'loss_preds' not in losses
