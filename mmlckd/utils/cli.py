@@ -86,10 +86,7 @@ def load_tool_cfg(args) -> Config:
     path = args.config
     if '::' in path:  # a package config; a local path is read_config's
         from mmlckd.utils.config import resolve_config_path
-        try:
-            path = resolve_config_path(path)
-        except FileNotFoundError as e:
-            raise SystemExit(f'error: {e}') from None
+        path = resolve_config_path(path)  # names close matches
     cfg = read_config(path)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
