@@ -8,20 +8,9 @@ from mmengine.structures import InstanceData
 import mmlckd  # noqa: F401
 from mmlckd.models.distillers.unlabelled import label_map, split_batch
 from mmlckd.testing import det_batch, det_model, seg_batch, seg_model
-from test_lipschitz_distiller import build
+from test_lipschitz_distiller import FAMILIES, build
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
-
-FAMILIES = {
-    'retinanet': (lambda: det_model('retinanet'),
-                  lambda: det_model('retinanet', base=32), 'mmdet',
-                  det_batch),
-    'faster_rcnn': (lambda: det_model('faster_rcnn'),
-                    lambda: det_model('faster_rcnn', base=32), 'mmdet',
-                    det_batch),
-    'deeplabv3plus': (lambda: seg_model(), lambda: seg_model(base=32),
-                      'mmseg', seg_batch),
-}
 
 
 def _mark_unlabelled(data_samples, idx):
