@@ -109,12 +109,10 @@ def check_balance_keys(balance: dict) -> None:
     """An unknown ``balance`` setting (a typo such as ``iter``) is an error
     naming the settings there are, not a ``LossBalancer.__init__()``
     TypeError."""
-    import difflib
+    from .validation import typo_hints
     unknown = [k for k in balance if k not in BALANCE_KEYS]
     if unknown:
-        close = {k: difflib.get_close_matches(k, BALANCE_KEYS, n=1)
-                 for k in unknown}
-        did = [f'{k!r} -> {c[0]!r}?' for k, c in close.items() if c]
+        did = typo_hints(unknown, BALANCE_KEYS)
         raise ValueError(
             f'model.balance has no setting {unknown}' +
             (f' ({", ".join(did)})' if did else '') +

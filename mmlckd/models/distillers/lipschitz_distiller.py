@@ -35,7 +35,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 
 from mmlckd.checkpoint import strip_prefix
 from mmlckd.registry import MODELS
-from ..recorders import FeatureRecorder, get_module
+from ..recorders import FeatureRecorder
 from .balance import build_losses
 from .term_runner import build_terms, run_terms
 from ..terms.pair_terms import (LipschitzTerm, OFDTerm, ResponseKDTerm,

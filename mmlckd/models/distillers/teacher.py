@@ -103,10 +103,8 @@ def build_teacher(cfg: dict) -> nn.Module:
             f'checkpoint=<path>), got {cfg!r}')
     unknown = [k for k in cfg if k not in TEACHER_KEYS]
     if unknown:  # a typo ('checkpiont') left a random teacher, warned only
-        import difflib
-        did = [f'{k!r} -> {c[0]!r}?' for k in unknown
-               for c in [difflib.get_close_matches(k, TEACHER_KEYS, 1, 0.6)]
-               if c]
+        from .validation import typo_hints
+        did = typo_hints(unknown, TEACHER_KEYS)
         raise ValueError(
             f'teacher has no setting {unknown}' +
             (f' (a typo? {", ".join(did)})' if did else '') +

@@ -17,13 +17,13 @@ RESERVED = ('feat', 'lipschitz', 'kd')
 
 #: ``terms='auto'``: the task-aware terms, each with the kind of model it
 #: applies to (``'neck'``: a model with a neck, ``'head'``: any model with
-#: a detection or decode head, ``'tower'``: a head with a conv tower).
-#: Chosen on the demo's selection data seed 1, scarce-label detection
-#: (docs/demo/selection.md): prediction KD (+14.4 mAP over the student
-#: alone there, KL the best of the three distances) and the neck term
-#: (+12.2) each beat the old backbone-only default (+3.1); the head
-#: Lipschitz term (``mmlckd.HeadLipschitzTerm``) did not (-0.8 against the
-#: old default), so it stays an option and is not listed here.
+#: a detection or decode head). Chosen on the demo's selection data seed 1,
+#: scarce-label detection (docs/demo/selection.md): prediction KD (+14.4
+#: mAP over the student alone there, KL the best of the three distances)
+#: and the neck term (+10.8) each beat the old backbone-only default
+#: (+4.2); the head Lipschitz term (``mmlckd.HeadLipschitzTerm``) did not
+#: (-1.2 against the old default), so it stays an option and is not
+#: listed here.
 TASK_AWARE = {
     'neck': ('neck', dict(type='mmlckd.NeckPKDTerm')),
     'preds': ('head', dict(type='mmlckd.PredictionKDTerm', distance='kl')),
@@ -34,12 +34,10 @@ def task_aware_terms(student: nn.Module,
                      teacher: Optional[nn.Module] = None) -> dict:
     """The :data:`TASK_AWARE` terms that apply to ``student``: a detector
     with a neck gets all of them, a segmentor its head terms; a head
-    without a classifier or tower the terms find is skipped, and so is
+    without a classifier the term finds is skipped, and so is
     prediction KD when the teacher's classifier differs (other
     ``num_classes``, with ``teacher.check_num_classes=False``: features
     only), with a log line."""
-    from ..terms.base import head_of
-    from ..terms.head_lipschitz_term import tower_of
     from ..terms.prediction_kd_term import classifier_mismatch, classifier_of
     out = {}
     for name, (needs, cfg) in TASK_AWARE.items():
@@ -56,10 +54,6 @@ def task_aware_terms(student: nn.Module,
                               f'out: {why}', logger='current',
                               level=logging.WARNING)
                     continue
-            if needs == 'tower':
-                head = head_of(student)[0]
-                tower_of(student, 'convs' if head == 'decode_head'
-                         else 'cls_convs')
         except ValueError:
             continue
         out[name] = copy.deepcopy(cfg)

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .balance import short_name
+
 __all__ = ['UNLABELLED', 'is_unlabelled', 'split_batch', 'mixed_loss',
            'label_map']
 
@@ -75,8 +77,7 @@ def _take(inputs, idx: Sequence[int]):
 def _log_name(term: str, part: str) -> str:
     """``loss_feat`` -> ``feat.labelled``; never holding ``loss`` (mmengine
     would add it to the total loss)."""
-    name = term[len('loss_'):] if term.startswith('loss_') else term
-    return f'{name.replace("loss", "term")}.{part}'
+    return f'{short_name(term).replace("loss", "term")}.{part}'
 
 
 def mixed_loss(distiller, inputs, data_samples,

@@ -88,10 +88,7 @@ def check_arguments(unexpected: dict, lipschitz_on: str,
     """Errors, with the fix, for arguments the distiller does not take
     (``known``: the ones it takes, for a likely spelling)."""
     if unexpected:
-        import difflib
-        did = [f'{k!r} -> {c[0]!r}?' for k in sorted(unexpected)
-               for c in [difflib.get_close_matches(k, known, 1, 0.75)]
-               if c]
+        did = typo_hints(sorted(unexpected), known, cutoff=0.75)
         base = '' if len(did) == len(unexpected) else (
             '. If these are your base model\'s keys '
             '(backbone, neck, bbox_head, ...), the distiller dict was '
@@ -153,3 +150,12 @@ def check_data_preprocessor(data_preprocessor, student: dict) -> dict:
             'model.student.data_preprocessor.', logger='current',
             level=30)
     return student
+
+
+def typo_hints(unknown: Sequence[str], known: Sequence[str],
+               cutoff: float = 0.6) -> list:
+    """``"'key' -> 'likely'?"`` for every key of ``unknown`` with a close
+    match in ``known`` (the settings a dict takes)."""
+    import difflib
+    return [f'{k!r} -> {c[0]!r}?' for k in unknown
+            for c in [difflib.get_close_matches(k, known, 1, cutoff)] if c]
