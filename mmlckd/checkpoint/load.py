@@ -22,10 +22,10 @@ from mmlckd.compat.safe_load import register_safe_globals
 from .io import CheckpointError, verify_checksum
 
 __all__ = [
-    'check_checkpoint_file', 'safe_torch_load', 'load_checked',
-    'state_dict_from', 'strip_prefix', 'is_distillation_state',
-    'compare_state_dicts',
-    'describe_mismatch', 'check_model_checkpoint'
+    'check_checkpoint_file', 'checkpoints_in', 'safe_torch_load',
+    'load_checked', 'state_dict_from', 'strip_prefix',
+    'is_distillation_state', 'compare_state_dicts', 'describe_mismatch',
+    'check_model_checkpoint'
 ]
 
 _ZIP_MAGIC = b'PK\x03\x04'
@@ -65,19 +65,26 @@ def _others_hint(path: str, resume: bool = False) -> str:
     """Other checkpoints in ``path``'s folder; for a resume, only those of
     the training run (``iter_N``/``epoch_N``: a student export cannot
     resume a distillation run)."""
-    folder = osp.dirname(osp.abspath(path))
-    pattern = r'(iter|epoch)_\d+\.pth' if resume else r'.*\.pth'
     try:
-        others = sorted(
-            (n for n in os.listdir(folder) if re.fullmatch(pattern, n)
-             and n != osp.basename(path)
-             and osp.getsize(osp.join(folder, n)) > 0),
-            key=lambda n: osp.getmtime(osp.join(folder, n)))
+        others = [n for n in checkpoints_in(osp.dirname(osp.abspath(path)),
+                                            resumable=resume)
+                  if n != osp.basename(path)]
     except OSError:
         return ''
     if not others:
         return ''
     return f' (in that folder: {", ".join(others[-3:])})'
+
+
+def checkpoints_in(folder: str, resumable: bool = True) -> List[str]:
+    """The non-empty checkpoint files of ``folder``, oldest first: those of
+    a training run (``iter_N.pth``/``epoch_N.pth``), or with
+    ``resumable=False`` every ``.pth``."""
+    pattern = r'(iter|epoch)_\d+\.pth' if resumable else r'.*\.pth'
+    return sorted(
+        (n for n in os.listdir(folder) if re.fullmatch(pattern, n)
+         and osp.getsize(osp.join(folder, n)) > 0),
+        key=lambda n: osp.getmtime(osp.join(folder, n)))
 
 
 def state_dict_from(ckpt, path: str, role: str = 'checkpoint') -> dict:

@@ -247,10 +247,8 @@ def _existing_latest(work_dir: str, latest: str) -> str:
                   f'{here}, the file of that name in this work dir.',
                   logger='current')
         return here
-    found = sorted((n for n in os.listdir(work_dir)
-                    if re.fullmatch(r'(iter|epoch)_\d+\.pth', n)
-                    and osp.getsize(osp.join(work_dir, n)) > 0),
-                   key=lambda n: osp.getmtime(osp.join(work_dir, n)))
+    from mmlckd.checkpoint.load import checkpoints_in
+    found = checkpoints_in(work_dir)
     raise SystemExit(
         f'--resume: {osp.join(work_dir, "last_checkpoint")} names {latest}, '
         'which does not exist (deleted or moved). ' +
@@ -661,12 +659,9 @@ def check_distill_setup(runner) -> List[str]:
 def _empty_after_filter(cfg) -> str:
     """The message for a training set that its dataset's filter emptied
     (mmengine: "need at least one array to concatenate")."""
-    data = (cfg.get('train_dataloader', None) or {}).get('dataset', {})
-    while isinstance(data, dict) and 'dataset' in data:
-        data = data['dataset']
-    if isinstance(data, dict) and 'datasets' in data:
-        data = data['datasets'][0]
-    data = data if isinstance(data, dict) else {}
+    data = next((d for d in _dataset_cfgs(
+        (cfg.get('train_dataloader', None) or {}).get('dataset', None))
+        if 'ann_file' in d), {})
     return (f'the training set is empty: every image listed in '
             f'{data.get("ann_file", "its ann_file")!r} (data_root '
             f'{data.get("data_root", "")!r}) was dropped by the dataset\'s '
