@@ -87,7 +87,7 @@ def verdict(ratios: Dict[str, Optional[float]]) -> str:
               if ratios.get(k) is not None and not ratios[k] <= bound]
     alone = ratios.get('steady_alone')
     if alone is not None and not alone <= TARGETS['steady']:
-        missed.append('steady_alone')
+        missed.append(f"alone ({ratios.get('steady_alone_term')})")
     skipped = [k for k in TARGETS if ratios.get(k) is None]
     out = 'MISS: ' + ', '.join(missed) if missed else 'PASS'
     return out + (f" ({', '.join(skipped)} not measured)" if skipped else '')
