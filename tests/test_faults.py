@@ -97,7 +97,7 @@ def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
     work = tmp_path / 'w'
     runner = _train_in_process(toy_cfg(work, max_iters=3), tmp_path)
     assert 'SafeCheckpointHook' in [type(h).__name__ for h in runner.hooks]
-    from mmlckd.utils.cli import LOCK_NAME  # the run's work dir lock
+    from mmlckd.cli.work_dir import LOCK_NAME  # the run's work dir lock
     names = sorted(p.name for p in work.iterdir()
                    if p.is_file() and p.suffix != '.py'
                    and p.name != LOCK_NAME)
@@ -107,7 +107,7 @@ def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
 
 
 def test_project_configs_use_the_safe_checkpoint_hook():
-    from mmlckd.utils.cli import use_safe_checkpoints
+    from mmlckd.cli.train_cfg import use_safe_checkpoints
     from mmengine.registry import HOOKS
     for folder in ('configs/baselines', 'configs/london'):
         for name in sorted(os.listdir(osp.join(REPO, folder))):
@@ -213,7 +213,7 @@ def test_moving_a_run_aside_follows_the_files_the_new_run_reads(tmp_path):
 
 def _hold_work_dir_lock(work, pid=4242, host='gpu-node-7'):
     import fcntl
-    from mmlckd.utils.cli import LOCK_NAME
+    from mmlckd.cli.work_dir import LOCK_NAME
     work.mkdir(parents=True, exist_ok=True)
     f = open(work / LOCK_NAME, 'w')
     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -866,7 +866,7 @@ def test_frozen_student_is_an_error_naming_the_recorded_layers():
     (or, with automatic weights, a connector warm-up was blamed). Now the
     recorded layers without a trainable parameter are named: an error when
     all are, a warning when some are."""
-    from mmlckd.utils.cli import distill_setup_problems
+    from mmlckd.cli.run_checks import distill_setup_problems
     student = _det()
     student['backbone']['frozen_stages'] = 4
     errors, _ = distill_setup_problems(_build(student, _det(base=32)), 100)
@@ -886,7 +886,7 @@ def test_frozen_student_is_an_error_naming_the_recorded_layers():
 def test_balance_iters_not_shorter_than_the_run_is_an_error():
     """Issue 20, case 6: balance.iters >= max_iters left every distillation
     weight at 0 for the whole run and exported a "distilled" student."""
-    from mmlckd.utils.cli import distill_setup_problems
+    from mmlckd.cli.run_checks import distill_setup_problems
     model = _build(_det(), _det(base=32), balance=dict(iters=10))
     errors, _ = distill_setup_problems(model, 10)
     assert any(re.search(r'model.balance.iters=10 .* not shorter than the '
@@ -898,7 +898,7 @@ def test_balance_iters_not_shorter_than_the_run_is_an_error():
 def test_response_kd_on_a_multi_call_module_without_call_warns():
     """Issue 20, case 7: response KD on bbox_head.retina_cls (called once
     per FPN level) without call= distilled the last level only, silently."""
-    from mmlckd.utils.cli import distill_setup_problems
+    from mmlckd.cli.run_checks import distill_setup_problems
     entry = dict(student='bbox_head.retina_cls',
                  teacher='bbox_head.retina_cls',
                  loss=dict(type='mmlckd.KDLoss', activation='sigmoid'))
@@ -939,7 +939,7 @@ def test_annotations_of_unknown_classes_are_counted(voc_devkit, tmp_path):
     with the likely spelling."""
     import shutil
     from mmengine.registry import DATASETS, init_default_scope
-    from mmlckd.utils.cli import unknown_class_annotations
+    from mmlckd.cli.data_checks import unknown_class_annotations
     init_default_scope('mmdet')
     root = tmp_path / 'VOCdevkit'
     shutil.copytree(osp.join(voc_devkit, 'VOC2007'), root / 'VOC2007')
@@ -972,7 +972,7 @@ def test_calibration_on_batches_without_a_box_warns():
     100x off, silently."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
-    from mmlckd.utils.cli import CalibrationPositivesHook
+    from mmlckd.cli.run_checks import CalibrationPositivesHook
 
     def batch(n_boxes):
         s = DetDataSample()
@@ -1055,7 +1055,7 @@ def test_last_checkpoint_naming_a_deleted_file_names_the_others(tmp_path):
 def test_resume_in_a_moved_work_dir_finds_the_checkpoint(tmp_path):
     """Issue 20, case 16: last_checkpoint holds an absolute path; after
     moving the work dir, --resume --work-dir <new> failed on <old>."""
-    from mmlckd.utils.cli import resolve_resume
+    from mmlckd.cli.resume import resolve_resume
     new = tmp_path / 'new'
     new.mkdir()
     (new / 'iter_2.pth').write_bytes(b'x' * 8)
@@ -1311,7 +1311,7 @@ def test_distiller_key_typo_names_the_likely_key():
 def test_resume_from_a_folder_names_its_latest_checkpoint(tmp_path):
     """--resume <work dir> (a folder): "checkpoint not found: '<dir>'",
     although the folder holds the checkpoints."""
-    from mmlckd.utils.cli import resolve_resume
+    from mmlckd.cli.resume import resolve_resume
     old = tmp_path / 'old_run'
     old.mkdir()
     (old / 'iter_2.pth').write_bytes(b'x')

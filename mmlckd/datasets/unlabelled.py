@@ -4,7 +4,7 @@ Every distillation term except the task loss needs no label, so images
 nobody labelled still carry the teacher's features and predictions. One
 config key adds them (:func:`add_unlabelled_images`, applied by
 ``tools/train.py`` and the demo through
-:func:`mmlckd.utils.cli.prepare_distill_cfg`)::
+:func:`mmlckd.cli.train_cfg.prepare_distill_cfg`)::
 
     unlabelled_images = dict(img_dir='data/extra_images/')   # or
     unlabelled_images = dict(img_list='data/extra.txt', ratio=1.0)
