@@ -517,7 +517,7 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
     """lr 1e6: the update that makes the model non-finite is stopped
     before optimizer.step, the message names the last finite checkpoint,
     and every checkpoint on disk is finite."""
-    from mmlckd.engine.hooks.safe_checkpoint_hook import non_finite_tensors
+    from mmlckd.models.distillers.guard import non_finite
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
     cfg = toy_cfg(work, max_iters=8, lr=1e6, max_keep_ckpts=10)
@@ -541,7 +541,7 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
     saved = sorted(p.name for p in work.glob('*.pth'))
     assert saved == sorted(f'iter_{i}.pth' for i in range(1, k))
     for name in saved:
-        assert non_finite_tensors(
+        assert non_finite(
             safe_torch_load(str(work / name))['state_dict']) == []
 
 
@@ -833,7 +833,7 @@ def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path,
     checkpoint, and every checkpoint written is finite."""
     from mmengine.runner import Runner
     from engine_toys import tiny_cfg
-    from mmlckd.engine.hooks.safe_checkpoint_hook import non_finite_tensors
+    from mmlckd.models.distillers.guard import non_finite
     work = tmp_path / 'w'
     cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=4)
     cfg.custom_hooks = [h for h in cfg.custom_hooks
@@ -850,13 +850,13 @@ def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path,
     assert f'the last finite checkpoint is {saved[-1]}' in str(e.value)
     assert runner.iter == len(saved)  # the failing step was not counted
     for path in saved:
-        assert non_finite_tensors(
+        assert non_finite(
             safe_torch_load(str(path))['state_dict']) == []
     # no optimizer update applied: the parameters are finite (buffers such
     # as BN running stats were updated by the failing forward itself, which
     # is why the message points to the checkpoint to resume from)
     params = dict(runner.model.named_parameters())
-    assert non_finite_tensors(params) == []
+    assert non_finite(params) == []
 
 
 # ------------------------------------- silent distillation setups (issue 20)
@@ -1729,7 +1729,7 @@ def test_resume_with_other_distillation_terms_says_so(tmp_path):
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
     assert 'was written by a run that distilled' not in log
     # what it records of a real distiller
-    from mmlckd.engine.hooks.safe_checkpoint_hook import distill_losses
+    from mmlckd.engine.hooks.checkpoint_checks import distill_losses
     assert distill_losses(_build(_det(), _det(base=32), terms='auto')) == [
         'loss_feat', 'loss_lipschitz', 'loss_neck', 'loss_preds']
     from fault_toys import FaultToyModel

@@ -5,9 +5,9 @@ from typing import List, Optional, Tuple
 
 from mmengine.hooks import Hook
 
-from mmlckd.engine.hooks.safe_checkpoint_hook import (SafeCheckpointHook,
-                                                      non_finite_tensors)
+from mmlckd.engine.hooks.safe_checkpoint_hook import SafeCheckpointHook
 from mmlckd.engine.hooks.utils import unwrap_model
+from mmlckd.models.distillers.guard import non_finite
 from .data_checks import empty_after_filter, unknown_class_annotations
 
 __all__ = ['check_finished', 'frozen_recorded_layers',
@@ -22,7 +22,7 @@ def check_finished(runner) -> None:
     hooks = [h for h in runner.hooks if isinstance(h, SafeCheckpointHook)]
     refused = next((h.non_finite_at for h in hooks
                     if getattr(h, 'non_finite_at', None)), None)
-    bad = non_finite_tensors(unwrap_model(runner).state_dict())
+    bad = non_finite(unwrap_model(runner).state_dict())
     if refused is None and not bad:
         return
     last = next((h.last_ckpt for h in hooks if h.last_ckpt), None)
