@@ -115,32 +115,6 @@ class SafeCheckpointHook(CheckpointHook):
                 runner.logger.info(f'removed {name}, left by an interrupted '
                                    'checkpoint write')
 
-    def _make_grad_check(self, runner, names: dict):
-        def check(optimizer, args, kwargs):
-            grads = [p.grad for g in optimizer.param_groups
-                     for p in g['params'] if p.grad is not None]
-            if not grads:
-                return
-            norms = torch.stack(torch._foreach_norm(grads))
-            if bool(torch.isfinite(norms).all()):  # the one host sync
-                return
-            bad = [names.get(id(p), '?') for g in optimizer.param_groups
-                   for p in g['params'] if p.grad is not None
-                   and not bool(torch.isfinite(p.grad).all())]
-            from mmlckd.models.distillers.guard import (
-                RESTART_HINT, last_finite_checkpoint)
-            raise FloatingPointError(
-                f'non-finite gradients at iteration {runner.iter + 1} in '
-                f'{len(bad)} parameters (e.g. {bad[:3]}): the optimizer step '
-                'was stopped, so no non-finite update was applied and none '
-                f'will be saved; {last_finite_checkpoint()}. Fixes: lower '
-                'the learning rate, clip gradients '
-                '(optim_wrapper.clip_grad=dict(max_norm=35)), check the '
-                f'data; {RESTART_HINT}. Set '
-                'default_hooks.checkpoint.guard_updates=False to disable '
-                'this check.')
-        return check
-
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
         self._track_loss(runner, outputs)
@@ -171,7 +145,6 @@ class SafeCheckpointHook(CheckpointHook):
             h.remove()
         self._handles = []
         super().after_train(runner)
-
 
     # --------------------------------------------------------------- resume
     def before_run(self, runner) -> None:
