@@ -22,7 +22,8 @@ Design:
   (balancer, explicit weights, ``distill_weight``). The pairing lives in
   :mod:`.feature_pairs`, the probe in :mod:`mmlckd.models.probe`, the terms
   in :mod:`mmlckd.models.terms`, the teacher in :mod:`.teacher`, the NaN
-  guard in :mod:`.guard`, the automatic weights in :mod:`.balance`.
+  guard in :mod:`.guard`, the losses in :mod:`.loss_setup`, the automatic
+  weights in :mod:`.balance`.
 """
 import copy
 import inspect
@@ -36,7 +37,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmlckd.checkpoint import strip_prefix
 from mmlckd.registry import MODELS
 from ..recorders import FeatureRecorder
-from .balance import build_losses
+from .loss_setup import build_losses
 from .term_runner import build_terms, run_terms
 from ..terms.pair_terms import (LipschitzTerm, OFDTerm, ResponseKDTerm,
                                 lipschitz_maps, sigma_ratios)
