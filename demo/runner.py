@@ -11,7 +11,7 @@ from mmengine.runner import Runner
 from mmlckd.engine.hooks import LipschitzMonitorHook
 from mmlckd.testing import (drop_validation, iter_schedule,
                             set_voc_data_root, single_process_loaders)
-from mmlckd.utils.cli import prepare_distill_cfg
+from mmlckd.cli.train_cfg import prepare_distill_cfg
 from .tasks import DemoTask, config_dir
 
 __all__ = ['DemoRunner', 'build_cfg', 'train_and_test']

@@ -3,7 +3,7 @@ synthetic VOC (tests/engine and tests/test_faults.py)."""
 from mmengine.config import Config
 
 from mmlckd.testing import det_model
-from mmlckd.utils.cli import prepare_distill_cfg
+from mmlckd.cli.train_cfg import prepare_distill_cfg
 
 
 def _pipeline(train):

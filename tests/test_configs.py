@@ -210,6 +210,19 @@ def test_config_parses(path):
         assert a == b
 
 
+@pytest.mark.parametrize('path', ALL_CONFIGS)
+def test_train_tool_rewrites_nothing_in_a_recipe(path):
+    """Every config of configs/ carries what tools/train.py would add (the
+    README's "What tools/train.py adds to mmdet's and mmseg's train.py"),
+    so mmdet's and mmseg's own train.py run it the same way: the tool's
+    config rewrites change nothing and log nothing."""
+    from mmlckd.cli.train_cfg import complete_train_cfg
+    cfg = load(path)
+    before = cfg.to_dict()
+    assert complete_train_cfg(cfg) == []
+    assert cfg.to_dict() == before
+
+
 # the recipes and the demo's distilled students (is_distiller checks it)
 DISTILL_CONFIGS = [c for c in ALL_CONFIGS if c.split('/')[1] == 'london'
                    or osp.basename(c).endswith('_london.py')]

@@ -97,7 +97,7 @@ def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
     work = tmp_path / 'w'
     runner = _train_in_process(toy_cfg(work, max_iters=3), tmp_path)
     assert 'SafeCheckpointHook' in [type(h).__name__ for h in runner.hooks]
-    from mmlckd.utils.cli import LOCK_NAME  # the run's work dir lock
+    from mmlckd.cli.work_dir import LOCK_NAME  # the run's work dir lock
     names = sorted(p.name for p in work.iterdir()
                    if p.is_file() and p.suffix != '.py'
                    and p.name != LOCK_NAME)
@@ -107,7 +107,7 @@ def test_old_checkpoints_deleted_only_after_new_one_complete(tmp_path):
 
 
 def test_project_configs_use_the_safe_checkpoint_hook():
-    from mmlckd.utils.cli import use_safe_checkpoints
+    from mmlckd.cli.train_cfg import use_safe_checkpoints
     from mmengine.registry import HOOKS
     for folder in ('configs/baselines', 'configs/london'):
         for name in sorted(os.listdir(osp.join(REPO, folder))):
@@ -213,7 +213,7 @@ def test_moving_a_run_aside_follows_the_files_the_new_run_reads(tmp_path):
 
 def _hold_work_dir_lock(work, pid=4242, host='gpu-node-7'):
     import fcntl
-    from mmlckd.utils.cli import LOCK_NAME
+    from mmlckd.cli.work_dir import LOCK_NAME
     work.mkdir(parents=True, exist_ok=True)
     f = open(work / LOCK_NAME, 'w')
     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -517,7 +517,7 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
     """lr 1e6: the update that makes the model non-finite is stopped
     before optimizer.step, the message names the last finite checkpoint,
     and every checkpoint on disk is finite."""
-    from mmlckd.engine.hooks.safe_checkpoint_hook import non_finite_tensors
+    from mmlckd.models.distillers.guard import non_finite
     from fault_toys import toy_cfg
     work = tmp_path / 'w'
     cfg = toy_cfg(work, max_iters=8, lr=1e6, max_keep_ckpts=10)
@@ -541,7 +541,7 @@ def test_non_finite_update_is_never_applied_nor_saved(tmp_path):
     saved = sorted(p.name for p in work.glob('*.pth'))
     assert saved == sorted(f'iter_{i}.pth' for i in range(1, k))
     for name in saved:
-        assert non_finite_tensors(
+        assert non_finite(
             safe_torch_load(str(work / name))['state_dict']) == []
 
 
@@ -833,7 +833,7 @@ def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path,
     checkpoint, and every checkpoint written is finite."""
     from mmengine.runner import Runner
     from engine_toys import tiny_cfg
-    from mmlckd.engine.hooks.safe_checkpoint_hook import non_finite_tensors
+    from mmlckd.models.distillers.guard import non_finite
     work = tmp_path / 'w'
     cfg = tiny_cfg(voc_devkit, work, teacher_ckpt, max_iters=4)
     cfg.custom_hooks = [h for h in cfg.custom_hooks
@@ -850,13 +850,13 @@ def test_lr_1e6_distillation_stops_before_the_update(voc_devkit, tmp_path,
     assert f'the last finite checkpoint is {saved[-1]}' in str(e.value)
     assert runner.iter == len(saved)  # the failing step was not counted
     for path in saved:
-        assert non_finite_tensors(
+        assert non_finite(
             safe_torch_load(str(path))['state_dict']) == []
     # no optimizer update applied: the parameters are finite (buffers such
     # as BN running stats were updated by the failing forward itself, which
     # is why the message points to the checkpoint to resume from)
     params = dict(runner.model.named_parameters())
-    assert non_finite_tensors(params) == []
+    assert non_finite(params) == []
 
 
 # ------------------------------------- silent distillation setups (issue 20)
@@ -866,7 +866,7 @@ def test_frozen_student_is_an_error_naming_the_recorded_layers():
     (or, with automatic weights, a connector warm-up was blamed). Now the
     recorded layers without a trainable parameter are named: an error when
     all are, a warning when some are."""
-    from mmlckd.utils.cli import distill_setup_problems
+    from mmlckd.cli.run_checks import distill_setup_problems
     student = _det()
     student['backbone']['frozen_stages'] = 4
     errors, _ = distill_setup_problems(_build(student, _det(base=32)), 100)
@@ -886,7 +886,7 @@ def test_frozen_student_is_an_error_naming_the_recorded_layers():
 def test_balance_iters_not_shorter_than_the_run_is_an_error():
     """Issue 20, case 6: balance.iters >= max_iters left every distillation
     weight at 0 for the whole run and exported a "distilled" student."""
-    from mmlckd.utils.cli import distill_setup_problems
+    from mmlckd.cli.run_checks import distill_setup_problems
     model = _build(_det(), _det(base=32), balance=dict(iters=10))
     errors, _ = distill_setup_problems(model, 10)
     assert any(re.search(r'model.balance.iters=10 .* not shorter than the '
@@ -898,7 +898,7 @@ def test_balance_iters_not_shorter_than_the_run_is_an_error():
 def test_response_kd_on_a_multi_call_module_without_call_warns():
     """Issue 20, case 7: response KD on bbox_head.retina_cls (called once
     per FPN level) without call= distilled the last level only, silently."""
-    from mmlckd.utils.cli import distill_setup_problems
+    from mmlckd.cli.run_checks import distill_setup_problems
     entry = dict(student='bbox_head.retina_cls',
                  teacher='bbox_head.retina_cls',
                  loss=dict(type='mmlckd.KDLoss', activation='sigmoid'))
@@ -939,7 +939,7 @@ def test_annotations_of_unknown_classes_are_counted(voc_devkit, tmp_path):
     with the likely spelling."""
     import shutil
     from mmengine.registry import DATASETS, init_default_scope
-    from mmlckd.utils.cli import unknown_class_annotations
+    from mmlckd.cli.data_checks import unknown_class_annotations
     init_default_scope('mmdet')
     root = tmp_path / 'VOCdevkit'
     shutil.copytree(osp.join(voc_devkit, 'VOC2007'), root / 'VOC2007')
@@ -972,7 +972,7 @@ def test_calibration_on_batches_without_a_box_warns():
     100x off, silently."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
-    from mmlckd.utils.cli import CalibrationPositivesHook
+    from mmlckd.cli.run_checks import CalibrationPositivesHook
 
     def batch(n_boxes):
         s = DetDataSample()
@@ -1055,7 +1055,7 @@ def test_last_checkpoint_naming_a_deleted_file_names_the_others(tmp_path):
 def test_resume_in_a_moved_work_dir_finds_the_checkpoint(tmp_path):
     """Issue 20, case 16: last_checkpoint holds an absolute path; after
     moving the work dir, --resume --work-dir <new> failed on <old>."""
-    from mmlckd.utils.cli import resolve_resume
+    from mmlckd.cli.resume import resolve_resume
     new = tmp_path / 'new'
     new.mkdir()
     (new / 'iter_2.pth').write_bytes(b'x' * 8)
@@ -1311,7 +1311,7 @@ def test_distiller_key_typo_names_the_likely_key():
 def test_resume_from_a_folder_names_its_latest_checkpoint(tmp_path):
     """--resume <work dir> (a folder): "checkpoint not found: '<dir>'",
     although the folder holds the checkpoints."""
-    from mmlckd.utils.cli import resolve_resume
+    from mmlckd.cli.resume import resolve_resume
     old = tmp_path / 'old_run'
     old.mkdir()
     (old / 'iter_2.pth').write_bytes(b'x')
@@ -1729,7 +1729,7 @@ def test_resume_with_other_distillation_terms_says_so(tmp_path):
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
     assert 'was written by a run that distilled' not in log
     # what it records of a real distiller
-    from mmlckd.engine.hooks.safe_checkpoint_hook import distill_losses
+    from mmlckd.engine.hooks.checkpoint_checks import distill_losses
     assert distill_losses(_build(_det(), _det(base=32), terms='auto')) == [
         'loss_feat', 'loss_lipschitz', 'loss_neck', 'loss_preds']
     from fault_toys import FaultToyModel

@@ -5,7 +5,7 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from mmlckd.utils.cli import load_tool_cfg as load_cfg
+from mmlckd.cli.args import load_tool_cfg as load_cfg
 
 from tool_modules import load_tool
 

@@ -31,8 +31,8 @@ from mmengine.runner.checkpoint import load_state_dict
 from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
                            init_cpu_dist)
 from mmlckd.checkpoint import check_model_checkpoint
-from mmlckd.utils.cli import (load_tool_cfg, parse_with_launcher_args,
-                              student_test_cfg)
+from mmlckd.cli.args import load_tool_cfg, parse_with_launcher_args
+from mmlckd.cli.train_cfg import student_test_cfg
 
 
 def parse_args(argv=None):

@@ -5,18 +5,12 @@ Same arguments as MMDetection's / MMSegmentation's ``tools/train.py``::
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [PATH]]
         [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 
-Differences: ``import mmlckd`` (registry, torch>=2.6 resume fix), gloo DDP on
-machines without CUDA, distillation runs always export the student
-(``<work_dir>/student_final.pth``) at the end, checkpoints are written by
-``mmlckd.SafeCheckpointHook`` (atomic, SHA-256 sidecars), ``--resume``
-with nothing to resume is an error, a work dir belongs to one run at a time
-(a lock naming the other run's pid and host), a fresh run moves an earlier
-run's checkpoints, config and history aside together
-(``<work_dir>/previous_runs/<time>/``), and a run that ends with weights it
-could not save exits non-zero.
+What it adds to theirs, config rewrites (each logged) and checks: the
+README's "What tools/train.py adds to mmdet's and mmseg's train.py".
 """
 import argparse
 import errno
+from typing import List, Optional
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
@@ -24,15 +18,15 @@ from mmengine.runner import Runner
 
 # any mmlckd import registers mmlckd's modules and the torch.load
 # allow-list that --resume / the checkpoint checks need
-from mmlckd.compat import (adapt_cfg_for_cpu_dist, dist_teardown,
-                           init_cpu_dist)
+from mmlckd.compat import dist_teardown, init_cpu_dist
 from mmlckd.checkpoint import CheckpointError
-from mmlckd.utils.cli import (check_distill_setup, check_empty_ann_files,
-                              check_finished, check_relative_paths,
-                              check_train_length, load_tool_cfg,
-                              own_work_dir, parse_with_launcher_args,
-                              prepare_distill_cfg, resolve_resume,
-                              use_safe_checkpoints, warn_resume_lr_override)
+from mmlckd.cli.args import load_tool_cfg, parse_with_launcher_args
+from mmlckd.cli.data_checks import check_empty_ann_files
+from mmlckd.cli.resume import resolve_resume, warn_resume_lr_override
+from mmlckd.cli.run_checks import check_distill_setup, check_finished
+from mmlckd.cli.train_cfg import (check_relative_paths, check_train_length,
+                                  complete_train_cfg)
+from mmlckd.cli.work_dir import own_work_dir
 
 
 def parse_args(argv=None):
@@ -57,7 +51,10 @@ def parse_args(argv=None):
     return parse_with_launcher_args(parser, argv)
 
 
-def build_cfg(args) -> Config:
+def build_cfg(args, notes: Optional[List[str]] = None) -> Config:
+    """The config of the run; ``notes`` (when given) gets one line per
+    rewrite of the config beyond ``--amp``/``--auto-scale-lr``/``--resume``
+    (:func:`mmlckd.cli.train_cfg.complete_train_cfg`)."""
     cfg = load_tool_cfg(args)
     if args.amp:
         import torch
@@ -77,15 +74,16 @@ def build_cfg(args) -> Config:
     check_relative_paths(cfg, args.config)
     resolve_resume(cfg, args.resume)
     check_empty_ann_files(cfg)
-    use_safe_checkpoints(cfg)
-    prepare_distill_cfg(cfg)
-    adapt_cfg_for_cpu_dist(cfg)
+    rewrites = complete_train_cfg(cfg)
+    if notes is not None:
+        notes += [f'tools/train.py: {n}' for n in rewrites]
     return cfg
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_cfg(args)
+    rewrites: List[str] = []
+    cfg = build_cfg(args, rewrites)
     init_cpu_dist(args.launcher)
     resume = bool(args.resume or cfg.get('resume', False))
     with dist_teardown(), own_work_dir(cfg, resume, args.config) as notes:
@@ -94,7 +92,9 @@ def main(argv=None):
                 runner = Runner.from_cfg(cfg)
             else:
                 runner = RUNNERS.build(cfg)
-            for note in notes:  # into the work dir's log too
+            for note in rewrites:  # into the work dir's log too
+                runner.logger.info(note)
+            for note in notes:
                 runner.logger.warning(note)
             warn_resume_lr_override(runner, args)
             check_distill_setup(runner)

@@ -87,12 +87,13 @@ class CPUAwareDistributedDataParallel(MMDistributedDataParallel):
             **kwargs)
 
 
-def adapt_cfg_for_cpu_dist(cfg) -> None:
+def adapt_cfg_for_cpu_dist(cfg) -> bool:
     """Make a config's distributed settings work without CUDA (in place):
     gloo backend, :class:`CPUAwareDistributedDataParallel`, and ``BN`` for
-    ``SyncBN`` (:func:`mmlckd.utils.config.sync_bn_to_bn`, one log line)."""
+    ``SyncBN`` (:func:`mmlckd.utils.config.sync_bn_to_bn`, one log line).
+    Returns whether it applied (a launcher and no CUDA)."""
     if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
-        return
+        return False
     from mmlckd.utils.config import sync_bn_to_bn
     sync_bn_to_bn(cfg)
     env_cfg = cfg.setdefault('env_cfg', {})
@@ -107,6 +108,7 @@ def adapt_cfg_for_cpu_dist(cfg) -> None:
         wrapper.setdefault('find_unused_parameters',
                            cfg.get('find_unused_parameters', False))
         cfg.model_wrapper_cfg = wrapper
+    return True
 
 
 def finalize_dist(success: bool = True) -> None:

@@ -1,8 +1,8 @@
 """Data for distillation: images without labels beside the labelled
 training set (:mod:`.unlabelled`)."""
-from .unlabelled import (LoadEmptySegMap, UnlabelledImageDataset,
-                         WithUnlabelledImages, add_unlabelled_images,
-                         unlabelled_pipeline)
+from .images import UnlabelledImageDataset
+from .pipeline import LoadEmptySegMap, unlabelled_pipeline
+from .unlabelled import WithUnlabelledImages, add_unlabelled_images
 
 __all__ = ['UnlabelledImageDataset', 'WithUnlabelledImages',
            'LoadEmptySegMap', 'add_unlabelled_images', 'unlabelled_pipeline']

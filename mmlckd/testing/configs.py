@@ -414,10 +414,7 @@ def tiny_voc_cfg(cfg: Config,
     (a random teacher scores ~0), ``DistillWeightHook`` warm-up and
     connector warm-up shortened to ``max_iters // 2`` so both phases run,
     and a distiller's balancer calibrates on at most ``max_iters - 1``
-    steps.
-
-    Returns:
-        ``cfg`` (modified in place).
+    steps. Returns ``cfg`` (modified in place).
     """
     scale_wh = tuple(img_scale)
     crop_hw = (scale_wh[1], scale_wh[0])
@@ -427,13 +424,25 @@ def tiny_voc_cfg(cfg: Config,
     _tiny_data(cfg._cfg_dict, scale_wh, crop_hw, repeat_times)
     single_process_loaders(cfg, batch_size)
     iter_schedule(cfg, max_iters)
+    _val_loop(cfg, val)
+    _iter_schedulers(cfg)
+    _tiny_hooks(cfg, max_iters)
+    _tiny_balance(cfg, max_iters)
+    _fresh_run(cfg, seed, work_dir)
+    return cfg
+
+
+def _val_loop(cfg: Config, val: bool) -> None:
+    """Validation removed (``val=False``), else a ``ValLoop`` if none."""
     if not val:
         drop_validation(cfg)
     elif cfg.get('val_cfg', None) is None:
         cfg.val_cfg = dict(type='ValLoop')
-    _iter_schedulers(cfg)
-    _tiny_hooks(cfg, max_iters)
-    _tiny_balance(cfg, max_iters)
+
+
+def _fresh_run(cfg: Config, seed: Optional[int],
+               work_dir: Optional[str]) -> None:
+    """No cudnn benchmark, the seed and work dir, no load_from/resume."""
     env = cfg.get('env_cfg', None) or {}
     env['cudnn_benchmark'] = False
     cfg.env_cfg = env
@@ -443,4 +452,3 @@ def tiny_voc_cfg(cfg: Config,
         cfg.work_dir = work_dir
     cfg.load_from = None
     cfg.resume = False
-    return cfg

@@ -617,11 +617,9 @@ def make_synthetic_voc(root: str,
     """Generate (or reuse) a synthetic VOCdevkit under ``root/VOCdevkit``.
 
     Args:
-        root: output folder (created if needed); the tree goes to
-            ``root/VOCdevkit`` and a manifest to ``root/mmlckd_synthetic.json``.
-            Nothing else under ``root`` is touched.
-        num_trainval_07 / num_test_07: VOC2007 trainval / test images
-            (disjoint).
+        root: output folder (created if needed): ``root/VOCdevkit`` and
+            ``root/mmlckd_synthetic.json`` (a manifest), nothing else.
+        num_trainval_07 / num_test_07: VOC2007 trainval / test (disjoint).
         num_trainval_12: VOC2012 trainval images; ``num_val_12`` of them are
             the val split (val is a subset of trainval, as in real VOC2012).
         img_size: ``int`` (square), ``(W, H)`` (fixed), ``((w_min, w_max),
@@ -633,22 +631,17 @@ def make_synthetic_voc(root: str,
         max_objects: objects per image are uniform in ``1..max_objects``.
         num_aug_extra_12: 2012 train images that are "SBD-only" (listed in
             ``Segmentation/aug.txt``, no ``SegmentationClass`` PNG). Default
-            ``num_train_12 // 4`` (at least 1 when there are >= 2 train
-            images).
-        overwrite: regenerate even if ``root`` holds a matching dataset. A
-            ``root/VOCdevkit`` not made by this function is never deleted
-            (:class:`DatasetExistsError`), whatever ``overwrite`` says.
+            ``num_train_12 // 4`` (at least 1 from 2 train images on).
+        overwrite: regenerate even if ``root`` holds a matching dataset
+            (a ``VOCdevkit`` not made here is never deleted).
 
-    Returns:
-        dict: ``root``, ``devkit``, ``manifest``, ``paths`` (the VOC2007 /
-        VOC2012 folders), ``reused`` (True when an existing matching dataset
-        was returned), ``args`` (normalised arguments), ``classes``,
-        ``VOC2007`` / ``VOC2012`` (split sizes, object / difficult counts,
-        list files) and ``num_images``.
-
-    Raises:
-        DatasetExistsError: ``root`` holds a different synthetic dataset and
-            ``overwrite`` is False, or a ``VOCdevkit`` not generated here.
+    Returns a dict: ``root``, ``devkit``, ``manifest``, ``paths`` (the
+    VOC2007 / VOC2012 folders), ``reused`` (an existing matching dataset
+    was returned), ``args`` (normalised), ``classes``, ``VOC2007`` /
+    ``VOC2012`` (split sizes, object / difficult counts, list files) and
+    ``num_images``. Raises :class:`DatasetExistsError` when ``root`` holds
+    a different synthetic dataset (and not ``overwrite``), or a
+    ``VOCdevkit`` not generated here.
     """
     args = _normalise_args(
         num_trainval_07=num_trainval_07, num_test_07=num_test_07,
@@ -712,42 +705,18 @@ def _splits(args: dict) -> dict:
     aug12 = sorted(set(ids12) - set(seg_train12) - set(val12))  # == extras
     trainaug12 = sorted(set(seg_train12) | set(aug12))  # == all train
 
-    years = {
-        '2007':
-        dict(
-            ids=ids07,
-            segmented=set(ids07),
-            main={
-                'trainval': trainval07,
-                'train': train07,
-                'val': val07,
-                'test': test07
-            },
-            seg={
-                'trainval': trainval07,
-                'train': train07,
-                'val': val07,
-                'test': test07
-            }),
-        '2012':
-        dict(
-            ids=ids12,
-            segmented=set(seg_train12) | set(val12),
-            main={
-                'trainval': sorted(ids12),
-                'train': train12,
-                'val': val12
-            },
-            seg={
-                'train': seg_train12,
-                'val': val12,
-                'trainval': sorted(set(seg_train12) | set(val12)),
-                'aug': aug12,
-                'trainaug': trainaug12
-            }),
+    splits07 = dict(trainval=trainval07, train=train07, val=val07,
+                    test=test07)
+    return {
+        '2007': dict(ids=ids07, segmented=set(ids07), main=dict(splits07),
+                     seg=dict(splits07)),
+        '2012': dict(
+            ids=ids12, segmented=set(seg_train12) | set(val12),
+            main=dict(trainval=sorted(ids12), train=train12, val=val12),
+            seg=dict(train=seg_train12, val=val12,
+                     trainval=sorted(set(seg_train12) | set(val12)),
+                     aug=aug12, trainaug=trainaug12)),
     }
-
-    return years
 
 
 def _write_image(dirs: dict, year: str, idx: int, img_id: str,

@@ -8,7 +8,8 @@ from typing import List, Union
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-__all__ = ['load_config', 'resolve_config_path', 'sync_bn_to_bn']
+__all__ = ['load_config', 'resolve_config_path', 'sync_bn_to_bn',
+           'nested_datasets']
 
 #: norm layer types that synchronise over the processes (CUDA only)
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
@@ -91,3 +92,23 @@ def sync_bn_to_bn(cfg: Union[dict, Config], key: str = 'model') -> List[str]:
             f'each process normalises its own batch): {len(changed)} norm '
             f'configs, e.g. {changed[0]}', logger='current')
     return changed
+
+
+def nested_datasets(dataset) -> list:
+    """``dataset`` and the datasets it wraps, depth first, through
+    ``dataset`` (``RepeatDataset``-style wrappers) and ``datasets``
+    (``ConcatDataset``): keys of a dataset config, attributes of a built
+    dataset. ``[]`` for None."""
+    if dataset is None:
+        return []
+    is_cfg = isinstance(dataset, dict)
+
+    def child(key):
+        return dataset.get(key, None) if is_cfg else \
+            getattr(dataset, key, None)
+
+    out = [dataset]
+    for d in [child('dataset')] + list(child('datasets') or []):
+        if d is not None and (isinstance(d, dict) or not is_cfg):
+            out += nested_datasets(d)
+    return out

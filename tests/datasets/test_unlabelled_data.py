@@ -11,8 +11,8 @@ from PIL import Image
 
 import mmlckd  # noqa: F401
 from mmlckd.datasets import add_unlabelled_images, unlabelled_pipeline
-from mmlckd.datasets.unlabelled import UnlabelledDataWarning
-from mmlckd.utils.cli import prepare_distill_cfg
+from mmlckd.datasets.images import UnlabelledDataWarning
+from mmlckd.cli.train_cfg import prepare_distill_cfg
 
 DET_PIPELINE = [
     dict(type='LoadImageFromFile'),

@@ -23,7 +23,7 @@ def _cfg(voc_devkit, work_dir, teacher_ckpt, max_iters, batch_size=1):
     cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
     cfg.unlabelled_images = dict(voc_split=osp.join(
         voc_devkit, 'VOC2012', 'ImageSets', 'Main', 'trainval.txt'))
-    from mmlckd.utils.cli import prepare_distill_cfg
+    from mmlckd.cli.train_cfg import prepare_distill_cfg
     prepare_distill_cfg(cfg)
     return cfg
 

@@ -4,50 +4,38 @@ import errno
 import math
 import os
 import os.path as osp
+from typing import Optional, Tuple
 
-import torch
-from mmengine.dist import get_world_size, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
-from mmlckd.checkpoint import (CheckpointError, atomic_write,
-                               compare_state_dicts, describe_mismatch,
-                               fsync_dir, is_distillation_state,
-                               load_checked, sha256_file, sidecar_path,
-                               write_checksum)
+from mmlckd.checkpoint import (atomic_write, fsync_dir, sha256_file,
+                               sidecar_path, write_checksum)
 from mmlckd.checkpoint.io import _is_enospc
+from mmlckd.models.distillers.guard import guard_optimizer_steps
 from mmlckd.registry import HOOKS
-from .utils import unwrap_model
+from .checkpoint_checks import (check_load_from_checkpoint,
+                                check_resume_checkpoint, checkpoint_meta)
+from .utils import refuse_non_finite, unwrap_model
 
-__all__ = ['SafeCheckpointHook', 'non_finite_tensors', 'refuse_non_finite']
+__all__ = ['SafeCheckpointHook', 'MMENGINE_PINNED']
+
+#: the mmengine release whose private API this file follows, in two places
+#: only: the ``CheckpointHook._save_checkpoint_with_step`` that
+#: :meth:`SafeCheckpointHook._save_checkpoint_with_step` overrides, and the
+#: ``Runner`` attributes :func:`_load_request` reads.
+#: ``tests/engine/hooks/test_mmengine_pin.py`` fails on any other release.
+MMENGINE_PINNED = '0.10.7'
 
 
-def non_finite_tensors(state: dict) -> list:
-    """Names of the floating-point tensors of ``state`` holding NaN/Inf."""
-    bad = []
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and \
-                not bool(torch.isfinite(v).all()):
-            bad.append(k)
-    return bad
-
-
-def refuse_non_finite(state: dict, what: str, logger, allow: bool,
-                      refused: str) -> bool:
-    """True if ``state`` holds NaN/Inf and ``allow`` is False: logs the
-    error ``'<what> holds non-finite values (...): <refused>'`` then. With
-    ``allow`` a warning is logged and False returned (save anyway)."""
-    bad = non_finite_tensors(state)
-    if not bad:
-        return False
-    msg = (f'{what} holds non-finite values ({len(bad)} tensors, e.g. '
-           f'{bad[:3]})')
-    if not allow:
-        logger.error(f'{msg}: {refused}')
-        return True
-    logger.warning(f'{msg}: saving it anyway (save_non_finite=True)')
-    return False
+def _load_request(runner) -> Tuple[bool, Optional[str]]:
+    """``(resume, load_from)`` as ``Runner.load_or_resume`` reads them: a
+    Runner keeps them in private attributes only (a Runner built without a
+    config has neither in ``runner.cfg``)."""
+    return bool(getattr(runner, '_resume', False)), \
+        getattr(runner, '_load_from', None)
 
 
 @HOOKS.register_module()
@@ -67,10 +55,10 @@ class SafeCheckpointHook(CheckpointHook):
       (keys and shapes).
     * A state holding NaN/Inf is never written (``save_non_finite=False``):
       an error is logged and the previous checkpoint stays the latest.
-    * No non-finite update is applied (``guard_updates=True``): right before
-      each ``optimizer.step()`` the gradients are checked (one host sync)
-      and a NaN/Inf gradient stops training with a FloatingPointError that
-      names the parameters and the last finite checkpoint. Off when the
+    * No non-finite update is applied (``guard_updates=True``): the NaN
+      guard's gradient check
+      (:func:`mmlckd.models.distillers.guard.guard_optimizer_steps`) runs
+      right before each ``optimizer.step()``, for any model. Off when the
       model says ``nan_guard=False`` (``LipschitzDistiller``).
 
     Same arguments as ``CheckpointHook``, plus:
@@ -104,22 +92,17 @@ class SafeCheckpointHook(CheckpointHook):
         self.last_normal_ckpt = None  # the last one written before a spike
         self._deferred = []  # kept past max_keep_ckpts: last_normal_ckpt
 
-    # ---------------------------------------------------------- grad guard
+    # ------------------------------------------------------ guard, spikes
     def before_train(self, runner) -> None:
         super().before_train(runner)
         if self._local() and is_main_process():
             self._remove_stale_tmp(runner)
-        model = unwrap_model(runner)
-        if not self.guard_updates or getattr(model, 'nan_guard',
-                                             True) is False:
-            return
-        wrapper = runner.optim_wrapper
-        wrappers = wrapper.values() if hasattr(wrapper, 'values') \
-            else [wrapper]
-        names = {id(p): n for n, p in model.named_parameters()}
-        for w in wrappers:
-            self._handles.append(w.optimizer.register_step_pre_hook(
-                self._make_grad_check(runner, names)))
+        if self.guard_updates:
+            self._handles = guard_optimizer_steps(
+                unwrap_model(runner), runner.optim_wrapper,
+                lambda: runner.iter + 1,
+                'Set default_hooks.checkpoint.guard_updates=False to '
+                'disable this check.')
 
     def _remove_stale_tmp(self, runner) -> None:
         """Temporary files of a write that a killed run left behind."""
@@ -131,32 +114,6 @@ class SafeCheckpointHook(CheckpointHook):
                 os.remove(osp.join(self.out_dir, name))
                 runner.logger.info(f'removed {name}, left by an interrupted '
                                    'checkpoint write')
-
-    def _make_grad_check(self, runner, names: dict):
-        def check(optimizer, args, kwargs):
-            grads = [p.grad for g in optimizer.param_groups
-                     for p in g['params'] if p.grad is not None]
-            if not grads:
-                return
-            norms = torch.stack(torch._foreach_norm(grads))
-            if bool(torch.isfinite(norms).all()):  # the one host sync
-                return
-            bad = [names.get(id(p), '?') for g in optimizer.param_groups
-                   for p in g['params'] if p.grad is not None
-                   and not bool(torch.isfinite(p.grad).all())]
-            from mmlckd.models.distillers.guard import (
-                RESTART_HINT, last_finite_checkpoint)
-            raise FloatingPointError(
-                f'non-finite gradients at iteration {runner.iter + 1} in '
-                f'{len(bad)} parameters (e.g. {bad[:3]}): the optimizer step '
-                'was stopped, so no non-finite update was applied and none '
-                f'will be saved; {last_finite_checkpoint()}. Fixes: lower '
-                'the learning rate, clip gradients '
-                '(optim_wrapper.clip_grad=dict(max_norm=35)), check the '
-                f'data; {RESTART_HINT}. Set '
-                'default_hooks.checkpoint.guard_updates=False to disable '
-                'this check.')
-        return check
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
@@ -194,12 +151,11 @@ class SafeCheckpointHook(CheckpointHook):
         """Runs before ``runner.load_or_resume()``."""
         if not self.verify_resume:
             return
-        if not getattr(runner, '_resume', False):
-            path = getattr(runner, '_load_from', None)
+        resume, path = _load_request(runner)
+        if not resume:
             if path and '://' not in path:  # load_from: a local file
                 check_load_from_checkpoint(runner, path)
             return
-        path = runner._load_from
         if path is None:
             path = find_latest_checkpoint(runner.work_dir)
             if path is None:
@@ -217,38 +173,67 @@ class SafeCheckpointHook(CheckpointHook):
         return isinstance(self.file_backend, LocalBackend)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
+        """Overrides mmengine's private method of that name
+        (:data:`MMENGINE_PINNED`), with its effects on ``keep_ckpt_ids``,
+        ``last_ckpt`` and the message hub, made crash-safe: a non-finite
+        state is not written; the file is written atomically with its
+        sidecar, then ``last_checkpoint``; old checkpoints go last."""
         if not self._local():  # remote storage: mmengine's behaviour
             return super()._save_checkpoint_with_step(runner, step, meta)
-        model = unwrap_model(runner)
-        if refuse_non_finite(
-                model.state_dict(), f'the model at step {step}',
+        if self._refuse(runner, step):
+            return
+        drop = self._rotate(runner, step)
+        meta = checkpoint_meta(runner, meta)
+        name = self.filename_tmpl.format(step)
+        final = self.file_backend.join_path(self.out_dir, name)
+        before = self._mark_latest(runner, final)
+        try:
+            self._write(runner, name, final, meta, previous=before[0])
+        except BaseException:
+            for key, value in zip(('last_ckpt', 'last_normal_ckpt'), before):
+                setattr(self, key, value)
+                runner.message_hub.update_info(key, value)
+            raise
+        if is_main_process():
+            atomic_write(osp.join(runner.work_dir, 'last_checkpoint'),
+                         lambda f: f.write(final.encode()))
+            self._prune(drop, step, final)
+
+    def _refuse(self, runner, step: int) -> bool:
+        """Whether the model's state at ``step`` holds NaN/Inf and is not
+        saved (an error logged, the step recorded in ``non_finite_at``)."""
+        if not refuse_non_finite(
+                unwrap_model(runner).state_dict(), f'the model at step {step}',
                 runner.logger, self.save_non_finite,
                 'checkpoint NOT saved; the last finite checkpoint is '
                 f'{self.last_ckpt or "none"}. Set default_hooks.checkpoint.'
                 'save_non_finite=True to save such states anyway.'):
-            if self.non_finite_at is None:
-                self.non_finite_at = step
-            return
+            return False
+        if self.non_finite_at is None:
+            self.non_finite_at = step
+        return True
 
-        drop = []
-        if self.max_keep_ckpts > 0 and not (
+    def _rotate(self, runner, step: int) -> list:
+        """Record ``step`` in ``keep_ckpt_ids`` (as mmengine does); returns
+        the steps beyond ``max_keep_ckpts``, deleted only once the new
+        checkpoint is complete."""
+        if self.max_keep_ckpts <= 0 or (
                 self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
-            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                drop.append(self.keep_ckpt_ids.popleft())
-            self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info('keep_ckpt_ids',
-                                           list(self.keep_ckpt_ids))
-        meta = dict(meta or {}, world_size=get_world_size(),
-                    batch_size=_batch_size(runner))
-        losses = distill_losses(unwrap_model(runner))
-        if losses is not None:
-            meta['distill_losses'] = losses
-        ckpt_filename = self.filename_tmpl.format(step)
-        final = self.file_backend.join_path(self.out_dir, ckpt_filename)
-        previous = self.last_ckpt
+            return []
+        drop = []
+        if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+            drop.append(self.keep_ckpt_ids.popleft())
+        self.keep_ckpt_ids.append(step)
+        runner.message_hub.update_info('keep_ckpt_ids',
+                                       list(self.keep_ckpt_ids))
+        return drop
+
+    def _mark_latest(self, runner, final: str) -> tuple:
+        """Make ``final`` the latest checkpoint and, outside a loss spike,
+        the last normal one; returns both as they were before."""
+        before = (self.last_ckpt, self.last_normal_ckpt)
         self.last_ckpt = final
         runner.message_hub.update_info('last_ckpt', final)
-        previous_normal = self.last_normal_ckpt
         if self._spike is None:
             self.last_normal_ckpt = final
             runner.message_hub.update_info('last_normal_ckpt', final)
@@ -260,8 +245,14 @@ class SafeCheckpointHook(CheckpointHook):
                 f'recent median {self._spike["median"]:.4g}); the last '
                 'checkpoint before the spike, '
                 f'{self.last_normal_ckpt or "(none in this run)"}, is kept.')
+        return before
 
-        tmp_name = f'.{ckpt_filename}.tmp'
+    def _write(self, runner, name: str, final: str, meta: dict,
+               previous: Optional[str]) -> None:
+        """``runner.save_checkpoint`` into a temporary file, committed as
+        ``final`` (:meth:`_commit`). A failed write leaves no partial file;
+        a full disk is an OSError saying that nothing was lost."""
+        tmp_name = f'.{name}.tmp'
         tmp = osp.join(self.out_dir, tmp_name)
         try:
             runner.save_checkpoint(
@@ -277,38 +268,33 @@ class SafeCheckpointHook(CheckpointHook):
             if is_main_process():
                 self._commit(tmp, final)
         except BaseException as e:
-            self.last_ckpt = previous
-            runner.message_hub.update_info('last_ckpt', previous)
-            self.last_normal_ckpt = previous_normal
-            runner.message_hub.update_info('last_normal_ckpt',
-                                           previous_normal)
             full = isinstance(e, Exception) and _is_enospc(e, self.out_dir)
             if is_main_process() and osp.exists(tmp):
                 os.remove(tmp)
-            if full:
-                raise OSError(
-                    errno.ENOSPC,
-                    f'no space left on device while writing the checkpoint '
-                    f'{final}. Nothing was lost: no partial file was left, '
-                    'and the previous checkpoint ' +
-                    (f'{previous} and last_checkpoint are intact'
-                     if previous else '(none in this run yet) is unchanged')
-                    + '. Free space on that disk and continue with '
-                    '--resume, or train in a work dir on another disk '
-                    '(--work-dir).') from None
-            raise
-        if not is_main_process():
-            return
-        line = final.encode()
-        atomic_write(osp.join(runner.work_dir, 'last_checkpoint'),
-                     lambda f: f.write(line))
+            if not full:
+                raise
+            raise OSError(
+                errno.ENOSPC,
+                f'no space left on device while writing the checkpoint '
+                f'{final}. Nothing was lost: no partial file was left, '
+                'and the previous checkpoint ' +
+                (f'{previous} and last_checkpoint are intact'
+                 if previous else '(none in this run yet) is unchanged')
+                + '. Free space on that disk and continue with '
+                '--resume, or train in a work dir on another disk '
+                '(--work-dir).') from None
+
+    def _prune(self, drop: list, step: int, final: str) -> None:
+        """Delete the checkpoints of ``drop`` (and their sidecars), keeping
+        the last one written before a loss spike until the loss is back in
+        its range."""
         paths = [self.file_backend.join_path(self.out_dir,
                                              self.filename_tmpl.format(old))
                  for old in drop if old != step]
         if self._spike is None:  # a normal one again: drop the kept ones
             paths += [p for p in self._deferred if p != final]
             self._deferred = []
-        for path in paths:  # only now that the new one is complete
+        for path in paths:
             if path == self.last_normal_ckpt and path != final:
                 self._deferred.append(path)  # the one before the spike
                 continue
@@ -326,159 +312,3 @@ class SafeCheckpointHook(CheckpointHook):
         os.replace(tmp, final)
         fsync_dir(osp.dirname(osp.abspath(final)))
         write_checksum(final, digest)
-
-
-def check_load_from_checkpoint(runner, path: str) -> None:
-    """``load_from`` (weights only, non-strict as in mmengine): a readable,
-    complete checkpoint that matches its SHA-256, and that loads something.
-
-    * A plain student checkpoint given to a distillation model (keys
-      ``backbone.*`` vs ``student.backbone.*``) is loaded into the student:
-      the keys are mapped onto ``student.`` (one log line).
-    * A distillation checkpoint given to a plain model, or any file of which
-      no tensor matches the model, is a CheckpointError naming the prefix
-      mismatch and the fix (mmengine only warns and trains from the
-      initial weights).
-    """
-    import functools
-
-    role = 'load_from checkpoint'
-    state = load_checked(path, role, log=runner.logger.info)
-    model = unwrap_model(runner)
-    expected = model.state_dict()
-    if any(k in expected for k in state):
-        return
-    student = getattr(model, 'student', None)
-    if isinstance(student, torch.nn.Module):
-        keys = student.state_dict()
-        n = sum(k in keys for k in state)
-        if n:
-            load = runner.load_checkpoint
-            runner.load_checkpoint = functools.partial(
-                load, revise_keys=[(r'^module\.', ''), (r'^', 'student.')])
-            runner.logger.info(
-                f'load_from {path}: a plain student checkpoint ({n} of the '
-                f"student's {len(keys)} tensors match); loading it into the "
-                'student (keys mapped onto "student.").')
-            return
-    config = getattr(runner.cfg, 'filename', None) or 'in memory'
-    if is_distillation_state(state):
-        raise CheckpointError(
-            f'{role} {path!r} is a distillation checkpoint (keys '
-            f'"student.*") and the model of the config ({config}) is a plain '
-            f'model: none of its {len(state)} tensors would load, and '
-            'training would start from the initial weights. Export the '
-            f'student (python tools/export_student.py {path} student.pth) '
-            'and set load_from=student.pth, or train with the distillation '
-            'config.')
-    raise CheckpointError(
-        f'{role} {path!r} matches none of the model\'s {len(expected)} '
-        f'tensors (config {config}): {_prefix_mismatch(state, expected)}. '
-        'Loading it would load nothing and train from the initial weights. '
-        'Rename the keys of the file (torch.load it, rename, torch.save) or '
-        'use a checkpoint of this model.')
-
-
-def _prefix_mismatch(state: dict, expected: dict) -> str:
-    """The file's and the model's keys, and the prefix between them when
-    one is the other with a prefix."""
-    fk, mk = next(iter(state)), next(iter(expected), '')
-    for f in list(state)[:50]:
-        for m in expected:
-            if m.endswith('.' + f):
-                return (f'a prefix mismatch: the model has "{m}" where the '
-                        f'file has "{f}" (prefix "{m[:-len(f)]}" missing '
-                        'in the file)')
-            if f.endswith('.' + m):
-                return (f'a prefix mismatch: the file has "{f}" where the '
-                        f'model has "{m}" (extra prefix "{f[:-len(m)]}" in '
-                        'the file)')
-    return (f'its keys look like "{fk}", the model\'s like "{mk}" (another '
-            'architecture or a prefix mismatch)')
-
-
-def _batch_size(runner):
-    """The per-process batch size of the training loader, or None."""
-    try:
-        loader = runner.train_dataloader
-    except Exception:
-        return None
-    return getattr(loader, 'batch_size', None)
-
-
-def distill_losses(model):
-    """The sorted distillation loss names of a distiller (``loss_feat``,
-    ``loss_lipschitz``, ``loss_kd``, ``loss_<term>``), or None for a model
-    that is not one."""
-    if not hasattr(model, 'terms') or not hasattr(model, 'teacher'):
-        return None
-    # every term, built-in (feat, lipschitz, kd) or task-aware, is in
-    # model.terms
-    return sorted(f'loss_{k}' for k in model.terms)
-
-
-def warn_distill_losses_change(runner, ckpt: dict, path: str) -> None:
-    """A resume whose distillation terms differ from those of the run that
-    wrote the checkpoint (e.g. another ``terms=``): the run goes on with
-    another loss under the old run's name, history and schedule; say so,
-    with the two ways on."""
-    meta = ckpt.get('meta', None) if isinstance(ckpt, dict) else None
-    then = (meta or {}).get('distill_losses', None)
-    now = distill_losses(unwrap_model(runner))
-    if then is None or now is None or list(then) == now:
-        return
-    added = sorted(set(now) - set(then))
-    removed = sorted(set(then) - set(now))
-    runner.logger.warning(
-        f'the resume checkpoint {path} was written by a run that distilled '
-        f'{list(then)}; this run distils {now} (' + '; '.join(
-            x for x in (f'added {added}' if added else '',
-                        f'removed {removed}' if removed else '') if x) +
-        '): --resume continues the old run\'s iterations, history and '
-        'schedule with another loss. To continue that run, resume with its '
-        'own config (the .py saved in its work dir); to train this setup '
-        'from those weights, start a new run: --cfg-options '
-        f'load_from={path} (without --resume).')
-
-
-def warn_world_size_change(runner, ckpt: dict, path: str) -> None:
-    """A resume with another number of processes than the run that wrote
-    the checkpoint: the global batch (and with it what the lr was set for)
-    changes; say so, with the numbers and the fix."""
-    meta = ckpt.get('meta', None) if isinstance(ckpt, dict) else None
-    then = (meta or {}).get('world_size', None)
-    now = get_world_size()
-    if not then or then == now:
-        return
-    per = _batch_size(runner)
-    old_per = (meta or {}).get('batch_size', None) or per
-    batch = (f': the global batch is now {per * now} instead of '
-             f'{old_per * then}' if per and old_per else
-             ': the global batch changed')
-    runner.logger.warning(
-        f'the resume checkpoint {path} was written by a run of {then} '
-        f'processes; this run has {now}{batch}, while the learning rate and '
-        'its schedule were set for the old one. Resume with the same '
-        f'number of processes (tools/dist_train.sh CONFIG {then} --resume), '
-        'or scale the lr (optim_wrapper.optimizer.lr, or --auto-scale-lr '
-        'for a new run from load_from).')
-
-
-def check_resume_checkpoint(runner, path: str) -> None:
-    """Fail, in words, when ``path`` cannot resume ``runner``'s model."""
-    role = 'resume checkpoint'
-    ckpt, state = load_checked(path, role, log=runner.logger.info,
-                               whole=True)
-    warn_world_size_change(runner, ckpt, path)
-    warn_distill_losses_change(runner, ckpt, path)
-    model = unwrap_model(runner)
-    missing, unexpected, mismatched = compare_state_dicts(
-        model.state_dict(), state)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f'{role} {path!r} was not written by this model (config '
-            f'{getattr(runner.cfg, "filename", None) or "in memory"}): ' +
-            describe_mismatch(missing, unexpected, mismatched) +
-            '. Resume only from a checkpoint of the same config; to start '
-            'from other weights use load_from (--cfg-options load_from=...) '
-            'without --resume.')

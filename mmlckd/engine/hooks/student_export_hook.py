@@ -5,7 +5,7 @@ from mmengine.hooks import Hook
 
 from mmlckd.registry import HOOKS
 from .paths import check_work_dir_relative
-from .utils import get_distiller
+from .utils import get_distiller, refuse_non_finite
 
 
 @HOOKS.register_module()
@@ -34,7 +34,6 @@ class StudentExportHook(Hook):
     @master_only
     def after_train(self, runner) -> None:
         from mmlckd.apis import save_student
-        from .safe_checkpoint_hook import refuse_non_finite
         model = get_distiller(runner, type(self).__name__)
         path = osp.join(runner.work_dir, self.filename)
         if refuse_non_finite(

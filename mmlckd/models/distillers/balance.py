@@ -1,56 +1,15 @@
-"""Automatic weights for the distillation terms, and their gradient shares.
-
-A distillation term's useful weight depends on the feature scales of the
-teacher and the student, on the batch size and on the task loss, so a
-number that works for ImageNet ResNets is off by orders of magnitude for a
-detector (the LONDON term at the reference weight started at 30,000 times
-the task loss of a RetinaNet). :class:`LossBalancer` measures instead:
-
-* during the first ``iters`` training steps (the *calibration*) every term
-  whose weight is ``'auto'`` is computed but added with weight 0 (its graph
-  is kept, so DDP sees every parameter used), and the statistic ``by`` is
-  averaged, over the second half of those steps (the task's gradient falls
-  fast over the first steps of a random head), for the task loss and for
-  every term:
-
-  - ``by='grad'`` (default): the L2 norm of the term's gradient on the
-    student's parameters (one extra backward per term and step, during the
-    calibration only);
-  - ``by='loss'``: the term's value;
-
-* then each weight is fixed to ``fraction * task_stat / term_stat``, so the
-  term starts at ``fraction`` of the task's gradient norm (or loss).
-
-The statistics are averaged over the DDP ranks at every calibration step,
-so all ranks fix the same weights. Weights, sums and counters are
-persistent buffers: checkpoints hold them and a resumed run continues
-exactly, also from the middle of the calibration.
-
-Gradient shares: after the calibration, at every ``log_interval``-th step
-(steps ``log_interval``, ``2 * log_interval``, ... counted from 1, the
-iterations at which mmengine's ``LoggerHook`` with the same interval prints
-a line), the balancer also measures the gradient norm on the student's
-parameters of the task loss and of each weighted term and returns them for
-the logs (``gnorm_<term>`` and ``gshare_<term>``, the norm divided by the
-sum of all norms). Nothing is returned at the other steps, so a log line
-carries shares only when they were measured at that step (the
-``LipschitzMonitorHook`` drops the previous measurement from the message
-hub), and none during the calibration, when the auto weights are still 0.
-The names avoid the substring ``loss``, which mmengine would add to the
-total loss.
-"""
-import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+"""The automatic weights of the distillation terms, and their gradient
+shares: :class:`LossBalancer` (the README's "Loss weights" says what it
+does for users, the class docstring how)."""
+from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.nn as nn
 from mmengine.dist import all_reduce, get_world_size
 from mmengine.logging import print_log
-
-from mmlckd.registry import MODELS
 from torch import Tensor
 
-__all__ = ['LossBalancer', 'short_name', 'auto_weight', 'build_losses']
+__all__ = ['LossBalancer', 'short_name', 'grad_norms']
 
 Fraction = Union[float, Dict[str, float]]
 
@@ -58,108 +17,6 @@ Fraction = Union[float, Dict[str, float]]
 def short_name(term: str) -> str:
     """``'loss_lipschitz'`` -> ``'lipschitz'`` (for log keys)."""
     return term[len('loss_'):] if term.startswith('loss_') else term
-
-
-#: the loss each of the distiller's loss arguments builds when its config
-#: names no ``type``: ``--cfg-options model.lipschitz_loss.distance=l1``
-#: or ``model.feature_loss.loss_weight=1e-5`` changes one field of the
-#: default loss (mmengine merges the option into an empty dict when the
-#: config leaves the argument to its default)
-DEFAULT_LOSS_TYPES = {
-    'lipschitz_loss': 'mmlckd.LipschitzLoss',
-    'feature_loss': 'mmlckd.OFDLoss',
-}
-
-
-def with_default_type(cfg: Optional[dict], what: str) -> Optional[dict]:
-    """``cfg`` with ``type`` set to the default loss of the argument
-    ``what`` (:data:`DEFAULT_LOSS_TYPES`) when it names none."""
-    if cfg is None or 'type' in cfg:
-        return cfg
-    return dict(type=DEFAULT_LOSS_TYPES[what], **cfg)
-
-
-def auto_weight(cfg: Optional[dict], what: str
-                ) -> Tuple[Optional[dict], bool]:
-    """``(cfg with loss_weight=1.0, True)`` if the loss config ``cfg``
-    leaves its weight to the balancer (no ``loss_weight`` or ``'auto'``),
-    else ``(cfg, False)``; ``what`` names the config in errors."""
-    if cfg is None:
-        return None, False
-    cfg = dict(cfg)
-    weight = cfg.get('loss_weight', 'auto')
-    if weight == 'auto':
-        cfg['loss_weight'] = 1.0
-        return cfg, True
-    if not isinstance(weight, (int, float)):
-        raise TypeError(f'{what}.loss_weight must be a number or \'auto\', '
-                        f'got {weight!r}')
-    if not math.isfinite(weight):
-        raise ValueError(
-            f'{what}.loss_weight={weight} is not a finite number: every '
-            'step would stop on a non-finite loss. Give a finite weight '
-            '(e.g. 1e-4; 0 switches the term off) or \'auto\'.')
-    return cfg, False
-
-
-BALANCE_KEYS = ('fraction', 'iters', 'by', 'log_interval')
-
-
-def check_balance_keys(balance: dict) -> None:
-    """An unknown ``balance`` setting (a typo such as ``iter``) is an error
-    naming the settings there are, not a ``LossBalancer.__init__()``
-    TypeError."""
-    from .validation import typo_hints
-    unknown = [k for k in balance if k not in BALANCE_KEYS]
-    if unknown:
-        did = typo_hints(unknown, BALANCE_KEYS)
-        raise ValueError(
-            f'model.balance has no setting {unknown}' +
-            (f' ({", ".join(did)})' if did else '') +
-            f'; its settings are {list(BALANCE_KEYS)} (balance=None turns '
-            'the automatic weights off).')
-
-
-def build_losses(lipschitz_loss: Optional[dict],
-                 feature_loss: Optional[dict], response_cfgs: List[dict],
-                 balance: Optional[dict],
-                 term_auto: Sequence[str] = ()) -> tuple:
-    """``(lipschitz loss, feature loss, response losses, balancer, loss
-    configs)`` of the distiller's arguments: the balancer weights every
-    term that sets no ``loss_weight`` (:func:`auto_weight`; the response
-    losses as one term, ``loss_kd``). Completes ``response_cfgs[i]['loss']``
-    in place.
-    A loss config without ``type`` is one of the default loss
-    (:func:`with_default_type`)."""
-    lipschitz_loss = with_default_type(lipschitz_loss, 'lipschitz_loss')
-    feature_loss = with_default_type(feature_loss, 'feature_loss')
-    lipschitz_loss, lip_auto = auto_weight(lipschitz_loss, 'lipschitz_loss')
-    feature_loss, feat_auto = auto_weight(feature_loss, 'feature_loss')
-    response_auto = []
-    for r in response_cfgs:
-        r['loss'], is_auto = auto_weight(r['loss'], 'response loss')
-        response_auto.append(is_auto)
-    if any(response_auto) and not all(response_auto):
-        raise ValueError(
-            'response losses: give every one a loss_weight or none (the '
-            'balancer weights their sum, loss_kd, as one term)')
-    auto = [name for name, is_auto in (
-        ('loss_lipschitz', lip_auto), ('loss_feat', feat_auto),
-        ('loss_kd', bool(response_auto) and all(response_auto))) if is_auto]
-    auto += list(term_auto)
-    lip = MODELS.build(lipschitz_loss) if lipschitz_loss else None
-    feat = MODELS.build(feature_loss) if feature_loss else None
-    response = nn.ModuleList(MODELS.build(r['loss']) for r in response_cfgs)
-    if balance is None and auto:
-        raise ValueError(
-            f'balance=None, but {auto} set no loss_weight: give them '
-            'explicit weights or keep the balancer')
-    if balance is not None:
-        check_balance_keys(balance)
-    balancer = None if balance is None else LossBalancer(auto, **balance)
-    cfgs = dict(lipschitz_loss=lipschitz_loss, feature_loss=feature_loss,
-                response=[r.get('loss') for r in response_cfgs])
-    return lip, feat, response, balancer, cfgs
 
 
 def grad_norms(outputs: Sequence[Tensor],
@@ -181,8 +38,29 @@ def grad_norms(outputs: Sequence[Tensor],
 
 
 class LossBalancer(nn.Module):
-    """Fixes the weights of the ``'auto'`` distillation terms by measurement
-    (see the module docstring).
+    """Fixes the weights of the ``'auto'`` distillation terms by measurement.
+
+    * Calibration: during the first ``iters`` steps every auto term weighs
+      0 (its graph is kept, so DDP sees every parameter used); over the
+      second half of them (:attr:`_first_measured`: the task's gradient
+      falls fast over the first steps of a random head) the statistic
+      ``by`` of the task loss and of every term is summed: ``'grad'``, the
+      L2 norm of its gradient on the student's parameters (one extra
+      backward per term and step, :func:`grad_norms`), or ``'loss'``, its
+      value. Then each weight is fixed to ``fraction * task / term``.
+    * The statistics are averaged over the DDP ranks at every step, so all
+      ranks fix the same weights. Weights, sums and counters are
+      persistent buffers (with Python mirrors, so a step reads them
+      without a host sync): a resumed run continues exactly, also from the
+      middle of the calibration.
+    * Gradient shares: after the calibration, at every
+      ``log_interval``-th step (counted from 1: the lines of a
+      ``LoggerHook`` with the same interval) :meth:`forward` returns
+      ``gnorm_<term>`` and ``gshare_<term>`` (the norm over the sum of all
+      norms, auto terms times their weight); nothing at the other steps
+      (``LipschitzMonitorHook`` drops the previous measurement from the
+      message hub). No log name holds ``loss``, which mmengine would add
+      to the total loss.
 
     Args:
         terms (Sequence[str]): names of the auto-weighted terms, e.g.
@@ -308,9 +186,7 @@ class LossBalancer(nn.Module):
     @property
     def _first_measured(self) -> int:
         """The calibration step from which statistics count: the second
-        half, since the task's gradient falls fast over the first steps of
-        a randomly initialised head and the weights must fit the moment the
-        terms are switched on."""
+        half, so the weights fit the moment the terms are switched on."""
         return self.iters // 2
 
     @torch.no_grad()

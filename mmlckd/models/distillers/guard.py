@@ -1,18 +1,27 @@
-"""The distiller's NaN guard: which values went non-finite, why (the input,
-a task loss, a distillation term) and where the last finite checkpoint is.
+"""The NaN guard, the project's one mechanism for non-finite values: which
+values went non-finite, why (the input, a task loss, a distillation term,
+a gradient) and where the last finite checkpoint is.
 
-The guard stops a step *before* the optimizer update (losses are checked in
-the forward; ``mmlckd.SafeCheckpointHook`` also checks the gradients right
-before ``optimizer.step``), so the weights stay those of the last finite
-step and no non-finite state is written.
+The guard stops a step *before* the optimizer update, so the weights stay
+those of the last finite step and no non-finite state is written:
+
+* the distiller checks its losses in the forward (:func:`guarded_loss`,
+  :func:`check_terms_finite`, naming the layers of the non-finite terms);
+* :func:`guard_optimizer_steps` checks the gradients right before each
+  ``optimizer.step`` (``mmlckd.SafeCheckpointHook`` installs it, for any
+  model);
+* :func:`non_finite` names the tensors of a state that a checkpoint or an
+  export must not write.
+
+``model.nan_guard=False`` turns the first two off.
 """
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 
 __all__ = ['last_finite_checkpoint', 'RESTART_HINT', 'check_inputs_finite',
-           'check_losses_finite', 'check_terms_finite',
-           'non_finite_loss_error']
+           'check_losses_finite', 'check_terms_finite', 'guarded_loss',
+           'guard_optimizer_steps', 'non_finite', 'non_finite_loss_error']
 
 _DISABLE = 'Set model.nan_guard=False to disable this check.'
 
@@ -100,9 +109,10 @@ def _all_finite(values: Iterable[Any]) -> bool:
     return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
 
-def _non_finite(named: Dict[str, Any]) -> List[str]:
-    """The names of the values holding NaN/Inf (a sync per value: called
-    only once a check failed)."""
+def non_finite(named: Dict[str, Any]) -> List[str]:
+    """The names of the values (tensors, or lists of them) holding NaN/Inf
+    (a sync per value: called only once a check failed, or on a state
+    about to be written)."""
     return [k for k, v in named.items()
             if any(not bool(torch.isfinite(t.detach()).all())
                    for t in _tensors(v))]
@@ -116,9 +126,9 @@ def check_terms_finite(terms: Dict[str, torch.Tensor],
     terms were computed from) are non-finite."""
     if _all_finite(terms.values()):
         return
-    bad_feats = _non_finite(features)
+    bad_feats = non_finite(features)
     raise non_finite_loss_error(
-        'distillation loss', _non_finite(terms),
+        'distillation loss', non_finite(terms),
         f'; non-finite features: '
         f'{bad_feats or "none (the loss itself overflowed)"}')
 
@@ -132,15 +142,68 @@ def check_losses_finite(losses: Dict[str, torch.Tensor], inputs=None
     if _all_finite(named.values()):
         return
     check_inputs_finite(inputs)
-    raise non_finite_loss_error('loss', _non_finite(named),
+    raise non_finite_loss_error('loss', non_finite(named),
                                 ' (task or distillation)')
 
 
-def reraise_for_input(err: FloatingPointError, inputs) -> Optional[
-        FloatingPointError]:
-    """A guard error, reworded when the cause is the input batch."""
+def _input_error(inputs) -> Optional[FloatingPointError]:
+    """The guard's error for a non-finite input batch, or None."""
     try:
         check_inputs_finite(inputs)
     except FloatingPointError as e:
         return e
     return None
+
+
+def guarded_loss(loss: Callable[..., dict], inputs, data_samples) -> dict:
+    """``loss(inputs, data_samples)`` with every ``loss*`` value checked
+    (:func:`check_losses_finite`); an error a term raised is reworded when
+    the cause is the input batch."""
+    try:
+        losses = loss(inputs, data_samples)
+    except FloatingPointError:
+        better = _input_error(inputs)
+        if better is not None:
+            raise better from None
+        raise
+    check_losses_finite(losses, inputs)  # the task losses too
+    return losses
+
+
+def guard_optimizer_steps(model: torch.nn.Module, optim_wrapper,
+                          iteration: Callable[[], int],
+                          disable: str) -> list:
+    """Check the gradients right before every ``optimizer.step()`` of
+    ``optim_wrapper`` (one wrapper or a dict of them; one host sync per
+    step): a NaN/Inf gradient raises a FloatingPointError naming the
+    parameters of ``model``, the iteration (``iteration()``, 1-based) and
+    the last finite checkpoint, and the step is not taken. ``disable``
+    ends the message. Returns the hook handles (remove them at the end of
+    training); none when ``model.nan_guard`` is False."""
+    if getattr(model, 'nan_guard', True) is False:
+        return []
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def check(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups
+                 for p in g['params'] if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack(torch._foreach_norm(grads))
+        if bool(torch.isfinite(norms).all()):  # the one host sync
+            return
+        bad = [names.get(id(p), '?') for g in optimizer.param_groups
+               for p in g['params'] if p.grad is not None
+               and not bool(torch.isfinite(p.grad).all())]
+        raise FloatingPointError(
+            f'non-finite gradients at iteration {iteration()} in '
+            f'{len(bad)} parameters (e.g. {bad[:3]}): the optimizer step '
+            'was stopped, so no non-finite update was applied and none '
+            f'will be saved; {last_finite_checkpoint()}. Fixes: lower '
+            'the learning rate, clip gradients '
+            '(optim_wrapper.clip_grad=dict(max_norm=35)), check the '
+            f'data; {RESTART_HINT}. {disable}')
+
+    wrappers = optim_wrapper.values() if hasattr(optim_wrapper, 'values') \
+        else [optim_wrapper]
+    return [w.optimizer.register_step_pre_hook(check) for w in wrappers]

@@ -22,7 +22,8 @@ Design:
   (balancer, explicit weights, ``distill_weight``). The pairing lives in
   :mod:`.feature_pairs`, the probe in :mod:`mmlckd.models.probe`, the terms
   in :mod:`mmlckd.models.terms`, the teacher in :mod:`.teacher`, the NaN
-  guard in :mod:`.guard`, the automatic weights in :mod:`.balance`.
+  guard in :mod:`.guard`, the losses in :mod:`.loss_setup`, the automatic
+  weights in :mod:`.balance`.
 """
 import copy
 import inspect
@@ -36,7 +37,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmlckd.checkpoint import strip_prefix
 from mmlckd.registry import MODELS
 from ..recorders import FeatureRecorder
-from .balance import build_losses
+from .loss_setup import build_losses
 from .term_runner import build_terms, run_terms
 from ..terms.pair_terms import (LipschitzTerm, OFDTerm, ResponseKDTerm,
                                 lipschitz_maps, sigma_ratios)
@@ -44,8 +45,7 @@ from .feature_pairs import (FeaturePair, feature_groups,
                             lipschitz_block_shapes, parse_features,
                             parse_response, probe_shapes,
                             warn_single_feature_groups)
-from .guard import (check_losses_finite, check_terms_finite,
-                    reraise_for_input)
+from .guard import check_terms_finite, guarded_loss
 from .teacher import build_teacher, check_compatible
 from .unlabelled import mixed_loss, split_batch
 from .validation import (check_arguments, check_data_preprocessor,
@@ -249,15 +249,7 @@ class LipschitzDistiller(BaseModel):
             return self.student(inputs, data_samples, mode=mode)
         if not self.nan_guard:
             return self.loss(inputs, data_samples)
-        try:
-            losses = self.loss(inputs, data_samples)
-        except FloatingPointError as e:  # say so when the input is bad
-            better = reraise_for_input(e, inputs)
-            if better is not None:
-                raise better from None
-            raise
-        check_losses_finite(losses, inputs)  # the task losses too
-        return losses
+        return guarded_loss(self.loss, inputs, data_samples)
 
     def loss(self, inputs: torch.Tensor, data_samples) -> dict:
         """Student task losses + weighted distillation terms + logs

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 import torch.nn as nn
 
 from mmlckd.registry import MODELS
-from .balance import auto_weight
+from .loss_setup import auto_weight
 
 __all__ = ['build_terms', 'run_terms', 'task_aware_terms', 'RESERVED',
            'TASK_AWARE']

@@ -33,19 +33,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from mmlckd.structures import is_unlabelled
 from .balance import short_name
 
-__all__ = ['UNLABELLED', 'is_unlabelled', 'split_batch', 'mixed_loss',
-           'label_map']
-
-#: the metainfo key of a data sample without labels
-UNLABELLED = 'unlabelled'
-
-
-def is_unlabelled(sample) -> bool:
-    """Whether a data sample is marked as having no labels."""
-    meta = getattr(sample, 'metainfo', None)
-    return bool(meta.get(UNLABELLED, False)) if meta else False
+__all__ = ['split_batch', 'mixed_loss']
 
 
 def split_batch(data_samples) -> Optional[Tuple[List[int], List[int]]]:
@@ -116,17 +107,3 @@ def mixed_loss(distiller, inputs, data_samples,
         logs[_log_name(k, 'labelled')] = terms_l[k].detach()
         logs[_log_name(k, 'unlabelled')] = terms_u[k].detach()
     return losses, terms, logs
-
-
-def label_map(sample, ignore_index: int = 255) -> torch.Tensor:
-    """The (H, W) segmentation label map of a sample for the label-aware
-    distillation terms (which leave out ``ignore_index`` pixels): its
-    ground truth, or for an unlabelled sample 0 (a valid pixel) inside the
-    image and ``ignore_index`` in the batch padding."""
-    label = sample.gt_sem_seg.data.squeeze(0)
-    if not is_unlabelled(sample):
-        return label
-    h, w = sample.metainfo.get('img_shape', label.shape[-2:])[:2]
-    out = torch.full_like(label, ignore_index)
-    out[..., :h, :w] = 0
-    return out

@@ -244,9 +244,9 @@ class LipschitzLoss(nn.Module):
             student_inputs (Sequence[Tensor], optional): If given, the
                 student TM of pair ``i`` is
                 ``TM(student_inputs[i], student_feats[i + 1])`` instead of
-                ``TM(student_feats[i], student_feats[i + 1])``. LONDON's
-                wiring passes the connector outputs here and the raw student
-                maps as ``student_feats``.
+                ``TM(student_feats[i], student_feats[i + 1])`` (the
+                distiller's ``lipschitz_on``:
+                :func:`mmlckd.models.terms.pair_terms.lipschitz_maps`).
 
         Returns:
             tuple[Tensor, dict[str, Tensor]]: The scalar loss in float32

@@ -6,6 +6,7 @@ import torch
 from mmengine.logging import print_log
 
 from mmlckd.registry import MODELS
+from mmlckd.structures import label_map
 from ..losses import PredictionKDLoss
 from .base import DistillTerm, Read, as_list, head_of
 
@@ -134,8 +135,7 @@ def seg_labels(data_samples, ignore_index: int = 255
                ) -> Optional[torch.Tensor]:
     """The segmentation labels of a batch (None for detection); an
     unlabelled image counts every pixel inside the image
-    (:func:`~mmlckd.models.distillers.unlabelled.label_map`)."""
-    from ..distillers.unlabelled import label_map
+    (:func:`mmlckd.structures.label_map`)."""
     if not data_samples or not hasattr(data_samples[0], 'gt_sem_seg'):
         return None
     return torch.stack([label_map(ds, ignore_index)

@@ -326,7 +326,7 @@ def test_cfg_options_change_one_field_of_a_default_loss(tmp_path,
 
     from mmengine.config import Config
 
-    from mmlckd.utils.cli import load_tool_cfg, parse_with_launcher_args
+    from mmlckd.cli.args import load_tool_cfg, parse_with_launcher_args
     monkeypatch.setenv('LOCAL_RANK', '0')
     Config(dict(model=dict(
         type='mmlckd.LipschitzDistiller', student=det_model(),

@@ -6,7 +6,8 @@ import torch
 from mmengine.structures import InstanceData
 
 import mmlckd  # noqa: F401
-from mmlckd.models.distillers.unlabelled import label_map, split_batch
+from mmlckd.models.distillers.unlabelled import split_batch
+from mmlckd.structures import label_map
 from mmlckd.testing import det_batch, det_model, seg_batch, seg_model
 from test_lipschitz_distiller import FAMILIES, build
 
