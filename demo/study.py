@@ -310,18 +310,36 @@ def finished(phases: List[List[Job]], opts: dict) -> dict:
     return results
 
 
+#: seconds per 1000 training iterations of one run on one core (measured
+#: on 2026-12-07, two runs side by side on the 2-core machine): only the
+#: order in which :func:`run_jobs` starts the runs depends on them
+COST_PER_1K = {('det', 'teacher'): 193, ('seg', 'teacher'): 358,
+               ('det', 'student'): 60, ('seg', 'student'): 87,
+               ('det', 'london'): 123, ('seg', 'london'): 176}
+
+
+def expected_cost(job: Job, opts: dict) -> float:
+    """The expected training seconds of ``job`` (:data:`COST_PER_1K`)."""
+    if job.row is None:
+        role, iters = 'teacher', opts['teacher_iters'][job.task]
+    else:
+        role = 'student' if ROWS[job.row] is None else 'london'
+        iters = opts['iters'][job.task]
+    return COST_PER_1K[(job.task, role)] * iters / 1000
+
+
 def run_jobs(phases: List[List[Job]], opts: dict, jobs: int = 2) -> dict:
     """Run the phases in order, ``jobs`` processes at a time; returns
     ``{job: result}``. Finished jobs (``result.json``) are not rerun.
-    Within a phase the distilled runs (about twice as long: the teacher's
-    forward) start first, so the short ones fill the gaps at the end."""
+    Within a phase the longest runs start first (:func:`expected_cost`:
+    a distilled run is about twice a student alone, the teacher's
+    forward), so the short ones fill the gaps at the end."""
     results: Dict[Job, dict] = {}
     ctx = get_context('spawn')
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         for phase in phases:
             futures = {}
-            for job in sorted(phase, key=lambda j: j.row is None or
-                              ROWS[j.row] is None):
+            for job in sorted(phase, key=lambda j: -expected_cost(j, opts)):
                 ckpt = None
                 if job.row is not None and ROWS[job.row] is not None:
                     teacher = Job(job.task, job.data_seed, 0)

@@ -215,3 +215,23 @@ def test_unlabelled_rows_are_planned_in_the_scarce_regime_only():
         ('det-scarce', 'baseline-all-labels'),
         ('det-scarce', 'default+unlabelled')]
     assert len(teachers) == 1
+
+
+def test_study_starts_the_longest_runs_first():
+    """The pool gets the runs longest first (the makespan of two cores:
+    in the study's teacher phase the plan order, det then seg per data
+    seed, left one core idle for a detection teacher's length)."""
+    from demo.pipeline import SCHEDULES
+    from demo.study import expected_cost, plan_jobs
+    opts = dict(iters=SCHEDULES['iters'],
+                teacher_iters=SCHEDULES['teacher_iters'])
+    teachers, students = plan_jobs(['det-scarce', 'seg'],
+                                   ['baseline', 'default'], [0], [0, 2])
+    order = sorted(teachers, key=lambda j: -expected_cost(j, opts))
+    assert [j.task for j in teachers] == ['det', 'seg', 'det', 'seg']
+    assert [j.task for j in order] == ['seg', 'seg', 'det', 'det']
+    costs = {(j.task, j.row): expected_cost(j, opts) for j in students}
+    # a distilled run costs more than its student alone; segmentation's
+    # distilled run is the longest student run
+    assert costs[('det', 'default')] > costs[('det', 'baseline')]
+    assert costs[('seg', 'default')] == max(costs.values())

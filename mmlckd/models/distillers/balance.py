@@ -1,7 +1,7 @@
 """The automatic weights of the distillation terms, and their gradient
 shares: :class:`LossBalancer` (the README's "Loss weights" says what it
 does for users, the class docstring how)."""
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -46,8 +46,9 @@ class LossBalancer(nn.Module):
       falls fast over the first steps of a random head) the statistic
       ``by`` of the task loss and of every term is summed: ``'grad'``, the
       L2 norm of its gradient on the student's parameters (one extra
-      backward per term and step, :func:`grad_norms`), or ``'loss'``, its
-      value. Then each weight is fixed to ``fraction * task / term``.
+      backward per term and measured step, :func:`grad_norms`; the first
+      half measures nothing), or ``'loss'``, its value. Then each weight
+      is fixed to ``fraction * task / term``.
     * The statistics are averaged over the DDP ranks at every step, so all
       ranks fix the same weights. Weights, sums and counters are
       persistent buffers (with Python mirrors, so a step reads them
@@ -160,9 +161,12 @@ class LossBalancer(nn.Module):
         calibrating = not self.calibrated and bool(self.terms)
         share_due = (self.log_interval > 0 and not calibrating
                      and (step + 1) % self.log_interval == 0)
+        # the first half of the calibration counts steps only: its
+        # statistics are not used, so they are not measured either
+        counted = calibrating and self._count >= self._first_measured
         names = ['task'] + list(terms)  # the rows of ``norms``
         norms = None
-        if (calibrating and self.by == 'grad') or share_due:
+        if (counted and self.by == 'grad') or share_due:
             norms = grad_norms([task] + list(terms.values()), params)
         if share_due:
             # auto terms count as applied, i.e. times their current weight
@@ -172,7 +176,9 @@ class LossBalancer(nn.Module):
             for k, norm in zip(names, applied):
                 logs[f'gnorm_{short_name(k)}'] = norm
                 logs[f'gshare_{short_name(k)}'] = norm / total
-        if calibrating:
+        if calibrating and not counted:
+            self._accumulate(None)
+        elif calibrating:
             if self.by == 'grad':
                 stats = norms[[names.index(t) for t in ['task'] + self.terms]]
             else:
@@ -190,11 +196,13 @@ class LossBalancer(nn.Module):
         return self.iters // 2
 
     @torch.no_grad()
-    def _accumulate(self, stats: Tensor) -> None:
-        stats = stats.detach().to(self.sums)
-        if get_world_size() > 1:
-            all_reduce(stats, op='mean')
+    def _accumulate(self, stats: Optional[Tensor]) -> None:
+        """Count one calibration step; add ``stats`` (averaged over the
+        ranks) from :attr:`_first_measured` on, where it must be given."""
         if self._count >= self._first_measured:
+            stats = stats.detach().to(self.sums)
+            if get_world_size() > 1:
+                all_reduce(stats, op='mean')
             self.sums += stats
         self.count += 1
         self._count += 1

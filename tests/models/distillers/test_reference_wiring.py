@@ -198,6 +198,25 @@ def test_balancer_state_resumes_mid_calibration_exactly():
     assert torch.equal(a.weights, b.weights) and float(a.weights[0]) > 0
 
 
+def test_balancer_measures_only_the_steps_it_counts(monkeypatch):
+    """The first half of the calibration is not counted, so it runs no
+    extra backward; the counted half runs one per output (issue 21)."""
+    import mmlckd.models.distillers.balance as balance
+    calls = []
+    real = balance.grad_norms
+    monkeypatch.setattr(balance, 'grad_norms',
+                        lambda outs, params: calls.append(len(outs)) or
+                        real(outs, params))
+    bal = LossBalancer(['loss_a', 'loss_b'], iters=4, log_interval=0)
+    per_step = []
+    for seed in range(4):
+        w, task, terms = _toy(seed)
+        before = len(calls)
+        bal(task, terms, [w])
+        per_step.append(sum(calls[before:]))
+    assert per_step == [0, 0, 3, 3] and bal.calibrated
+
+
 def test_balancer_logs_gradient_shares_at_its_interval():
     """Shares only at the steps that are multiples of log_interval (counted
     from 1, as mmengine's LoggerHook prints), never in the calibration."""
