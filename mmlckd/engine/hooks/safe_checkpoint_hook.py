@@ -127,7 +127,10 @@ class SafeCheckpointHook(CheckpointHook):
             outputs, dict) else None
         if loss is None:
             return
-        loss = float(loss)
+        # the value only (mmengine's RuntimeInfoHook reads every log
+        # value of the step the same way, so this adds no host sync)
+        loss = float(loss.detach()) if hasattr(loss, 'detach') else \
+            float(loss)
         hist = sorted(self._losses)
         median = hist[len(hist) // 2] if hist else None
         if median is not None and len(hist) >= 2 and (
