@@ -62,15 +62,19 @@ def schedule_iters(cfg) -> dict:
 
 
 def phase_counts(total: int, balancer) -> Dict[str, int]:
-    """How many steps of each phase a ``total``-step run has."""
+    """How many steps of each phase a ``total``-step run has. Of the
+    calibration, only the second half measures its statistics (the extra
+    backwards); its first half costs a steady step (the auto terms weigh
+    0 there, their graphs are still built) and counts as one."""
     if balancer is None:
         return dict(steady=total)
     calib = min(balancer.iters, total) if balancer.terms else 0
+    measured = max(0, calib - balancer.iters // 2)
     every = balancer.log_interval
     # share steps: 0-based steps s >= calib with (s + 1) % every == 0
     share = total // every - calib // every if every > 0 else 0
-    return dict(calibration=calib, share=share,
-                steady=total - calib - share)
+    return dict(calibration=measured, share=share,
+                steady=total - measured - share)
 
 
 def amortised_time(times: dict, counts: Dict[str, int], clock: str
