@@ -310,12 +310,13 @@ def finished(phases: List[List[Job]], opts: dict) -> dict:
     return results
 
 
-#: seconds per 1000 training iterations of one run on one core (measured
-#: on 2026-12-07, two runs side by side on the 2-core machine): only the
-#: order in which :func:`run_jobs` starts the runs depends on them
-COST_PER_1K = {('det', 'teacher'): 193, ('seg', 'teacher'): 358,
-               ('det', 'student'): 60, ('seg', 'student'): 87,
-               ('det', 'london'): 123, ('seg', 'london'): 176}
+#: seconds per 1000 training iterations of one run on one core (the
+#: timed study of 2026-12-07, two runs side by side on the 2-core
+#: machine; docs/demo/study_results.md): only the order in which
+#: :func:`run_jobs` starts the runs depends on them
+COST_PER_1K = {('det', 'teacher'): 210, ('seg', 'teacher'): 467,
+               ('det', 'student'): 64, ('seg', 'student'): 95,
+               ('det', 'london'): 118, ('seg', 'london'): 182}
 
 
 def expected_cost(job: Job, opts: dict) -> float:
