@@ -85,7 +85,10 @@ def test_distill_step_bench_quick(tmp_path):
         # a 1x schedule: the balancer's calibration and gradient-share
         # steps are a small part of it
         counts = default['counts']
-        assert counts['calibration'] == default['calibration_steps'] > 0
+        # only the calibration's second half measures (the first half
+        # costs a steady step and counts as one)
+        calib = default['calibration_steps']
+        assert counts['calibration'] == calib - calib // 2 > 0
         assert 0 < counts['share'] < counts['steady'], counts
         assert sum(counts.values()) == m['schedule']['iters'], m['model']
         for mode in ('student', 'teacher', 'distill'):
