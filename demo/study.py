@@ -329,6 +329,12 @@ def expected_cost(job: Job, opts: dict) -> float:
     return COST_PER_1K[(job.task, role)] * iters / 1000
 
 
+def start_order(phase: List[Job], opts: dict) -> List[Job]:
+    """The jobs of ``phase`` in the order :func:`run_jobs` starts them:
+    longest first (:func:`expected_cost`)."""
+    return sorted(phase, key=lambda j: -expected_cost(j, opts))
+
+
 def run_jobs(phases: List[List[Job]], opts: dict, jobs: int = 2) -> dict:
     """Run the phases in order, ``jobs`` processes at a time; returns
     ``{job: result}``. Finished jobs (``result.json``) are not rerun.
@@ -340,7 +346,7 @@ def run_jobs(phases: List[List[Job]], opts: dict, jobs: int = 2) -> dict:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         for phase in phases:
             futures = {}
-            for job in sorted(phase, key=lambda j: -expected_cost(j, opts)):
+            for job in start_order(phase, opts):
                 ckpt = None
                 if job.row is not None and ROWS[job.row] is not None:
                     teacher = Job(job.task, job.data_seed, 0)

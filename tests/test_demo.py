@@ -222,12 +222,12 @@ def test_study_starts_the_longest_runs_first():
     in the study's teacher phase the plan order, det then seg per data
     seed, left one core idle for a detection teacher's length)."""
     from demo.pipeline import SCHEDULES
-    from demo.study import expected_cost, plan_jobs
+    from demo.study import expected_cost, plan_jobs, start_order
     opts = dict(iters=SCHEDULES['iters'],
                 teacher_iters=SCHEDULES['teacher_iters'])
     teachers, students = plan_jobs(['det-scarce', 'seg'],
                                    ['baseline', 'default'], [0], [0, 2])
-    order = sorted(teachers, key=lambda j: -expected_cost(j, opts))
+    order = start_order(teachers, opts)  # what run_jobs starts in order
     assert [j.task for j in teachers] == ['det', 'seg', 'det', 'seg']
     assert [j.task for j in order] == ['seg', 'seg', 'det', 'det']
     costs = {(j.task, j.row): expected_cost(j, opts) for j in students}
