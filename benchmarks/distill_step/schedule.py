@@ -69,7 +69,7 @@ def phase_counts(total: int, balancer) -> Dict[str, int]:
     if balancer is None:
         return dict(steady=total)
     calib = min(balancer.iters, total) if balancer.terms else 0
-    measured = max(0, calib - balancer.iters // 2)
+    measured = max(0, calib - balancer.first_measured)
     every = balancer.log_interval
     # share steps: 0-based steps s >= calib with (s + 1) % every == 0
     share = total // every - calib // every if every > 0 else 0

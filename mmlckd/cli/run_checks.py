@@ -7,6 +7,7 @@ from mmengine.hooks import Hook
 
 from mmlckd.engine.hooks.safe_checkpoint_hook import SafeCheckpointHook
 from mmlckd.engine.hooks.utils import unwrap_model
+from mmlckd.models.distillers.balance import first_measured_step
 from mmlckd.models.distillers.guard import non_finite
 from .data_checks import empty_after_filter, unknown_class_annotations
 
@@ -153,9 +154,9 @@ def check_distill_setup(runner) -> List[str]:
 
 class CalibrationPositivesHook:
     """Counts the ground-truth boxes of the batches the loss balancer
-    measures (calibration steps ``iters // 2 .. iters - 1``) and warns,
-    once, when none of them holds a box: the weights are then scaled
-    against a background-only task loss (up to 100x off)."""
+    measures (calibration steps ``first_measured_step(iters) .. iters -
+    1``) and warns, once, when none of them holds a box: the weights are
+    then scaled against a background-only task loss (up to 100x off)."""
 
     def __init__(self, iters: int):
         self.iters = int(iters)
@@ -172,7 +173,7 @@ class CalibrationPositivesHook:
     def record(self, step: int, data_batch) -> Optional[str]:
         """Called before training step ``step`` (0-based); returns the
         warning once the calibration ended without a positive box."""
-        if not self.iters // 2 <= step < self.iters:
+        if not first_measured_step(self.iters) <= step < self.iters:
             return None
         n = self.count_boxes(data_batch)
         if n is None:
@@ -181,7 +182,8 @@ class CalibrationPositivesHook:
         if step != self.iters - 1 or any(self.boxes):
             return None
         return (f'loss balance: the {len(self.boxes)} batches the '
-                f'calibration measured (iterations {self.iters // 2 + 1}-'
+                f'calibration measured (iterations '
+                f'{first_measured_step(self.iters) + 1}-'
                 f'{self.iters}) hold no ground-truth box, so the automatic '
                 'weights are scaled against a background-only task loss '
                 '(they can be 100x off). Set filter_cfg.filter_empty_gt='

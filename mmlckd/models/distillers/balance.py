@@ -9,7 +9,7 @@ from mmengine.dist import all_reduce, get_world_size
 from mmengine.logging import print_log
 from torch import Tensor
 
-__all__ = ['LossBalancer', 'short_name', 'grad_norms']
+__all__ = ['LossBalancer', 'short_name', 'grad_norms', 'first_measured_step']
 
 Fraction = Union[float, Dict[str, float]]
 
@@ -17,6 +17,13 @@ Fraction = Union[float, Dict[str, float]]
 def short_name(term: str) -> str:
     """``'loss_lipschitz'`` -> ``'lipschitz'`` (for log keys)."""
     return term[len('loss_'):] if term.startswith('loss_') else term
+
+
+def first_measured_step(iters: int) -> int:
+    """The first calibration step (0-based) whose statistics count, of a
+    calibration of ``iters`` steps: the second half. The one place this
+    rule lives (the balancer, the calibration checks, the benchmark)."""
+    return int(iters) // 2
 
 
 def grad_norms(outputs: Sequence[Tensor],
@@ -42,7 +49,7 @@ class LossBalancer(nn.Module):
 
     * Calibration: during the first ``iters`` steps every auto term weighs
       0 (its graph is kept, so DDP sees every parameter used); over the
-      second half of them (:attr:`_first_measured`: the task's gradient
+      second half of them (:attr:`first_measured`: the task's gradient
       falls fast over the first steps of a random head) the statistic
       ``by`` of the task loss and of every term is summed: ``'grad'``, the
       L2 norm of its gradient on the student's parameters (one extra
@@ -163,7 +170,7 @@ class LossBalancer(nn.Module):
                      and (step + 1) % self.log_interval == 0)
         # the first half of the calibration counts steps only: its
         # statistics are not used, so they are not measured either
-        counted = calibrating and self._count >= self._first_measured
+        counted = calibrating and self._count >= self.first_measured
         names = ['task'] + list(terms)  # the rows of ``norms``
         norms = None
         if (counted and self.by == 'grad') or share_due:
@@ -190,16 +197,17 @@ class LossBalancer(nn.Module):
         return logs
 
     @property
-    def _first_measured(self) -> int:
-        """The calibration step from which statistics count: the second
-        half, so the weights fit the moment the terms are switched on."""
-        return self.iters // 2
+    def first_measured(self) -> int:
+        """The calibration step (0-based) from which statistics count:
+        the second half, so the weights fit the moment the terms are
+        switched on. Steps before it cost a steady step."""
+        return first_measured_step(self.iters)
 
     @torch.no_grad()
     def _accumulate(self, stats: Optional[Tensor]) -> None:
         """Count one calibration step; add ``stats`` (averaged over the
-        ranks) from :attr:`_first_measured` on, where it must be given."""
-        if self._count >= self._first_measured:
+        ranks) from :attr:`first_measured` on, where it must be given."""
+        if self._count >= self.first_measured:
             stats = stats.detach().to(self.sums)
             if get_world_size() > 1:
                 all_reduce(stats, op='mean')
@@ -210,7 +218,7 @@ class LossBalancer(nn.Module):
             self._fix_weights()
 
     def _fix_weights(self) -> None:
-        steps = self.iters - self._first_measured
+        steps = self.iters - self.first_measured
         mean = self.sums / steps
         task = float(mean[0])
         if not (task > 0 and torch.isfinite(mean).all()):
