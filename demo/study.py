@@ -32,9 +32,8 @@ from mmlckd.checkpoint import atomic_write
 from mmlckd.models.distillers.term_runner import TASK_AWARE
 from mmlckd.testing import single_process_loaders
 
-__all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'run_jobs', 'finished',
-           'summarize',
-           'paired']
+__all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'plotted_jobs', 'run_jobs',
+           'finished', 'summarize', 'paired']
 
 REGIMES = {
     'det': dict(task='det', label_fraction=1.0,
@@ -162,6 +161,30 @@ def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
     return [teachers, students]
 
 
+#: the distilled row a regime's training plot shows: the first of these
+#: that the regime runs
+PLOT_ROWS = ('default', 'london+ofd', 'london', 'ofd')
+
+
+def plotted_row(rows: Sequence[str]) -> Optional[str]:
+    """The row of ``rows`` that the regime's training plot shows."""
+    return next((r for r in PLOT_ROWS if r in rows), None)
+
+
+def plotted_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
+                 data_seeds: Sequence[int]) -> List[Job]:
+    """The distilled runs the training plots show (one a regime: its
+    :func:`plotted_row`, the first data seed, the lowest student seed);
+    ``rows`` as for :func:`plan_jobs`."""
+    out = []
+    for regime in regimes:
+        row = plotted_row(rows[regime] if isinstance(rows, dict) else rows)
+        if row is not None:
+            out.append(Job(REGIMES[regime]['task'], data_seeds[0],
+                           min(seeds), regime, row))
+    return out
+
+
 # ------------------------------------------------------------ one run
 def _subset_train_data(cfg, fraction: float, data_root: str) -> int:
     """Keep the first ``fraction`` of every training image list (the lists
@@ -229,7 +252,12 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
         if job.task == 'seg' and terms:  # no neck in the segmentor
             cfg.model.terms = {k: v for k, v in terms.items()
                                if k != 'neck'}
-        cfg.model.balance = dict(log_interval=opts['log_interval'])
+        # the gradient shares are measured (a backward per term, every
+        # log_interval-th step; they change no weight) only in the runs
+        # the training plots show
+        plotted = job in opts.get('plotted', ())
+        cfg.model.balance = dict(
+            log_interval=opts['log_interval'] if plotted else 0)
         if opts['quick']:  # calibrate on the first of its 2 steps
             cfg.model.balance['iters'] = 1
     if role == 'teacher':
