@@ -129,7 +129,8 @@ def _plot(runs: List[dict], path: str, task: str) -> None:
                 ls='-' if r['role'] == 'student' else '--',
                 label=f'{r["role"]}'
                 f'{"" if r.get("label_fraction", 1) >= 1 else " 25% labels"}'
-                f' {r["iters"]} iters')
+                f' {r["iters"]} iters'
+                f'{" (data seed %d)" % r["data_seed"] if "data_seed" in r else ""}')
     ax.set_xlabel('iteration')
     ax.set_ylabel('test metric (%)')
     ax.set_title(f'{task}: learning curves (SYNTHETIC data)')
