@@ -5,8 +5,10 @@ of a task at several schedule lengths on one data seed, validates every
 20% of each schedule with the task's real metric, and writes the curves
 (``curve.json``, ``curve.md``, ``curve_<task>.png``) to its work dir. A
 schedule of ``L`` iterations is *converged* when its last 20% change the
-metric by less than ``--tolerance`` points (default 1): the demo and the
-study use the shortest converged length of the grid, for the teachers too.
+metric by less than ``--tolerance`` points (default 1) in every one of
+its ``--seeds`` (one student seed cannot show that a schedule is stable):
+the demo and the study use the shortest converged length of the grid, for
+the teachers too.
 
 Runs are resumable: a finished run keeps ``curve_run.json`` in its folder
 and is not retrained.
@@ -71,7 +73,7 @@ def _run(task_name: str, role: str, iters: int, data_root: str,
     hook = ValCurveHook()
     out = train_and_test(cfg, extra_hooks=[hook])
     scale = task.metric_scale
-    out.update(task=task_name, role=role, iters=iters,
+    out.update(task=task_name, role=role, iters=iters, seed=seed,
                label_fraction=label_fraction, curve=[
         dict(iter=p['iter'], metric=p['metrics'][task.metric_key] * scale)
         for p in hook.points])
@@ -80,15 +82,34 @@ def _run(task_name: str, role: str, iters: int, data_root: str,
     return out
 
 
+def last_change(run: dict) -> float:
+    """How much the last 20% of ``run``'s schedule moved its metric."""
+    pts = run['curve']
+    return pts[-1]['metric'] - pts[-2]['metric'] if len(pts) >= 2 \
+        else float('inf')
+
+
 def converged_length(runs: List[dict], tolerance: float = 1.0):
     """The shortest schedule whose last 20% moved the metric by less than
-    ``tolerance`` points, or None."""
-    for run in sorted(runs, key=lambda r: r['iters']):
-        pts = run['curve']
-        if len(pts) >= 2 and abs(pts[-1]['metric'] -
-                                 pts[-2]['metric']) < tolerance:
-            return run['iters']
+    ``tolerance`` points in every run of that length (every student seed),
+    or None."""
+    by_iters: Dict[int, List[dict]] = {}
+    for run in runs:
+        by_iters.setdefault(run['iters'], []).append(run)
+    for iters in sorted(by_iters):
+        if all(abs(last_change(r)) < tolerance for r in by_iters[iters]):
+            return iters
     return None
+
+
+def _spread(rs: List[dict]) -> str:
+    """Final metric over the student seeds of one schedule: mean ± SE
+    (n), and the lowest run."""
+    import statistics
+    last = [r['curve'][-1]['metric'] for r in rs]
+    se = statistics.stdev(last) / len(last) ** 0.5
+    return (f'{statistics.mean(last):.1f} ± {se:.1f} (n={len(last)}), '
+            f'lowest {min(last):.1f}')
 
 
 def _markdown(runs: List[dict], tolerance: float) -> str:
@@ -100,19 +121,30 @@ def _markdown(runs: List[dict], tolerance: float) -> str:
     for (task, role, fraction), rs in sorted(by_key.items()):
         labels = '' if fraction >= 1 else f', {fraction:.0%} of the labels'
         lines += [f'### {task} {role}{labels}', '',
-                  '| schedule (iters) | metric at 20/40/60/80/100% | last '
-                  '20% change | train time (s) |', '|---|---|---|---|']
-        for r in sorted(rs, key=lambda r: r['iters']):
+                  '| schedule (iters) | seed | metric at 20/40/60/80/100% '
+                  '| last 20% change | train time (s) |',
+                  '|---|---|---|---|---|']
+        for r in sorted(rs, key=lambda r: (r['iters'], r.get(
+                'data_seed', -1), r.get('seed', 0))):
             m = [p['metric'] for p in r['curve']]
             seed = f' (data seed {r["data_seed"]})' if 'data_seed' in r \
                 else ''
             lines.append(
-                f'| {r["iters"]}{seed} | '
+                f'| {r["iters"]}{seed} | {r.get("seed", 0)} | '
                 f'{" / ".join(f"{x:.1f}" for x in m)} | '
-                f'{m[-1] - m[-2]:+.1f} | {r["train_time_s"]:.0f} |')
-        length = converged_length(rs, tolerance)
-        lines += ['', f'Converged (last 20% < {tolerance} point): '
-                  f'{length if length else "none of these"}.', '']
+                f'{last_change(r):+.1f} | {r["train_time_s"]:.0f} |')
+        selection = [r for r in rs if 'data_seed' not in r]
+        by_iters: Dict[int, List[dict]] = {}
+        for r in selection:
+            by_iters.setdefault(r['iters'], []).append(r)
+        spread = [f'{n}: {_spread(v)}' for n, v in sorted(by_iters.items())
+                  if len(v) > 1]
+        if spread:
+            lines += ['', 'Final metric over the student seeds: ' +
+                      '; '.join(spread) + '.']
+        length = converged_length(selection, tolerance)
+        lines += ['', f'Converged (last 20% < {tolerance} point in every '
+                  f'seed): {length if length else "none of these"}.', '']
     return '\n'.join(lines)
 
 
@@ -130,6 +162,7 @@ def _plot(runs: List[dict], path: str, task: str) -> None:
                 label=f'{r["role"]}'
                 f'{"" if r.get("label_fraction", 1) >= 1 else " 25% labels"}'
                 f' {r["iters"]} iters'
+                f'{" seed %d" % r["seed"] if r.get("seed") else ""}'
                 f'{" (data seed %d)" % r["data_seed"] if "data_seed" in r else ""}')
     ax.set_xlabel('iteration')
     ax.set_ylabel('test metric (%)')
@@ -158,7 +191,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'images (0.25: the scarce-label regime)')
     p.add_argument('--data-seed', type=int, default=1,
                    help='the selection data seed (default 1)')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0],
+                   help='student seeds: a schedule is converged when every '
+                   'seed\'s last 20%% moved less than --tolerance')
     p.add_argument('--tolerance', type=float, default=1.0)
     p.add_argument('--jobs', type=int, default=os.cpu_count() or 1)
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'curve'))
@@ -230,9 +265,12 @@ def main(argv=None) -> List[dict]:
                 n = int(round(iters * scale))
                 frac = args.label_fraction if role == 'student' else 1.0
                 sub = '' if frac >= 1 else f'-labels{frac:g}'
-                jobs.append((task, role, n, root, osp.join(
-                    work_dir, f'data{args.data_seed}', f'{task}-{role}{sub}',
-                    f'iters{n}'), args.seed, frac))
+                for seed in args.seeds:
+                    jobs.append((task, role, n, root, osp.join(
+                        work_dir, f'data{args.data_seed}',
+                        f'{task}-{role}{sub}',
+                        f'iters{n}' + (f'-seed{seed}' if seed else '')),
+                        seed, frac))
     # longest first: the pool ends together
     jobs.sort(key=lambda j: -j[2] * (3 if j[1] == 'teacher' else 1))
     ctx = get_context('spawn')

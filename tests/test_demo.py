@@ -113,6 +113,28 @@ def test_converged_length_is_the_shortest_schedule_with_a_flat_tail():
     assert converged_length(runs) == 2000  # 500: +15, 1000: +3, 2000: +0.5
     assert converged_length(runs, tolerance=5) == 1000
     assert converged_length(runs[1:2]) is None
+    # every student seed of a schedule must have a flat tail: one seed
+    # still climbing at 2000 makes 2000 unconverged
+    climbing = run(2000, 10, 40, 60, 75, 82)
+    assert converged_length(runs + [climbing]) is None
+    flat = run(2000, 10, 40, 60, 81.0, 81.9)  # another seed, flat enough
+    assert converged_length(runs + [flat]) == 2000
+
+
+def test_curve_report_names_every_seed_and_the_spread():
+    from demo.curve import _markdown
+
+    def run(iters, seed, *metrics):
+        return dict(task='seg', role='student', iters=iters, seed=seed,
+                    train_time_s=1.0, curve=[
+                        dict(iter=i, metric=m) for i, m in enumerate(metrics)])
+
+    md = _markdown([run(1200, 0, 50, 90.0, 90.2), run(1200, 1, 50, 80, 86),
+                    run(1600, 0, 60, 91, 91.5), run(1600, 1, 60, 90, 90.4)],
+                   1.0)
+    assert '| 1200 | 1 | 50.0 / 80.0 / 86.0 | +6.0 |' in md
+    assert '1200: 88.1 ± 2.1 (n=2), lowest 86.0' in md
+    assert 'Converged (last 20% < 1.0 point in every seed): 1600.' in md
 
 
 def test_gap_closed_is_the_paired_gain_over_the_teacher_gap():

@@ -1,7 +1,7 @@
 """The automatic weights of the distillation terms, and their gradient
 shares: :class:`LossBalancer` (the README's "Loss weights" says what it
 does for users, the class docstring how)."""
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -149,16 +149,22 @@ class LossBalancer(nn.Module):
         weights = self.weights.detach().clone()
         return {t: weights[i] for i, t in enumerate(self.terms)}
 
-    def forward(self, task: Tensor, terms: Dict[str, Tensor],
-                params: Sequence[Tensor]) -> Dict[str, Tensor]:
+    def forward(self, task: Union[Tensor, Callable[[], Tensor]],
+                terms: Dict[str, Tensor],
+                params: Union[Sequence[Tensor], Callable[[], Sequence[Tensor]]]
+                ) -> Dict[str, Tensor]:
         """One training step: calibrate if due, return the logs.
 
         Args:
-            task (Tensor): the task loss total (with grad), as mmengine's
-                ``parse_losses`` sums the student's losses.
+            task (Tensor | callable): the task loss total (with grad), as
+                mmengine's ``parse_losses`` sums the student's losses, or a
+                function returning it (called only at the steps that
+                measure: a steady step does not build it).
             terms (dict): every distillation term (with grad), keyed by
                 name; the auto ones unweighted, the others as applied.
-            params (Sequence[Tensor]): the student's trainable parameters.
+            params (Sequence[Tensor] | callable): the student's trainable
+                parameters, or a function returning them (called only
+                where gradient norms are measured).
         """
         logs: Dict[str, Tensor] = {}
         weights = self.weight_of()  # the weights applied at this step
@@ -173,8 +179,11 @@ class LossBalancer(nn.Module):
         counted = calibrating and self._count >= self.first_measured
         names = ['task'] + list(terms)  # the rows of ``norms``
         norms = None
+        if counted or share_due:
+            task = task() if callable(task) else task
         if (counted and self.by == 'grad') or share_due:
-            norms = grad_norms([task] + list(terms.values()), params)
+            norms = grad_norms([task] + list(terms.values()),
+                               params() if callable(params) else params)
         if share_due:
             # auto terms count as applied, i.e. times their current weight
             applied = norms * torch.stack(

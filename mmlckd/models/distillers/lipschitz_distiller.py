@@ -272,8 +272,11 @@ class LipschitzDistiller(BaseModel):
             # loss computed outside training
             weights = self.balancer.weight_of()
             if self.training and torch.is_grad_enabled():
-                logs.update(self.balancer(self.parse_losses(losses)[0],
-                                          distill, self._student_params()))
+                # task total and parameters built only at the steps that
+                # measure (a steady step needs neither)
+                logs.update(self.balancer(
+                    lambda: self.parse_losses(losses)[0], distill,
+                    self._student_params))
         w = self.distill_weight
         for k, v in distill.items():
             if k in weights:

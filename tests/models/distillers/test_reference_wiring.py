@@ -217,6 +217,22 @@ def test_balancer_measures_only_the_steps_it_counts(monkeypatch):
     assert per_step == [0, 0, 3, 3] and bal.calibrated
 
 
+def test_balancer_builds_task_total_and_parameters_only_when_it_measures():
+    """The distiller hands the task total and the parameter list as
+    functions: a step that measures nothing (the first half of the
+    calibration, a steady step without shares) builds neither."""
+    bal = LossBalancer(['loss_a', 'loss_b'], iters=4, log_interval=3)
+    built = []
+    for step in range(8):
+        w, task, terms = _toy(step)
+        bal(lambda: built.append(('task', step)) or task, terms,
+            lambda: built.append(('params', step)) or [w])
+    # measured: calibration steps 2, 3; shares at steps 5 (6th; 3 | 6)
+    assert built == [('task', 2), ('params', 2), ('task', 3),
+                     ('params', 3), ('task', 5), ('params', 5)]
+    assert bal.calibrated and bool((bal.weights > 0).all())
+
+
 def test_balancer_logs_gradient_shares_at_its_interval():
     """Shares only at the steps that are multiples of log_interval (counted
     from 1, as mmengine's LoggerHook prints), never in the calibration."""
