@@ -239,6 +239,28 @@ def test_unlabelled_rows_are_planned_in_the_scarce_regime_only():
     assert len(teachers) == 1
 
 
+def test_study_plan_and_its_row_override():
+    """``--study``: alone and default in every regime, the default minus
+    its Lipschitz terms in the scarce-label one; ``--rows`` brings the old
+    default back (one list for every regime given)."""
+    from demo.pipeline import parse_args
+    from demo.study import plan_jobs
+    args = parse_args(['--study'])
+    teachers, students = plan_jobs(args.regimes, args.rows, args.seeds,
+                                   args.data_seeds)
+    assert len(teachers) == 4  # a teacher per task and data seed
+    rows = {(j.regime, j.row) for j in students}
+    assert rows == {(r, 'baseline') for r in ('det', 'det-scarce', 'seg')} \
+        | {(r, 'default') for r in ('det', 'det-scarce', 'seg')} \
+        | {('det-scarce', 'default-no-lip')}
+    assert len(students) == len(rows) * 3 * 2  # 3 seeds, data seeds 0, 2
+    again = parse_args(['--study', '--regimes', 'det-scarce', '--rows',
+                        'baseline', 'default', 'london+ofd'])
+    _, students = plan_jobs(again.regimes, again.rows, again.seeds,
+                            again.data_seeds)
+    assert {j.row for j in students} == {'baseline', 'default', 'london+ofd'}
+
+
 def test_study_starts_the_longest_runs_first():
     """The pool gets the runs longest first (the makespan of two cores:
     in the study's teacher phase the plan order, det then seg per data
