@@ -9,14 +9,17 @@ import sys
 import time
 from typing import List, Optional
 
-__all__ = ['parse_args', 'run', 'HEADLINE', 'STUDY']
+__all__ = ['parse_args', 'run', 'student_iters', 'HEADLINE', 'STUDY',
+           'SCHEDULES']
 
-#: The converged schedules (``python -m demo.curve``, data seed 1: the
-#: shortest schedule of the grid whose last 20% moved the test metric by
-#: less than 1 point; docs/demo/curve.md): students at batch 4 (detection
-#: 2000 of 500/1000/1500/2000, segmentation 1200 of 400/800/1200/1600),
-#: teachers at batch 8 (detection 1200, segmentation 800 of 800/1000).
-SCHEDULES = dict(iters=dict(det=2000, seg=1200),
+#: The converged schedules (``python -m demo.curve``, data seed 1, student
+#: seeds 0, 1, 2: the shortest schedule of the grid whose last 20% moved
+#: the test metric by less than 1 point in every seed; docs/demo/curve.md).
+#: Students at batch 4, by regime: detection on every image 3000 of
+#: 2000/2500/3000, detection with 25% of the labels 2000 of
+#: 500/1000/1500/2000, segmentation 1200 of 400/800/1200/1600. Teachers at
+#: batch 8, by task: detection 1200, segmentation 800 of 800/1000.
+SCHEDULES = dict(iters={'det': 3000, 'det-scarce': 2000, 'seg': 1200},
                  teacher_iters=dict(det=1200, seg=800))
 #: ``make demo``: the headline regime (the scarce-label detection, where the
 #: converged student alone trails the teacher most: 72 against 92 mAP on
@@ -83,8 +86,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--data-seeds', type=int, nargs='+',
                    help='synthetic dataset seeds (default 0; --study: 0 2)')
     p.add_argument('--iters-det', type=int, default=None,
-                   help='detection student iterations at batch 4 (default '
-                   f'{SCHEDULES["iters"]["det"]}; --quick 2)')
+                   help='detection student iterations at batch 4, both '
+                   'detection regimes (default '
+                   f'{SCHEDULES["iters"]["det"]} on every image, '
+                   f'{SCHEDULES["iters"]["det-scarce"]} with 25%% of the '
+                   'labels; --quick 2)')
+    p.add_argument('--iters-det-scarce', type=int, default=None,
+                   help='the scarce-label regime\'s student iterations, '
+                   'over --iters-det')
     p.add_argument('--iters-seg', type=int, default=None,
                    help='segmentation student iterations at batch 4 '
                    f'(default {SCHEDULES["iters"]["seg"]}; --quick 2)')
@@ -125,6 +134,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def student_iters(args: argparse.Namespace) -> dict:
+    """Student iterations by regime: ``--quick`` 2, else what the command
+    line says (``--iters-det`` for both detection regimes,
+    ``--iters-det-scarce`` over it, ``--iters-seg``), else
+    :data:`SCHEDULES`."""
+    from .study import REGIMES
+    out = {}
+    for regime, spec in REGIMES.items():
+        given = getattr(args, f'iters_{spec["task"]}', None)
+        if regime == 'det-scarce' and getattr(args, 'iters_det_scarce',
+                                              None):
+            given = args.iters_det_scarce
+        out[regime] = 2 if args.quick else (
+            given or SCHEDULES['iters'][regime])
+    return out
+
+
 def _data_roots(args, work_dir: str) -> dict:
     from mmlckd.testing import DatasetExistsError, make_synthetic_voc
     from .tasks import DATA_FULL, DATA_QUICK
@@ -153,7 +179,8 @@ def _header(args: argparse.Namespace, opts: dict, jobs: int) -> str:
         'automatically balanced loss weights. "minus baseline" pairs each '
         'student seed with the baseline of the same seed; SE is the '
         'standard error over seeds; a verdict needs 2 SE. Students: '
-        f'{opts["iters"]["det"]} (det) / {opts["iters"]["seg"]} (seg) '
+        f'{opts["iters"]["det"]} (det) / {opts["iters"]["det-scarce"]} '
+        f'(det-scarce) / {opts["iters"]["seg"]} (seg) '
         f'iterations at batch {opts["student_batch"]}; teachers: '
         f'{opts["teacher_iters"]["det"]} / {opts["teacher_iters"]["seg"]} '
         'iterations at batch 8. '
@@ -199,8 +226,7 @@ def run(args: argparse.Namespace) -> dict:
     opts = dict(
         work_dir=work_dir, quick=args.quick,
         data_roots=_data_roots(args, work_dir),
-        iters={t: getattr(args, f'iters_{t}') or (
-            2 if args.quick else SCHEDULES['iters'][t]) for t in TASKS},
+        iters=student_iters(args),
         student_batch=2 if args.quick else 4,
         teacher_iters={t: getattr(args, f'teacher_iters_{t}') or (
             2 if args.quick else SCHEDULES['teacher_iters'][t])

@@ -32,7 +32,7 @@ from mmlckd.checkpoint import atomic_write
 from mmlckd.models.distillers.term_runner import TASK_AWARE
 from mmlckd.testing import single_process_loaders
 
-__all__ = ['REGIMES', 'ROWS', 'Job', 'plan_jobs', 'plotted_jobs', 'run_jobs',
+__all__ = ['REGIMES', 'ROWS', 'Job', 'job_iters', 'plan_jobs', 'plotted_jobs', 'run_jobs',
            'finished', 'summarize', 'paired']
 
 REGIMES = {
@@ -131,6 +131,17 @@ class Job:
         if self.row is None:
             return osp.join(base, f'{self.task}-teacher')
         return osp.join(base, self.regime, self.row, f'seed{self.seed}')
+
+
+def job_iters(job: Job, opts: dict) -> int:
+    """The schedule of ``job``: a teacher's of its task
+    (``opts['teacher_iters']``), a student's of its regime
+    (``opts['iters']``, keyed by regime; a task's key serves every regime
+    of that task that has no key of its own)."""
+    if job.row is None:
+        return opts['teacher_iters'][job.task]
+    iters = opts['iters']
+    return iters[job.regime] if job.regime in iters else iters[job.task]
 
 
 def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
@@ -235,11 +246,11 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
     all)."""
     from .runner import build_cfg
     from .tasks import TASKS
+    iters = job_iters(job, opts)
     if job.row is None:
-        role, iters = 'teacher', opts['teacher_iters'][job.task]
+        role = 'teacher'
     else:
         role = 'student' if ROWS[job.row] is None else 'london'
-        iters = opts['iters'][job.task]
     cfg = build_cfg(TASKS[job.task], role, seed=job.seed, iters=iters,
                     work_dir=job.run_dir(opts['work_dir']),
                     data_root=opts['data_roots'][job.data_seed],
@@ -307,8 +318,7 @@ def _worker(job: Job, opts: dict, teacher_ckpt: Optional[str]) -> dict:
     if osp.isfile(path):
         with open(path, encoding='utf-8') as f:
             done = json.load(f)
-        want = opts['teacher_iters' if job.row is None else 'iters'][
-            job.task]
+        want = job_iters(job, opts)
         if done.get('train_iters') != want:
             raise ValueError(
                 f'{path} holds a run of {done.get("train_iters")} '
@@ -350,11 +360,10 @@ COST_PER_1K = {('det', 'teacher'): 210, ('seg', 'teacher'): 467,
 def expected_cost(job: Job, opts: dict) -> float:
     """The expected training seconds of ``job`` (:data:`COST_PER_1K`)."""
     if job.row is None:
-        role, iters = 'teacher', opts['teacher_iters'][job.task]
+        role = 'teacher'
     else:
         role = 'student' if ROWS[job.row] is None else 'london'
-        iters = opts['iters'][job.task]
-    return COST_PER_1K[(job.task, role)] * iters / 1000
+    return COST_PER_1K[(job.task, role)] * job_iters(job, opts) / 1000
 
 
 def start_order(phase: List[Job], opts: dict) -> List[Job]:

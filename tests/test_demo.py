@@ -307,3 +307,25 @@ def test_only_the_plotted_runs_measure_the_gradient_shares(voc_root,
                   Job('det', 3, 1, 'det-scarce', 'london+ofd')):
         cfg, _ = _build_job_cfg(other, opts, 'teacher.pth')
         assert cfg.model.balance.log_interval == 0, other
+
+
+def test_student_schedules_are_per_regime():
+    """Each regime's student has its own converged schedule; --iters-det
+    sets both detection regimes, --iters-det-scarce the scarce one over it;
+    a task's key serves the regimes without one of their own."""
+    from demo.pipeline import SCHEDULES, parse_args, student_iters
+    from demo.study import Job, job_iters
+    assert student_iters(parse_args([])) == SCHEDULES['iters']
+    assert student_iters(parse_args(['--iters-det', '700'])) == {
+        'det': 700, 'det-scarce': 700, 'seg': SCHEDULES['iters']['seg']}
+    assert student_iters(parse_args(
+        ['--iters-det', '700', '--iters-det-scarce', '300']))[
+            'det-scarce'] == 300
+    assert set(student_iters(parse_args(['--quick'])).values()) == {2}
+    opts = dict(iters={'det': 900, 'det-scarce': 500},
+                teacher_iters=dict(det=1200))
+    assert job_iters(Job('det', 0, 0, 'det', 'baseline'), opts) == 900
+    assert job_iters(Job('det', 0, 0, 'det-scarce', 'default'), opts) == 500
+    assert job_iters(Job('det', 0, 0), opts) == 1200  # the teacher
+    assert job_iters(Job('det', 0, 0, 'det-scarce', 'baseline'),
+                     dict(iters=dict(det=900))) == 900  # the task's key
