@@ -22,8 +22,8 @@ __all__ = ['parse_args', 'run', 'student_iters', 'HEADLINE', 'STUDY',
 SCHEDULES = dict(iters={'det': 3000, 'det-scarce': 2000, 'seg': 1200},
                  teacher_iters=dict(det=1200, seg=800))
 #: ``make demo``: the headline regime (the scarce-label detection, where the
-#: converged student alone trails the teacher most: 72 against 92 mAP on
-#: data seed 1), the student alone and with the default distillation,
+#: converged student alone trails the teacher most: 74 against 92 mAP on
+#: data seed 1, 3 seeds), the student alone and with the default distillation,
 #: 2 student seeds (to stay near 15 minutes on 2 cores once the teacher
 #: exists), data seed 0.
 HEADLINE = dict(regimes=['det-scarce'], rows=['baseline', 'default'],
