@@ -32,7 +32,8 @@ from mmlckd.checkpoint import atomic_write
 from mmlckd.models.distillers.term_runner import TASK_AWARE
 from mmlckd.testing import single_process_loaders
 
-__all__ = ['REGIMES', 'ROWS', 'Job', 'job_iters', 'plan_jobs', 'plotted_jobs', 'run_jobs',
+__all__ = ['REGIMES', 'ROWS', 'Job', 'job_iters', 'plan_jobs', 'plotted_jobs',
+           'run_jobs',
            'finished', 'summarize', 'paired']
 
 REGIMES = {
