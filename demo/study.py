@@ -33,8 +33,7 @@ from mmlckd.models.distillers.term_runner import TASK_AWARE
 from mmlckd.testing import single_process_loaders
 
 __all__ = ['REGIMES', 'ROWS', 'Job', 'job_iters', 'plan_jobs', 'plotted_jobs',
-           'run_jobs',
-           'finished', 'summarize', 'paired']
+           'run_jobs', 'finished', 'summarize', 'paired']
 
 REGIMES = {
     'det': dict(task='det', label_fraction=1.0,
