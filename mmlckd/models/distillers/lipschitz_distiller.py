@@ -241,9 +241,7 @@ class LipschitzDistiller(BaseModel):
         return strip_prefix(self.state_dict(), 'student.')
 
     # ------------------------------------------------------------ forward
-    def forward(self,
-                inputs: torch.Tensor,
-                data_samples=None,
+    def forward(self, inputs: torch.Tensor, data_samples=None,
                 mode: str = 'tensor') -> ForwardResults:
         if mode != 'loss':
             return self.student(inputs, data_samples, mode=mode)
@@ -269,11 +267,10 @@ class LipschitzDistiller(BaseModel):
         if self.balancer is not None:
             # this step's weights: those fixed by the previous steps (0
             # during the calibration, including its last step), also for a
-            # loss computed outside training
+            # loss computed outside training; the task total and the
+            # parameters are built only at the steps that measure
             weights = self.balancer.weight_of()
             if self.training and torch.is_grad_enabled():
-                # task total and parameters built only at the steps that
-                # measure (a steady step needs neither)
                 logs.update(self.balancer(
                     lambda: self.parse_losses(losses)[0], distill,
                     self._student_params))
