@@ -93,22 +93,28 @@ def converged_length(runs: List[dict], tolerance: float = 1.0):
     """The shortest schedule whose last 20% moved the metric by less than
     ``tolerance`` points in every run of that length (every student seed),
     or None."""
-    by_iters: Dict[int, List[dict]] = {}
-    for run in runs:
-        by_iters.setdefault(run['iters'], []).append(run)
+    by_iters = _by_iters(runs)
     for iters in sorted(by_iters):
         if all(abs(last_change(r)) < tolerance for r in by_iters[iters]):
             return iters
     return None
 
 
+def _by_iters(runs: List[dict]) -> Dict[int, List[dict]]:
+    """``{schedule length: its runs}`` (one a student seed)."""
+    out: Dict[int, List[dict]] = {}
+    for run in runs:
+        out.setdefault(run['iters'], []).append(run)
+    return out
+
+
 def _spread(rs: List[dict]) -> str:
     """Final metric over the student seeds of one schedule: mean ± SE
     (n), and the lowest run."""
-    import statistics
+    from .study import paired
     last = [r['curve'][-1]['metric'] for r in rs]
-    se = statistics.stdev(last) / len(last) ** 0.5
-    return (f'{statistics.mean(last):.1f} ± {se:.1f} (n={len(last)}), '
+    stats = paired(last)
+    return (f'{stats["mean"]:.1f} ± {stats["se"]:.1f} (n={stats["n"]}), '
             f'lowest {min(last):.1f}')
 
 
@@ -134,11 +140,8 @@ def _markdown(runs: List[dict], tolerance: float) -> str:
                 f'{" / ".join(f"{x:.1f}" for x in m)} | '
                 f'{last_change(r):+.1f} | {r["train_time_s"]:.0f} |')
         selection = [r for r in rs if 'data_seed' not in r]
-        by_iters: Dict[int, List[dict]] = {}
-        for r in selection:
-            by_iters.setdefault(r['iters'], []).append(r)
-        spread = [f'{n}: {_spread(v)}' for n, v in sorted(by_iters.items())
-                  if len(v) > 1]
+        spread = [f'{n}: {_spread(v)}' for n, v in
+                  sorted(_by_iters(selection).items()) if len(v) > 1]
         if spread:
             lines += ['', 'Final metric over the student seeds: ' +
                       '; '.join(spread) + '.']

@@ -144,6 +144,14 @@ def job_iters(job: Job, opts: dict) -> int:
     return iters[job.regime] if job.regime in iters else iters[job.task]
 
 
+def job_role(job: Job) -> str:
+    """The config role of ``job``: ``'teacher'``, ``'student'`` (alone) or
+    ``'london'`` (distilled)."""
+    if job.row is None:
+        return 'teacher'
+    return 'student' if ROWS[job.row] is None else 'london'
+
+
 def plan_jobs(regimes: Sequence[str], rows, seeds: Sequence[int],
               data_seeds: Sequence[int]) -> List[List[Job]]:
     """Two phases: the teachers, then every student run, regime by regime
@@ -246,11 +254,7 @@ def _build_job_cfg(job: Job, opts: dict, teacher_ckpt: Optional[str]):
     all)."""
     from .runner import build_cfg
     from .tasks import TASKS
-    iters = job_iters(job, opts)
-    if job.row is None:
-        role = 'teacher'
-    else:
-        role = 'student' if ROWS[job.row] is None else 'london'
+    iters, role = job_iters(job, opts), job_role(job)
     cfg = build_cfg(TASKS[job.task], role, seed=job.seed, iters=iters,
                     work_dir=job.run_dir(opts['work_dir']),
                     data_root=opts['data_roots'][job.data_seed],
@@ -359,11 +363,8 @@ COST_PER_1K = {('det', 'teacher'): 210, ('seg', 'teacher'): 467,
 
 def expected_cost(job: Job, opts: dict) -> float:
     """The expected training seconds of ``job`` (:data:`COST_PER_1K`)."""
-    if job.row is None:
-        role = 'teacher'
-    else:
-        role = 'student' if ROWS[job.row] is None else 'london'
-    return COST_PER_1K[(job.task, role)] * job_iters(job, opts) / 1000
+    return COST_PER_1K[(job.task, job_role(job))] * \
+        job_iters(job, opts) / 1000
 
 
 def start_order(phase: List[Job], opts: dict) -> List[Job]:
