@@ -12,6 +12,7 @@ nets and between levels, no longer decide which level owns the gradient.
 """
 from typing import Sequence, Union
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,7 +20,7 @@ from torch import Tensor
 from mmlckd.registry import MODELS
 from .utils import check_batch_channels, fp32_guard, upcast
 
-__all__ = ['PKDLoss', 'channel_standardise']
+__all__ = ['PKDLoss', 'channel_standardise', 'standardised_mse']
 
 
 def channel_standardise(feat: Tensor, eps: float = 1e-6) -> Tensor:
@@ -31,6 +32,34 @@ def channel_standardise(feat: Tensor, eps: float = 1e-6) -> Tensor:
     std = rows.std(dim=1, keepdim=True,
                    correction=1 if rows.size(1) > 1 else 0)
     return (rows - mean) / (std + eps)
+
+
+def standardised_mse(s: Tensor, t: Tensor, eps: float = 1e-6) -> Tensor:
+    """``F.mse_loss(channel_standardise(s), channel_standardise(t))``
+    without forming the student's standardised map: per channel ``c`` of
+    ``M = N*H*W`` values, with ``s_c`` centred, ``d_c = std(s_c) + eps`` and
+    ``t'_c`` the teacher's standardised row,
+    ``sum((s_c / d_c - t'_c) ** 2) = S_ss / d_c**2 - 2 S_st / d_c + S_tt``
+    (``S_ss = sum(s_c ** 2)``, ``S_st = sum(s_c t'_c)``,
+    ``S_tt = sum(t'_c ** 2)``). The same value, about half the passes over
+    the maps forward and backward (no transposed copy, no standardised
+    student map kept for backward). ``t`` gets no gradient."""
+    dims = [0] + list(range(2, s.dim()))
+    m = s.numel() // s.size(1)
+    dof = m - 1 if m > 1 else 1  # one value per channel: std 0 (not NaN)
+    with torch.no_grad():
+        t_var, t_mean = torch.var_mean(t, dim=dims, keepdim=True,
+                                       correction=1 if m > 1 else 0)
+        t_std = (t_var.sqrt() + eps)
+        t_n = (t - t_mean).div_(t_std)
+        s_tt = t_var.flatten() * dof / t_std.flatten().square()
+    s_c = s - s.mean(dim=dims, keepdim=True)
+    s_ss = s_c.square().sum(dim=dims)
+    s_st = (s_c * t_n).sum(dim=dims)
+    # clamp: a constant channel (S_ss == 0) gets a zero gradient, not NaN
+    d = (s_ss.clamp_min(1e-30) / dof).sqrt() + eps
+    per_channel = s_ss / d.square() - 2 * s_st / d + s_tt
+    return per_channel.sum() / s.numel()
 
 
 @MODELS.register_module()
@@ -67,9 +96,8 @@ class PKDLoss(nn.Module):
                 t = F.interpolate(t, size=s.shape[-2:], mode='bilinear',
                                   align_corners=False)
         with fp32_guard(s):
-            s = channel_standardise(upcast(s), self.eps)
-            t = channel_standardise(upcast(t.detach()).to(s), self.eps)
-            return F.mse_loss(s, t) / 2
+            s = upcast(s)
+            return standardised_mse(s, upcast(t.detach()).to(s), self.eps) / 2
 
     def forward(self, student: Union[Tensor, Sequence[Tensor]],
                 teacher: Union[Tensor, Sequence[Tensor]]) -> Tensor:

@@ -61,6 +61,26 @@ RowProduct = Callable[[Tensor], Tensor]
 Products = Tuple[RowProduct, RowProduct, Callable[[], Tensor]]
 
 
+def _window_mean(x: Tensor, kh: int, kw: int) -> Tensor:
+    """``F.avg_pool2d(x, (kh, kw))`` (stride = kernel, ``H % kh == 0`` and
+    ``W % kw == 0``) as ``kh - 1`` and ``kw - 1`` adds of strided slices:
+    about 4x faster than the pooling kernel on a CPU for the 2x2 windows
+    between ResNet stages (benchmarks/README.md); the values agree to the
+    last bits (another order of the same four-term sums)."""
+    if kh * kw == 1:
+        return x
+    b, c, H, W = x.shape
+    rows = x.reshape(b, c, H // kh, kh, W)
+    acc = rows[:, :, :, 0]
+    for i in range(1, kh):
+        acc = acc + rows[:, :, :, i]
+    cols = acc.reshape(b, c, H // kh, W // kw, kw)
+    out = cols[..., 0]
+    for j in range(1, kw):
+        out = out + cols[..., j]
+    return out * (1.0 / (kh * kw))
+
+
 class _AvgPool(torch.autograd.Function):
     """``F.avg_pool2d(x, (kh, kw))`` (stride = kernel, no padding) that keeps
     no tensor for backward: its gradient, ``grad / (kh kw)`` spread over each
@@ -71,7 +91,7 @@ class _AvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, kh: int, kw: int) -> Tensor:
         ctx.kernel = (kh, kw)
-        return F.avg_pool2d(x, (kh, kw))
+        return _window_mean(x, kh, kw)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -640,3 +640,21 @@ def test_register_blocks_then_load():
     # and blocks the module never registered are unexpected keys
     with pytest.raises(RuntimeError, match='Unexpected key'):
         LipschitzLoss().load_state_dict(trained.state_dict())
+
+
+@pytest.mark.parametrize('shape,kernel', [((2, 3, 8, 8), (2, 2)),
+                                          ((2, 3, 9, 8), (3, 2)),
+                                          ((1, 2, 4, 6), (1, 3)),
+                                          ((1, 2, 6, 4), (3, 1))])
+def test_window_pooling_equals_avg_pool2d(shape, kernel):
+    """The transmitting matrix's pooling (strided adds, its own backward)
+    against F.avg_pool2d: values and gradients."""
+    from mmlckd.models.losses.power_iteration import _AvgPool
+    x = torch.randn(*shape, generator=gen(), dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref, got = F.avg_pool2d(x1, kernel), _AvgPool.apply(x2, *kernel)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
+    w = torch.randn(ref.shape, generator=gen(1), dtype=torch.float64)
+    (ref * w).sum().backward()
+    (got * w).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)

@@ -157,3 +157,63 @@ def test_pkd_is_finite_on_a_single_value_per_channel():
     loss = PKDLoss()(s, rand(1, 4, 1, 1, seed=14))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 5, 5), (3, 4, 2, 7), (1, 5, 1, 1)])
+def test_pkd_closed_form_equals_the_standardised_maps(shape):
+    """PKDLoss's per-channel sums (standardised_mse) against the definition
+    written out: both maps standardised, then MSE/2; values and the
+    student's gradient, float64."""
+    import torch.nn.functional as F
+    s = (rand(*shape, seed=11) * 3 + 1).requires_grad_()
+    t = rand(*shape, seed=12) * 0.5 - 2
+    ref = F.mse_loss(channel_standardise(s), channel_standardise(t)) / 2
+    got = PKDLoss()(s, t)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-15)
+    g_ref, = torch.autograd.grad(ref, s)
+    g_got, = torch.autograd.grad(got, s)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_pkd_exactly_constant_channel_has_a_finite_gradient():
+    s = rand(2, 3, 4, 4, seed=13)
+    s[:, 1] = 0.0  # exactly constant: its centred values are exactly 0
+    s.requires_grad_()
+    t = rand(2, 3, 4, 4, seed=14)
+    PKDLoss()(s, t).backward()
+    assert torch.isfinite(s.grad).all()
+    # the other channels' gradients are the definition's
+    ref = s.detach().clone().requires_grad_()
+    import torch.nn.functional as F
+    cs, ct = channel_standardise(ref), channel_standardise(t)
+    (F.mse_loss(cs, ct, reduction='sum') / 2 / cs.numel()).backward()
+    keep = [0, 2]
+    torch.testing.assert_close(s.grad[:, keep], ref.grad[:, keep])
+
+
+@pytest.mark.parametrize('scale,shift', [(2.0, -4.0), (10.0, 0.0),
+                                         (30.0, -20.0)])
+@pytest.mark.parametrize('temperature', [1.0, 4.0])
+def test_sigmoid_kl_against_the_bernoulli_formula(scale, shift, temperature):
+    """The sigmoid KL (its own autograd function) against the per-class
+    Bernoulli KL written with log-sigmoids, float64: values and gradients,
+    background-like logits far below zero and saturated ones included."""
+    import torch.nn.functional as F
+    from mmlckd.models.losses.prediction_kd_loss import position_distance
+    s = (rand(4, 20, 3, 3, seed=15) * scale + shift).requires_grad_()
+    t = rand(4, 20, 3, 3, seed=16) * scale + shift
+    st, tt = s / temperature, t / temperature
+    p = torch.sigmoid(tt)
+    ref = (p * (F.logsigmoid(tt) - F.logsigmoid(st)) + (1 - p) *
+           (F.logsigmoid(-tt) - F.logsigmoid(-st))).sum(1) * temperature**2
+    got = position_distance(s, t, 'kl', 'sigmoid', temperature)
+    assert got.shape == (4, 3, 3)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+    assert (got >= -1e-12).all()
+    w = rand(4, 3, 3, seed=17)
+    g_ref, = torch.autograd.grad((ref * w).sum(), s)
+    g_got, = torch.autograd.grad((got * w).sum(), s)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-9, atol=1e-12)
+    # the closed form of the gradient: T (sigmoid(s/T) - sigmoid(t/T))
+    torch.testing.assert_close(
+        g_got, temperature * (torch.sigmoid(st) - p) * w[:, None])
