@@ -7,6 +7,7 @@ MiB = 1024.0**2
 #: mode -> (label, key of its peak in the memory results)
 LABELS = [('student', '(a) student train step', ('student', 'peak')),
           ('teacher', '(b) teacher fwd, no grad', ('teacher', 'peak')),
+          ('teacher_skip', '    (b) unread modules skipped', None),
           ('steady', '(c) distill step, steady', ('distill', 'steady')),
           ('calibration', '(c) calibration step', ('distill', 'calibration')),
           ('share', '(c) gradient-share step', ('distill', 'share')),
@@ -39,7 +40,9 @@ def print_model(res, args, env) -> None:
           f"(calibrated in {default['calibration_steps']} steps)")
     print(f"   teacher early stop: {es['early_calls']} of {es['full_calls']}"
           f" leaf-module calls of a full forward (stops after "
-          f"{es['last_recorded']})")
+          f"{es['last_recorded']}); in the distiller it skips "
+          f"{', '.join(_collapse(es.get('skipped', []))) or 'nothing'} "
+          "(teacher.skip_unread), (b) does not")
     mem = res.get('memory', {})
     print(f"   {'mode':<30}{'wall ms':>10}{'cpu ms':>10}{'peak MiB':>11}")
     for key, label, where in LABELS:
@@ -74,6 +77,17 @@ def print_model(res, args, env) -> None:
               f" steady phase {dm['steady'] / MiB:.1f} MiB]")
     _print_alone(res, clock)
     _print_syncs_profile(res, args)
+
+
+def _collapse(names) -> list:
+    """``['a.b.0', 'a.b.1', 'a.c']`` -> ``['a.b.*', 'a.c']``."""
+    out = []
+    for name in names:
+        head, _, tail = name.rpartition('.')
+        key = f'{head}.*' if tail.isdigit() else name
+        if key not in out:
+            out.append(key)
+    return out
 
 
 def _print_alone(res, clock) -> None:

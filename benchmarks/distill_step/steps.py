@@ -35,8 +35,10 @@ def teacher_stop_check(bench: DistillerBench, batch) -> dict:
     finally:
         for h in handles:
             h.remove()
-    last = bench.distiller.teacher_recorder.specs[-1].key
-    return dict(full_calls=full, early_calls=early, last_recorded=last)
+    rec = bench.distiller.teacher_recorder
+    skipped = [n for n, m in teacher.named_modules() if m in rec.skipped]
+    return dict(full_calls=full, early_calls=early,
+                last_recorded=rec.specs[-1].key, skipped=skipped)
 
 
 def time_variant(bench: DistillerBench, student: StudentBench, batches,
@@ -60,7 +62,8 @@ def time_variant(bench: DistillerBench, student: StudentBench, batches,
 
 
 def _default_extras(bench: DistillerBench, args) -> dict:
-    extra = {'terms': bench.prepare_terms}
+    extra = {'terms': bench.prepare_terms,
+             'teacher_skip': lambda b: lambda: bench.teacher_fwd(b, True)}
     if bench.distiller.lipschitz_loss is not None:
         extra['lipschitz'] = bench.prepare_lipschitz
     if args.guard_ablation:

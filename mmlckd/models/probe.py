@@ -1,7 +1,7 @@
 """The probe: one dummy forward of a model, at build time, to see what its
 modules return (feature shapes, how many outputs a part gives) before any
 data is seen. Used by the distiller's pairing and by the terms."""
-from typing import Optional
+from typing import List, Optional, Set
 
 import torch
 import torch.nn as nn
@@ -9,7 +9,7 @@ import torch.nn as nn
 from .recorders import FeatureRecorder, StopForward, get_module
 
 __all__ = ['probe_input', 'probe_samples', 'probe_forward', 'probe',
-           'count_outputs']
+           'count_outputs', 'unread_modules', 'skip_unread']
 
 
 def probe_input(model: nn.Module, probe_size) -> torch.Tensor:
@@ -96,3 +96,96 @@ def count_outputs(model: nn.Module, part: str, probe_size) -> int:
         raise RuntimeError(f'could not probe the outputs of {part!r}')
     out = seen[0]
     return len(out) if isinstance(out, (tuple, list)) else 1
+
+
+def _tensors(value) -> List[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _graph_parameters(tensors: List[torch.Tensor]) -> Set[int]:
+    """ids of the leaf tensors ``tensors`` depend on through autograd."""
+    found = {id(t) for t in tensors if t.requires_grad and t.grad_fn is None}
+    stack, seen = [t.grad_fn for t in tensors if t.grad_fn is not None], set()
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, 'variable'):
+            found.add(id(fn.variable))
+        stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
+    return found
+
+
+def unread_modules(model: nn.Module, recorder: FeatureRecorder,
+                   probe_size) -> List[str]:
+    """The largest submodules of ``model`` that hold parameters none of
+    which any tensor ``recorder`` records depends on: one probe forward
+    with autograd on (every parameter made to require grad for it, then
+    restored), then the parameters reachable from the recorded tensors'
+    graph. E.g. a RetinaNet whose classifier is read: its box branch
+    (``bbox_head.reg_convs``, ``bbox_head.retina_reg``)."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    try:
+        model.eval()  # first: eval() may freeze stages again (mmdet ResNet)
+        for p in params:
+            p.requires_grad_(True)
+        with recorder, torch.enable_grad():
+            model(probe_input(model, probe_size),
+                  probe_samples(model, probe_size), mode='tensor')
+        needed = _graph_parameters(_tensors(recorder.recorded(strict=False)))
+    except Exception:  # a head that needs real data samples: skip nothing
+        return []
+    finally:
+        recorder.clear()
+        model.train(was_training)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    out: List[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(f'{o}.') for o in out):
+            continue
+        own = list(module.parameters())
+        # a ModuleList/ModuleDict is never called: its children are
+        if own and not any(id(p) in needed for p in own) and \
+                not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            out.append(name)
+    return out
+
+
+def skip_unread(model: nn.Module, recorder: FeatureRecorder,
+                probe_size) -> List[str]:
+    """Make the :func:`unread_modules` of ``model`` return zeros while
+    ``recorder`` records (:meth:`FeatureRecorder.skip`), then check on a
+    probe forward that every recorded tensor is unchanged; if one differs
+    or the forward fails (a skipped module's output was used after all,
+    e.g. through an index or under ``no_grad``), nothing is skipped.
+    Returns the skipped module names."""
+    with recorder:
+        full_error = probe_forward(model, probe_size)
+    full = {k: [t.clone() for t in _tensors(v)]
+            for k, v in recorder.recorded(strict=False).items()}
+    names = unread_modules(model, recorder, probe_size)
+    if not names:
+        return []
+    recorder.skip([get_module(model, n) for n in names])
+    with recorder:
+        error = probe_forward(model, probe_size)
+    got = recorder.recorded(strict=False)
+    recorder.clear()
+    same = type(error) is type(full_error) and set(got) == set(full) and all(
+        len(full[k]) == len(_tensors(got[k])) and all(
+            a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+            for a, b in zip(full[k], _tensors(got[k]))) for k in full)
+    if not same:
+        recorder.unskip()
+        return []
+    return names

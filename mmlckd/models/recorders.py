@@ -24,6 +24,7 @@ calls, so a forward pass runs only as deep as the recorded layers need. The
 expected counts are calibrated on the first complete forward.
 """
 import difflib
+import types
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -136,6 +137,10 @@ class FeatureRecorder:
         self._expected: Optional[Dict[str, int]] = None
         self._handles = []
         self._out_of_place = set()  # ids of modules made out of place
+        #: modules that return zeros instead of running while this recorder
+        #: records (:meth:`skip`); ``skip_enabled=False`` runs them all
+        self._skipped: List[nn.Module] = []
+        self.skip_enabled = True
         by_module: Dict[str, List[RecordSpec]] = {}
         for spec in self.specs:
             by_module.setdefault(spec.path, []).append(spec)
@@ -211,10 +216,14 @@ class FeatureRecorder:
         self._records = {}
         self._calls = {}
         self._active = True
+        for module in self._skipped:
+            module._mmlckd_skip_now = self.skip_enabled
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._active = False
+        for module in self._skipped:
+            module._mmlckd_skip_now = False
         if exc_type is StopForward:
             return True  # swallow: the forward was cut on purpose
         if exc_type is None and not self.calibrated:
@@ -255,9 +264,49 @@ class FeatureRecorder:
         self._records = {}
         self._calls = {}
 
+    def skip(self, modules: Sequence[nn.Module]) -> None:
+        """While this recorder records (and :attr:`skip_enabled`), each of
+        ``modules`` returns zeros shaped like its first tensor argument
+        instead of running; outside a recording it runs as usual (the
+        teacher's ``predict`` is untouched). For the modules no recorded
+        tensor depends on (:func:`~mmlckd.models.probe.unread_modules`),
+        e.g. a dense head's box branch when only its classifier is read.
+        The instance's ``forward`` becomes a method of this module
+        (deep copies and pickles follow the copy); :meth:`unskip` restores
+        it."""
+        for module in modules:
+            if 'forward' in module.__dict__:
+                continue  # already wrapped by someone: leave it
+            module.forward = types.MethodType(_skippable_forward, module)
+            module._mmlckd_skip_now = False
+            self._skipped.append(module)
+
+    def unskip(self) -> None:
+        """Undo :meth:`skip`: every module runs again."""
+        for module in self._skipped:
+            del module.forward
+            del module._mmlckd_skip_now
+        self._skipped = []
+
+    @property
+    def skipped(self) -> List[nn.Module]:
+        return list(self._skipped)
+
     def remove(self) -> None:
-        """Remove every hook."""
+        """Remove every hook (and every :meth:`skip`)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.unskip()
         self.clear()
+
+
+def _skippable_forward(self: nn.Module, *args, **kwargs):
+    """The ``forward`` of a module given to :meth:`FeatureRecorder.skip`."""
+    if self.__dict__.get('_mmlckd_skip_now', False):
+        for value in list(args) + list(kwargs.values()):
+            if isinstance(value, torch.Tensor):
+                return torch.zeros_like(value)
+        raise TypeError(f'{type(self).__name__} was skipped but got no '
+                        'tensor argument to shape its zeros')
+    return type(self).forward(self, *args, **kwargs)

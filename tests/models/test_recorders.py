@@ -38,3 +38,49 @@ def test_recorder_calibrate_and_recorded():
     with missing:
         net(x)
     assert missing.recorded(strict=False) == {}
+
+
+class _Toy(torch.nn.Module):
+    """``out(a(x) + g(x).detach())``: ``g``'s value reaches the recorded
+    output without an autograd path."""
+
+    def __init__(self, detach_gate: bool):
+        super().__init__()
+        self.data_preprocessor = torch.nn.Identity()
+        self.a = torch.nn.Conv2d(3, 4, 1)
+        self.g = torch.nn.Conv2d(3, 4, 1)
+        self.unused = torch.nn.Conv2d(3, 4, 1)
+        self.out = torch.nn.Identity()
+        self.detach_gate = detach_gate
+
+    def forward(self, x, data_samples=None, mode='tensor'):
+        side = self.unused(x)  # computed, never used
+        gate = self.g(x).detach() if self.detach_gate else 0 * side
+        return self.out(self.a(x) + gate), side
+
+
+@pytest.mark.parametrize('detach_gate', [False, True])
+def test_skip_unread_checks_its_finding_on_a_second_probe(detach_gate):
+    """The autograd graph finds the unread modules; a module whose value
+    is used without a graph path (detach) makes the check fail, and then
+    nothing is skipped."""
+    from mmlckd.models.probe import skip_unread, unread_modules
+    model = _Toy(detach_gate)
+    rec = FeatureRecorder(model, [RecordSpec('out')], 'teacher')
+    found = unread_modules(model, rec, (8, 8))
+    assert found == (['g', 'unused'] if detach_gate else ['g'])
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    names = skip_unread(model, rec, (8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)[0]
+        with rec:
+            model(x)
+        got = rec.recorded()['out:output']
+    torch.testing.assert_close(got, ref)
+    if detach_gate:
+        assert names == [] and rec.skipped == []
+    else:
+        assert names == ['g'] and rec.skipped == [model.g]
+        rec.unskip()
+        assert 'forward' not in model.g.__dict__

@@ -153,10 +153,17 @@ class DistillerBench(TrainStep):
 
         return prepare
 
-    def teacher_fwd(self, batch) -> None:
+    def teacher_fwd(self, batch, skip: bool = False) -> None:
+        """The teacher's forward to its deepest recorded layer (mode (b));
+        ``skip``: with the modules nothing recorded depends on skipped, as
+        the distiller runs it (``teacher.skip_unread``)."""
         d = self.distiller
-        with torch.no_grad(), self.autocast(), d.teacher_recorder:
-            d.teacher(batch[0], batch[1], mode='tensor')
+        d.teacher_recorder.skip_enabled = skip
+        try:
+            with torch.no_grad(), self.autocast(), d.teacher_recorder:
+                d.teacher(batch[0], batch[1], mode='tensor')
+        finally:
+            d.teacher_recorder.skip_enabled = True
         d.teacher_recorder.clear()
 
     def _record(self, batch):

@@ -1,7 +1,5 @@
 """LipschitzDistiller: drop-in teacher -> student distillation for any
-MMDetection 3.x / MMSegmentation 1.x model.
-
-The README shows the config lines a user adds.
+MMDetection 3.x / MMSegmentation 1.x model (the config lines: README).
 
 Design:
 
@@ -15,7 +13,8 @@ Design:
   eval mode for its whole life.
 * Features are captured by forward hooks (:mod:`mmlckd.models.recorders`);
   the teacher's forward stops right after the deepest recorded layer
-  (``teacher_early_stop``).
+  (``teacher_early_stop``) and skips the modules nothing recorded depends
+  on (``teacher.skip_unread``: a dense head's box branch).
 * A step is :meth:`LipschitzDistiller.record` (both forwards), then
   :meth:`LipschitzDistiller.distill_terms` (every term of ``terms``, built-in
   and task-aware, on the recorded features), then :meth:`loss` weights them
@@ -46,7 +45,7 @@ from .feature_pairs import (FeaturePair, feature_groups,
                             parse_response, probe_shapes,
                             warn_single_feature_groups)
 from .guard import check_terms_finite, guarded_loss
-from .teacher import build_teacher, check_compatible
+from .teacher import build_teacher, check_compatible, skip_unread_branches
 from .unlabelled import mixed_loss, split_batch
 from .validation import (check_arguments, check_data_preprocessor,
                          validate_distiller)
@@ -68,9 +67,9 @@ class LipschitzDistiller(BaseModel):
     ("Knobs"); the terms in "Distillation terms", the automatic weights in
     :class:`~mmlckd.models.distillers.balance.LossBalancer`. In short:
     ``student`` is a model config (built in the current scope);
-    ``teacher`` is ``dict(config=..., checkpoint=..., allow_missing_keys=
-    False, check_num_classes=True)``; ``features``, ``lipschitz_loss``,
-    ``feature_loss``, ``lipschitz_on`` and ``response`` set the built-in
+    ``teacher`` is ``dict(config=..., checkpoint=...)`` (more: the table);
+    ``features``, ``lipschitz_loss``, ``feature_loss``, ``lipschitz_on`` and
+    ``response`` set the built-in
     terms (:mod:`mmlckd.models.terms.pair_terms`), ``terms`` the others;
     a loss without ``loss_weight`` is weighted by ``balance``;
     ``teacher_early_stop``, ``nan_guard``, ``probe_input_size`` and the
@@ -131,6 +130,7 @@ class LipschitzDistiller(BaseModel):
         self.student_recorder = self._recorder('student', False)
         self.teacher_recorder = self._recorder('teacher', teacher_early_stop)
         shapes = self._build_shapes(probe_input_size, lipschitz_on)
+        skip_unread_branches(self, teacher, probe_input_size)
         if self.lipschitz_loss is not None:
             warn_single_feature_groups(self.pairs)
         validate_distiller(
@@ -222,8 +222,7 @@ class LipschitzDistiller(BaseModel):
     @property
     def response_losses(self) -> nn.ModuleList:
         """The losses of the ``response=`` entries."""
-        return self._losses['kd'] if self._losses['kd'] is not None \
-            else nn.ModuleList()
+        return self._losses['kd'] or nn.ModuleList()
 
     # ------------------------------------------------------ nn.Module glue
     def _apply(self, fn, *args, **kwargs):

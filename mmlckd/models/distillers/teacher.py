@@ -19,7 +19,7 @@ from mmlckd.utils import load_config
 
 __all__ = [
     'build_teacher', 'describe_config', 'load_teacher_checkpoint',
-    'task_type',
+    'task_type', 'skip_unread_branches',
     'check_compatible', 'preprocessor_settings'
 ]
 
@@ -89,7 +89,29 @@ def load_teacher_checkpoint(teacher: nn.Module, path: str,
 
 #: the settings of the distiller's ``teacher=`` dict
 TEACHER_KEYS = ('config', 'checkpoint', 'allow_missing_keys',
-                'check_num_classes')
+                'check_num_classes', 'skip_unread')
+
+
+def skip_unread_branches(distiller, cfg: dict, probe_size) -> list:
+    """With ``cfg.get('skip_unread', True)`` (the distiller's ``teacher=``
+    dict): the teacher's modules that nothing recorded depends on return
+    zeros in the distiller's teacher forward instead of running
+    (:func:`mmlckd.models.probe.skip_unread`: found on a probe forward,
+    checked on a second one; a dense head's box branch when only its
+    classifier is read, about a fifth of a RetinaNet R-50 teacher's
+    forward at 320 px). The teacher's own ``predict`` and ``loss`` run
+    everything. Returns the skipped module names, one log line names
+    them."""
+    if not cfg.get('skip_unread', True):
+        return []
+    from ..probe import skip_unread
+    names = skip_unread(distiller.teacher, distiller.teacher_recorder,
+                        probe_size)
+    if names:
+        print_log(f'teacher: {", ".join(names)} skipped in the distiller\'s '
+                  'teacher forward (nothing recorded depends on them; '
+                  'teacher.skip_unread=False runs them)', logger='current')
+    return names
 
 
 def build_teacher(cfg: dict) -> nn.Module:

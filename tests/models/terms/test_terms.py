@@ -245,3 +245,63 @@ def test_auto_terms_follow_the_model():
     assert set(seg.terms) == set(TASK_AWARE) - {'neck', 'head_lip'}
     with pytest.raises(TypeError, match="'auto'"):
         build(*retina(), terms='all')
+
+
+def _zero_outputs(module):
+    """Records, per call of ``module``, whether it returned all zeros."""
+    seen = []
+    module.register_forward_hook(
+        lambda m, args, out: seen.append(bool((out == 0).all())))
+    return seen
+
+
+def test_teacher_skips_the_box_branch_no_term_reads():
+    """Prediction KD and the neck term read the classifier and the FPN
+    only: the teacher's box branch returns zeros in the distiller's teacher
+    forward instead of running, the losses are those of the full forward,
+    and the teacher's own predict still runs it."""
+    model = build(*retina(), terms=dict(preds=dict(
+        type='mmlckd.PredictionKDTerm', loss_weight=1.), neck=dict(
+            type='mmlckd.NeckPKDTerm', loss_weight=1.)))
+    head = model.teacher.bbox_head
+    assert model.teacher_recorder.skipped == list(head.reg_convs) + [
+        head.retina_reg]
+    zeros = _zero_outputs(head.retina_reg)
+    inputs, samples = det_batch(model)
+    model.train()
+    skipped = model(inputs, samples, mode='loss')
+    assert zeros and all(zeros)
+    zeros.clear()
+    model.teacher_recorder.skip_enabled = False
+    full = model(inputs, samples, mode='loss')
+    assert zeros and not any(zeros)
+    for key in ('loss_preds', 'loss_neck'):
+        torch.testing.assert_close(skipped[key], full[key], rtol=0, atol=0)
+    zeros.clear()
+    with torch.no_grad():
+        model.teacher.predict(inputs, samples)
+    assert zeros and not any(zeros)
+    # a deep copy's skipped modules are its own
+    import copy
+    twin = copy.deepcopy(head)
+    assert twin.retina_reg.forward.__self__ is twin.retina_reg
+
+
+def test_teacher_skips_nothing_a_term_reads_or_when_told():
+    model = build(*retina(), terms=dict(lip=dict(
+        type='mmlckd.HeadLipschitzTerm', tower='reg_convs', loss_weight=1.)))
+    # the box tower's convs are read now; the classification tower and
+    # the two output convs are not
+    head = model.teacher.bbox_head
+    assert model.teacher_recorder.skipped == list(head.cls_convs) + [
+        head.retina_cls, head.retina_reg]
+    init_default_scope('mmdet')
+    student, teacher = retina()
+    off = MODELS.build(dict(
+        type='mmlckd.LipschitzDistiller', student=student, teacher=dict(
+            config=dict(model=teacher, default_scope='mmdet'),
+            checkpoint=None, skip_unread=False),
+        lipschitz_loss=None, feature_loss=None, balance=None,
+        terms=dict(preds=dict(type='mmlckd.PredictionKDTerm',
+                              loss_weight=1.))))
+    assert off.teacher_recorder.skipped == []
