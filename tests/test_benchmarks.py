@@ -76,8 +76,8 @@ def test_distill_step_bench_quick(tmp_path):
     for m in res['models']:
         default = m['variants']['default']
         assert set(default['terms']) >= {'feat', 'lipschitz', 'preds'}
-        for mode in ('student', 'teacher', 'steady', 'calibration', 'share',
-                     'terms', 'lipschitz'):
+        for mode in ('student', 'teacher', 'teacher_skip', 'steady',
+                     'calibration', 'share', 'terms', 'lipschitz'):
             assert positive_finite(default['times'][mode]['cpu']), (
                 m['model'], mode)
         guard = default['times']['guard']['wall']  # microseconds
@@ -100,6 +100,11 @@ def test_distill_step_bench_quick(tmp_path):
         for key, v in m['variants'].items():
             stop = v['early_stop']
             assert 0 < stop['early_calls'] <= stop['full_calls'], key
+        # RetinaNet's default reads the classifier, not the box branch:
+        # the distiller's teacher skips it (mode (b) does not)
+        if m['model'] == 'retinanet':
+            assert 'bbox_head.retina_reg' in default['early_stop'][
+                'skipped'], default['early_stop']
     assert res['sweep']['rows'], res['sweep']
 
 
