@@ -1514,7 +1514,7 @@ def test_teacher_setting_typo_is_an_error():
                        r"\['checkpiont'\] \(a typo\? 'checkpiont' -> "
                        r"'checkpoint'\?\); its settings are \['config', "
                        r"'checkpoint', 'allow_missing_keys', "
-                       r"'check_num_classes'\]"):
+                       r"'check_num_classes', 'skip_unread'\]"):
         _build(_det(), _det(base=32),
                teacher_kw=dict(checkpiont='teacher.pth'))
 
